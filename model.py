@@ -1,0 +1,262 @@
+"""
+The transformer and every LM head variant. The head is where the paper's gradient bottleneck lives:
+a V×D output matrix W passes back to the backbone only G·W, the part of the logit gradient G (N×V)
+that lies in W's D-dimensional column space.
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=1024, n_embd=64, head='narrow', head_rank=4))
+    logits, loss = model(idx, targets)          # (B, T, V), scalar
+    W = model.lm_head.effective_weight()        # (V, D): what measure.py projects onto
+
+Heads (chosen by name with --head=, see HEADS at the bottom):
+    linear   plain untied V×D matrix
+    tied     shares the token embedding wte
+    narrow   factorized D→r→V, r = head_rank (default n_embd // 16): the paper's rank-r head
+    wide     the same factorization with r = n_embd by default, so wide vs narrow differs only in r
+
+`python model.py` prints the parameter count and the effective-matrix rank of each head.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD_MULTIPLE = 64  # V is padded up to a multiple of this for matmul speed; padded rows never reach a logit
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 1024
+    block_size: int = 32
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.0
+    bias: bool = False
+    head: str = 'linear'
+    head_rank: int | None = None  # factorized heads only; None = the head's default rank
+
+    @property
+    def padded_vocab_size(self):
+        return -(-self.vocab_size // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.dropout = config.n_head, config.dropout
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+# -----------------------------------------------------------------------------
+# LM heads. Each maps the final hidden state (B, T, D) to logits (B, T, V) and exposes effective_weight(),
+# the V×D matrix W with logits = h Wᵀ. Weights are stored with V padded to a multiple of PAD_MULTIPLE;
+# the padded rows are cut off before any softmax, so they get no probability mass and no gradient.
+
+class LMHead(nn.Module):
+    """Base class: subclasses store `weight`-like parameters and implement padded_weight()."""
+
+    def __init__(self, config, wte):
+        super().__init__()
+        self.vocab_size, self.n_embd = config.vocab_size, config.n_embd
+
+    def padded_weight(self):  # (Vp, D)
+        raise NotImplementedError
+
+    def effective_weight(self):  # (V, D), the matrix measure.py projects onto
+        return self.padded_weight()[:self.vocab_size]
+
+    def forward(self, h):  # (B, T, D) -> (B, T, V)
+        return F.linear(h, self.padded_weight())[..., :self.vocab_size]
+
+
+class LinearHead(LMHead):
+    """Plain untied V×D matrix, GPT-2 init N(0, 0.02)."""
+
+    def __init__(self, config, wte):
+        super().__init__(config, wte)
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.n_embd) * 0.02)
+
+    def padded_weight(self):
+        return self.weight
+
+
+class TiedHead(LMHead):
+    """Shares storage with the token embedding wte (kept outside this module's parameters)."""
+
+    def __init__(self, config, wte):
+        super().__init__(config, wte)
+        self._wte = [wte]  # a list, so the embedding is not registered twice as a submodule
+
+    def padded_weight(self):
+        return self._wte[0].weight
+
+
+class FactorizedHead(LMHead):
+    """W = B·A with A: r×D and B: Vp×r, no nonlinearity between them, so rank(W) ≤ r.
+
+    Init (ours, PAPER.md §6): A has orthonormal rows (r ≤ D) or columns (r > D), scaled so every column of A
+    has unit norm on average; B ~ N(0, 0.02). Then each entry of B·A has std 0.02, the plain head's scale, at
+    every r. Naive N(0, 0.02) factors start with logits ~√r·0.02 smaller and learn far slower even at r = D.
+    """
+
+    def __init__(self, config, wte, default_rank):
+        super().__init__(config, wte)
+        self.rank = r = config.head_rank or default_rank
+        D = config.n_embd
+        A = torch.empty(r, D)
+        nn.init.orthogonal_(A)
+        self.A = nn.Parameter(A * math.sqrt(max(1.0, D / r)))
+        self.B = nn.Parameter(torch.randn(config.padded_vocab_size, r) * 0.02)
+
+    def padded_weight(self):
+        return self.B @ self.A
+
+    def forward(self, h):  # never forms the V×D product in the forward pass: D→r→V
+        return F.linear(F.linear(h, self.A), self.B)[..., :self.vocab_size]
+
+
+class NarrowHead(FactorizedHead):
+    """The paper's rank-r head. Default r = n_embd // 16 (ours: at the CPU preset, D = 64, r = 4 fails
+    SpamLang where r = D succeeds; see README). The paper's narrowest is r = 32 at D ≈ 4096."""
+
+    def __init__(self, config, wte):
+        super().__init__(config, wte, default_rank=max(1, config.n_embd // 16))
+
+
+class WideHead(FactorizedHead):
+    """Full-rank factorization, r = n_embd by default; head_rank may also be set above n_embd."""
+
+    def __init__(self, config, wte):
+        super().__init__(config, wte, default_rank=config.n_embd)
+
+
+HEADS = {'linear': LinearHead, 'tied': TiedHead, 'narrow': NarrowHead, 'wide': WideHead}
+FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedHead)}
+
+
+def check_config(config):
+    """Raise ValueError with a one-line message naming the problem and the fix."""
+    if config.head not in HEADS:
+        raise ValueError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
+    if config.head_rank is not None:
+        if config.head not in FACTORIZED:
+            raise ValueError(f"head_rank applies only to factorized heads ({', '.join(sorted(FACTORIZED))}), "
+                             f"not to --head={config.head}: drop --head_rank")
+        if not isinstance(config.head_rank, int) or config.head_rank <= 0:
+            raise ValueError(f"head_rank must be a positive integer, got {config.head_rank!r}")
+    if config.vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2, got {config.vocab_size}")
+    for key in ('block_size', 'n_layer', 'n_head', 'n_embd'):
+        if getattr(config, key) <= 0:
+            raise ValueError(f"{key} must be positive, got {getattr(config, key)}")
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+
+# -----------------------------------------------------------------------------
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        check_config(config)
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.apply(self._init_weights)  # GPT-2 init; heads below set their own
+        for pn, p in self.named_parameters():
+            if pn.endswith('c_proj.weight'):  # residual projections, scaled per GPT-2
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.lm_head = HEADS[config.head](config, self.transformer.wte)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def hidden(self, idx):  # (B, T) -> (B, T, D): the final hidden state the head reads
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        logits = self.lm_head(self.hidden(idx))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        # the loss: fp32 logits even under bf16 autocast; targets of -1 are ignored
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay matrices only (≥ 2-D: attention/MLP weights, embeddings, head factors), not gains or biases
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        fused = device_type == 'cuda'
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):  # forward + backward, PaLM appendix B: 6N + 12·L·T·D
+        cfg = self.config
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+if __name__ == '__main__':
+    for name in HEADS:
+        model = GPT(GPTConfig(head=name))
+        W = model.lm_head.effective_weight()
+        print(f"{name:7s} params {model.get_num_params():>9,d}  W {tuple(W.shape)}  "
+              f"rank {torch.linalg.matrix_rank(W.detach()).item():3d}  |W|_F {W.norm():.3f}")
