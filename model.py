@@ -108,6 +108,9 @@ class LMHead(nn.Module):
     def forward(self, h):  # (B, T, D) -> (B, T, V)
         return F.linear(h, self.padded_weight())[..., :self.vocab_size]
 
+    def fused_loss(self, h, targets, chunk_size=None, stats=None):  # (N, D), (N,) -> scalar; no (N, V) logits
+        return fused_linear_cross_entropy(h, self.padded_weight()[:self.vocab_size], targets, chunk_size, stats)
+
 
 class LinearHead(LMHead):
     """Plain untied V×D matrix, GPT-2 init N(0, 0.02)."""
@@ -154,6 +157,13 @@ class FactorizedHead(LMHead):
     def forward(self, h):  # never forms the V×D product in the forward pass: D→r→V
         return F.linear(F.linear(h, self.A), self.B)[..., :self.vocab_size]
 
+    def fused_loss(self, h, targets, chunk_size=None, stats=None):
+        # logits = (h Aᵀ) Bᵀ: fuse the loss over (h Aᵀ, B), cost N·V·r, and let autograd carry h Aᵀ back to h and A
+        loss = fused_linear_cross_entropy(F.linear(h, self.A), self.B[:self.vocab_size], targets, chunk_size, stats)
+        if stats is not None:  # the fused path saw G·B (N, r); the meter wants G·W = G·B·A (N, D)
+            stats['gW'] = stats['gW'] @ self.A.detach().float()
+        return loss
+
 
 class NarrowHead(FactorizedHead):
     """The paper's rank-r head. Default r = n_embd // 16 (ours: at the CPU preset, D = 64, r = 4 fails
@@ -172,6 +182,109 @@ class WideHead(FactorizedHead):
 
 HEADS = {'linear': LinearHead, 'tied': TiedHead, 'narrow': NarrowHead, 'wide': WideHead}
 FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedHead)}
+
+
+# -----------------------------------------------------------------------------
+# The loss. 'naive' forms the N×V logits and lets autograd keep them and their gradient: ~3 N×V fp32 buffers at
+# the peak (N = 8192, V = 131,072: 13 GB). 'fused' walks over chunks of tokens and, for each, forms the chunk's
+# logits, its loss, and its gradient G_c = softmax − onehot, then folds G_c at once into ∇h (G_c W) and ∇W
+# (G_cᵀ h_c): memory O(chunk·V + V·D), the same matmuls, the same result to fp32 rounding.
+#
+# Default chunk per device, from bench.py. CPU (2-core EPYC, V = 131,072, D = 256): chunks of 128 to 2048
+# tokens ran within noise of each other; smaller ones re-read ∇W (V×D) once per chunk, larger ones spill the
+# cache for no gain, so 512 (256 MB of fp32 logits at V = 131k). CUDA: not measured (no GPU in this session);
+# 4096 tokens (2 GB at V = 131k) keeps the matmuls large enough to run near peak, as other fused losses do.
+FUSED_CHUNK = {'cpu': 512, 'cuda': 4096}
+# Default --loss per device (train.py's 'auto'), from bench.py: on CPU fused was no slower than naive at every
+# size measured and ≥ 20× leaner at V = 131k; on CUDA the memory saving is the point (naive needs 16 GB at
+# N = 16k, V = 128k). So fused everywhere; naive stays as the reference the tests compare against.
+DEFAULT_LOSS = {'cpu': 'fused', 'cuda': 'fused', 'mps': 'naive'}
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of softmax(h Wᵀ) over the tokens whose target is ≥ 0, with its gradients computed in
+    the forward pass, chunk by chunk, so the N×V logits never exist; backward only scales ∇h and ∇W by the
+    incoming gradient. Outputs: loss, gsq (N,) = ‖softmax − onehot‖² per token (0 where ignored), and ∇h."""
+
+    @staticmethod
+    def forward(ctx, h, W, targets, chunk_size, need_dh, need_dW):
+        # h (N, D) and W (V, D) in the compute dtype (fp32 or bf16), targets (N,) long with -1 = ignored
+        N, D = h.shape
+        V = W.size(0)
+        valid = targets >= 0                                          # (N,)
+        n_valid = valid.sum()                                         # a tensor: no device sync
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        gsq = torch.empty(N, dtype=torch.float32, device=h.device)   # ‖g_i‖², for the live meter
+        dh = torch.empty_like(h) if need_dh else h.new_empty(0)      # (N, D)
+        dW = torch.zeros(V, D, dtype=torch.float32, device=h.device) if need_dW else None  # fp32 accumulator
+        for s in range(0, N, chunk_size):
+            hc, yc, ok = h[s:s + chunk_size], targets[s:s + chunk_size], valid[s:s + chunk_size]
+            y0 = yc.clamp(min=0).unsqueeze(1)                         # (c, 1), ignored rows point at 0
+            logits = (hc @ W.t()).float()                             # (c, V), fp32 like the naive path
+            lse = torch.logsumexp(logits, dim=1)                      # (c,)
+            loss += ((lse - logits.gather(1, y0).squeeze(1)) * ok).sum()
+            p = logits.sub_(lse.unsqueeze(1)).exp_()                  # (c, V) softmax, in place of the logits
+            py = p.gather(1, y0).squeeze(1)                           # (c,)
+            # ‖p − e_y‖² = Σp² − 2p_y + 1, from one reduction over the chunk already in hand
+            gsq[s:s + chunk_size] = (torch.linalg.vector_norm(p, dim=1).square() - 2 * py + 1) * ok
+            if not (need_dh or need_dW):
+                continue
+            p.scatter_add_(1, y0, -ok.float().unsqueeze(1))           # G_c = p − onehot (ignored rows: w = 0)
+            w = (ok / n_valid).unsqueeze(1).to(h.dtype)               # (c, 1) row scale, 1/n_valid or 0
+            G = p if p.dtype == h.dtype else p.to(h.dtype)            # matmuls in the compute dtype
+            if need_dh:
+                dh[s:s + chunk_size] = (G @ W) * w                    # scales (c, D), never (c, V)
+            if need_dW:
+                if G.dtype == torch.float32:
+                    dW.addmm_(G.t(), hc * w)                          # (V, D) += (V, c) @ (c, D)
+                else:
+                    dW += G.t() @ (hc * w)
+        ctx.save_for_backward(dh, dW)
+        ctx.W_dtype = W.dtype
+        ctx.mark_non_differentiable(gsq, dh)
+        return loss / n_valid, gsq, dh
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_gsq, grad_dh):
+        dh, dW = ctx.saved_tensors
+        gh = dh * grad_loss.to(dh.dtype) if ctx.needs_input_grad[0] else None
+        gW = (dW * grad_loss).to(ctx.W_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gW, None, None, None, None
+
+
+def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
+    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits.
+
+    h (..., D), W (V, D) (the real rows only: never the padding), targets (...) long. Under autocast the matmuls
+    run in the autocast dtype and the softmax in fp32, as on the naive path. If `stats` is a dict it receives,
+    for the live meter, what this path computes anyway: 'gsq' (N,) = ‖p_i − e_{y_i}‖² per token, 'gW' (N, D) =
+    (p_i − e_{y_i}) W per token (both unscaled, 0 on ignored tokens), and 'n_valid'. Works under no_grad too.
+    """
+    D = h.size(-1)
+    h, targets = h.reshape(-1, D), targets.reshape(-1)
+    dev = h.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, W.dtype)
+    chunk_size = chunk_size or FUSED_CHUNK.get(dev, FUSED_CHUNK['cuda'])
+    grad = torch.is_grad_enabled()
+    need_dh = (grad and h.requires_grad) or stats is not None
+    need_dW = grad and W.requires_grad
+    with torch.autocast(dev, enabled=False):
+        loss, gsq, dh = FusedLinearCrossEntropy.apply(h.to(dtype), W.to(dtype), targets, chunk_size, need_dh, need_dW)
+    if stats is not None:
+        n_valid = (targets >= 0).sum()
+        stats.update(gsq=gsq, gW=dh.float() * n_valid, n_valid=int(n_valid))
+    return loss
+
+
+def destroyed_ratio_from_stats(stats, W):
+    """r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F (PAPER.md §2) from the fused path's stats and the effective W (V, D), at the
+    cost of a D×D eigendecomposition: ‖P_col(W) G‖² = Σ_i (g_i W) (WᵀW)⁺ (g_i W)ᵀ, ‖G‖² = Σ_i ‖g_i‖²."""
+    W = W.detach().double()
+    lam, Q = torch.linalg.eigh(W.t() @ W)                         # (D,), (D, D)
+    keep = lam > lam.max() * (max(W.shape) * torch.finfo(torch.float32).eps) ** 2  # matrix_rank's fp32 tolerance
+    proj = ((stats['gW'].double() @ Q[:, keep]).square() / lam[keep]).sum()
+    total = stats['gsq'].double().sum()
+    return torch.sqrt((1 - proj / total).clamp(min=0)).item()
 
 
 def check_config(config):
@@ -233,7 +346,13 @@ class GPT(nn.Module):
             x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, loss='naive', stats=None):
+        """(logits (B, T, V), loss). loss='fused': the loss without the logits, returned as None (see
+        fused_linear_cross_entropy; `stats`, a dict, receives the live meter's per-token quantities)."""
+        if targets is not None and loss == 'fused':
+            return None, self.lm_head.fused_loss(self.hidden(idx), targets, stats=stats)
+        if loss not in ('naive', 'fused'):
+            raise ValueError(f"loss must be 'naive' or 'fused', got {loss!r}")
         logits = self.lm_head(self.hidden(idx))  # (B, T, V)
         if targets is None:
             return logits, None

@@ -11,10 +11,13 @@ Every default below can be overridden with --key=value. On CUDA the 'gpu' preset
 checkpoint is saved, and the process exits with status 75 (EX_TEMPFAIL, "try again": requeue and resume).
 """
 import ast
+import hashlib
 import json
 import math
 import os
+import random
 import signal
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -22,8 +25,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+import measure
 import spamlang
-from model import GPT, GPTConfig, check_config
+from model import DEFAULT_LOSS, GPT, GPTConfig, check_config
 
 # -----------------------------------------------------------------------------
 # defaults (the CPU preset: `python train.py --head=wide` learns SpamLang in minutes on 2 cores)
@@ -31,9 +35,12 @@ from model import GPT, GPTConfig, check_config
 out_dir = 'out/{head}'     # {key} fields are filled from the config
 init_from = 'scratch'      # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 overwrite = False          # let a scratch run replace an existing out_dir/ckpt.pt
+allow_changes = False      # let a resumed run change its data file or training knobs (never the model's shape)
+resume_fallback = False    # resume from out_dir/prev_ckpt.pt when ckpt.pt is corrupt
 log_interval = 100
 eval_interval = 500
 eval_iters = 10
+meter_every_step = False   # the live meter (grad_destroyed, grad_cosine) on every step, not only at evals
 # data
 data = 'spamlang'          # 'spamlang', a .txt file (tokenized once, cached beside it) or a token file
 encoding = 'cl100k_base'   # tiktoken encoding for .txt data
@@ -50,18 +57,19 @@ n_embd = 64
 dropout = 0.0
 bias = False
 # AdamW, warmup then cosine decay to min_lr
-learning_rate = 3e-3
+learning_rate = 1e-3       # measured: at 3e-3 the factorized wide head stalls near 95% on SpamLang, at 1e-3 it reaches 100%
 max_iters = 2000
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0            # 0 disables
 warmup_iters = 100
-min_lr = 3e-4
+min_lr = 1e-4
 # system
 device = 'auto'            # auto picks cuda, then mps, then cpu
 dtype = 'auto'             # auto: bfloat16 autocast on CUDA, float32 elsewhere
 compile = None             # bool; None = on for CUDA, off elsewhere
+loss = 'auto'              # naive (N×V logits, the reference) | fused (chunked, no logits) | auto: model.DEFAULT_LOSS
 preset = 'auto'            # 'cpu' (the values above) or 'gpu'; auto = gpu on CUDA
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -71,14 +79,31 @@ NONE_DEFAULT_TYPES = {'head_rank': int, 'compile': bool}
 PRESETS = {  # ours; the gpu preset has not yet been measured on a GPU (README)
     'cpu': {},
     'gpu': dict(vocab_size=16384, n_layer=4, n_head=4, n_embd=256, block_size=64, batch_size=128,
-                max_iters=5000, eval_interval=1000, learning_rate=2e-3, min_lr=2e-4),
+                max_iters=5000, eval_interval=1000),
 }
 MODEL_KEYS = ('vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias', 'head', 'head_rank')
+RUN_KEYS = {'out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'device', 'dtype', 'compile', 'loss',
+            'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step'}  # may differ on resume, freely
 REQUEUE_EXIT = 75  # EX_TEMPFAIL
+
+
+def code_version():
+    """The git commit of this code (with '+dirty' for uncommitted changes), or 'unknown' outside a repo."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *a: subprocess.run(['git', *a], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = run('rev-parse', 'HEAD')
+        return (commit + ('+dirty' if run('status', '--porcelain', '--untracked-files=no') else '')) or 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
 
 
 class ConfigError(ValueError):
     """Bad input: printed as one line, exit status 1."""
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (non-finite loss, failed save): printed as one line, exit status 1."""
 
 
 def parse_args(argv):
@@ -135,6 +160,10 @@ def resolve(config, given):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {c['dtype']!r}")
     if c['compile'] is None:
         c['compile'] = device_type == 'cuda'
+    if c['loss'] == 'auto':
+        c['loss'] = DEFAULT_LOSS[device_type]
+    if c['loss'] not in ('naive', 'fused'):
+        raise ConfigError(f"--loss must be auto, naive or fused, got {c['loss']!r}")
     if c['init_from'] not in ('scratch', 'resume'):
         raise ConfigError(f"--init_from must be scratch or resume, got {c['init_from']!r}")
     for key in ('batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'eval_iters',
@@ -197,7 +226,11 @@ def load_tokens(path):
         raise ConfigError(f"{path}: header says {meta['n_tokens']:,} tokens but the file holds "
                           f"{size / itemsize:,.1f}: truncated or corrupt; delete it and tokenize again")
     ids = np.memmap(path, dtype=meta['dtype'], mode='r', offset=TOKEN_HEADER_BYTES, shape=(meta['n_tokens'],))
-    top = max((int(ids[i:i + 2**24].max()) for i in range(0, len(ids), 2**24)), default=-1)
+    top, sha = -1, hashlib.sha256()
+    for i in range(0, len(ids), 2**24):  # one pass: the range check and the fingerprint a checkpoint records
+        top = max(top, int(ids[i:i + 2**24].max()))
+        sha.update(ids[i:i + 2**24].tobytes())
+    meta['fingerprint'] = sha.hexdigest()[:16]
     if top >= meta['vocab_size']:
         raise ConfigError(f"{path}: token id {top} ≥ vocab_size {meta['vocab_size']}: the file does not "
                           f"match its tokenizer; tokenize the text again")
@@ -241,7 +274,7 @@ def tokenize_text(path, encoding):
 def load_data(c):
     """Returns a dict: kind, vocab_size, and for text the train/val token arrays (90/10 split)."""
     if c['data'] == 'spamlang':
-        return dict(kind='spamlang', vocab_size=c['vocab_size'])
+        return dict(kind='spamlang', vocab_size=c['vocab_size'], fingerprint=f"spamlang-V{c['vocab_size']}")
     path = c['data']
     if not os.path.isfile(path):
         raise ConfigError(f"data file {path!r} not found: pass --data=spamlang or a path to a .txt or token file")
@@ -256,7 +289,7 @@ def load_data(c):
         raise ConfigError(f"{c['data']} is too short: {len(ids):,} tokens leave {len(val):,} for validation, "
                           f"fewer than block_size + 1 = {c['block_size'] + 1}; use a longer text or a smaller --block_size")
     return dict(kind='text', vocab_size=meta['vocab_size'], encoding=meta['encoding'], path=path,
-                train=train, val=val)
+                fingerprint=meta['fingerprint'], train=train, val=val)
 
 
 def get_batch(data, split, batch_size, block_size, generator, device):
@@ -282,28 +315,67 @@ def get_lr(it, c):
     return c['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c['learning_rate'] - c['min_lr'])
 
 
+def state_digest(obj, h=None):
+    """sha256 over a nested state (tensors by their bytes): catches the bit flips torch.load reads silently."""
+    h = h if h is not None else hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            state_digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            state_digest(v, h)
+    else:
+        h.update(repr(obj).encode())
+    return h
+
+
 def save_checkpoint(path, state):
-    """Atomic: write a temp file in the same folder, fsync, then rename over the old checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Atomic and verified: temp file in the same folder, fsync, the old checkpoint kept as prev_ckpt.pt, rename.
+    At every instant `path` is a complete checkpoint; a failed write (disk full) leaves it untouched."""
+    state = {**state, 'digest': state_digest(state).hexdigest()}
+    tmp, prev = f"{path}.tmp{os.getpid()}", previous_checkpoint(path)
     try:
         with open(tmp, 'wb') as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if os.path.exists(path):  # keep the old one as prev_ckpt.pt: a hard link, so no copy and no moment without it
+            os.link(path, tmp + '.prev')
+            os.replace(tmp + '.prev', prev)
         os.replace(tmp, path)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        os.fsync(dir_fd)  # the renames themselves survive a crash
+        os.close(dir_fd)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, tmp + '.prev'):
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
-def load_checkpoint(path):
+def previous_checkpoint(path):
+    return os.path.join(os.path.dirname(path), 'prev_' + os.path.basename(path))
+
+
+def load_checkpoint(path, fallback=False):
+    """Load and verify a checkpoint; with fallback, a bad one gives way to the previous good one."""
     if not os.path.isfile(path):
-        raise ConfigError(f"--init_from=resume but {path} does not exist: start with --init_from=scratch "
-                          f"or point --out_dir at a run")
+        raise ConfigError(f"{path} does not exist: start with --init_from=scratch or point --out_dir at a run")
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+        digest = ckpt.pop('digest', None) if isinstance(ckpt, dict) else None
+        if digest is None or digest != state_digest(ckpt).hexdigest():
+            raise ValueError('checksum mismatch')
+        return ckpt
     except Exception as e:
-        raise ConfigError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated")
+        prev = previous_checkpoint(path)
+        if fallback and os.path.isfile(prev):
+            print(f"warning: {path} is corrupt ({type(e).__name__}); resuming from the previous one, {prev}")
+            return load_checkpoint(prev)
+        hint = f"; --resume_fallback=True resumes from {prev}" if os.path.isfile(prev) else ''
+        raise ConfigError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:60]}){hint}")
 
 
 def prepare(config, given):
@@ -312,13 +384,14 @@ def prepare(config, given):
     ckpt_path = os.path.join(c['out_dir'], 'ckpt.pt')
     ckpt = None
     if c['init_from'] == 'resume':
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, fallback=c['resume_fallback'])
         saved = ckpt['config']
-        for key in MODEL_KEYS + ('data', 'encoding'):
-            if key in given and c[key] != saved[key]:
-                raise ConfigError(f"--{key}={c[key]!r} differs from the checkpoint's {saved[key]!r}: "
-                                  f"a resumed run keeps its model and data; start a new --out_dir instead")
-        c = {**saved, **{k: c[k] for k in given | {'init_from', 'device', 'dtype', 'compile', 'out_dir'}}}
+        for key in sorted(given - RUN_KEYS):
+            if c[key] != saved[key] and (key in MODEL_KEYS or not c['allow_changes']):
+                fix = ("a resumed model keeps its shape: start a new --out_dir" if key in MODEL_KEYS else
+                       "pass --allow_changes=True if the change is intended")
+                raise ConfigError(f"--{key}={c[key]!r} differs from the checkpoint's {saved[key]!r}: {fix}")
+        c = {**saved, **{k: c[k] for k in given | RUN_KEYS}}
     elif os.path.exists(ckpt_path) and not c['overwrite']:
         raise ConfigError(f"{ckpt_path} already exists: continue it with --init_from=resume, replace it with "
                           f"--overwrite=True, or choose another --out_dir")
@@ -327,7 +400,18 @@ def prepare(config, given):
         if 'vocab_size' in given and c['vocab_size'] != data['vocab_size']:
             raise ConfigError(f"--vocab_size={c['vocab_size']} but {c['data']} has V = {data['vocab_size']:,} "
                               f"from its tokenizer: drop --vocab_size")
-        c['vocab_size'] = data['vocab_size']
+        if 'encoding' in given and c['encoding'] != data['encoding']:
+            raise ConfigError(f"--encoding={c['encoding']} but {data['path']} was tokenized with {data['encoding']}: "
+                              f"tokenize the text with --data=FILE.txt --encoding={c['encoding']}")
+        c['vocab_size'], c['encoding'] = data['vocab_size'], data['encoding']
+    if ckpt is not None:
+        for key, now in (('data_fingerprint', data['fingerprint']), ('vocab_size', c['vocab_size']),
+                         ('encoding', c['encoding'])):
+            was = ckpt['config'].get(key)
+            if was != now and not (key == 'data_fingerprint' and c['allow_changes']):
+                raise ConfigError(f"the data differs from the checkpoint's ({key}: {was} then, {now} now): resume "
+                                  f"with the same data file, or pass --allow_changes=True if the change is intended")
+    c['data_fingerprint'], c['code_version'] = data['fingerprint'], code_version()
     gptconf = GPTConfig(**{k: c[k] for k in MODEL_KEYS})
     try:
         check_config(gptconf)
@@ -339,10 +423,14 @@ def prepare(config, given):
 class Preemption:
     """First SIGINT/SIGTERM: finish the step, save, exit 75. Second: exit at once (the last save is intact)."""
 
-    def __init__(self):
+    def __enter__(self):
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):  # an in-process caller (a test, a sweep) gets its own handlers back
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame):
         if self.requested:
@@ -353,8 +441,27 @@ class Preemption:
 
 
 def train(config, given=frozenset()):
+    """Train from a config (DEFAULTS with overrides; `given` = the keys set explicitly). Returns the last eval."""
+    with Preemption() as preemption:
+        return train_loop(config, given, preemption)
+
+
+def train_loop(config, given, preemption):
     c, data, gptconf, ckpt = prepare(config, given)
     device, device_type = c['device'], c['device'].split(':')[0]
+    # torchrun sets RANK/LOCAL_RANK/WORLD_SIZE: DistributedDataParallel, nccl on CUDA, gloo on CPU (nanoGPT's way)
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
+    if c['gradient_accumulation_steps'] % world:
+        raise ConfigError(f"--gradient_accumulation_steps={c['gradient_accumulation_steps']} (micro-batches per step, "
+                          f"over all processes) must be a multiple of the {world} processes")
+    if ddp:
+        if device_type == 'cuda':
+            device = f'cuda:{local_rank}'
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device_type == 'cuda' else 'gloo')
+    master = rank == 0  # only rank 0 prints, logs, evaluates and saves
+    accum = c['gradient_accumulation_steps'] // world  # micro-steps per process
     os.makedirs(c['out_dir'], exist_ok=True)
     ckpt_path, log_path = os.path.join(c['out_dir'], 'ckpt.pt'), os.path.join(c['out_dir'], 'log.jsonl')
 
@@ -364,27 +471,37 @@ def train(config, given=frozenset()):
     # training batches and eval batches have separate generators, so evaluating never shifts the training data
     gen_device = device if data['kind'] == 'spamlang' else 'cpu'
     train_gen = spamlang.make_generator(c['seed'], gen_device)
-    iter_num = 0
+    iter_num, saved_iter = 0, None
     if ckpt is not None:
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
-        iter_num = ckpt['iter_num']
+        iter_num = saved_iter = ckpt['iter_num']
         train_gen.set_state(ckpt['rng']['train_gen'])
         torch.set_rng_state(ckpt['rng']['torch'])
+        np.random.set_state(ckpt['rng']['numpy'])
+        random.setstate(ckpt['rng']['python'])
         if device_type == 'cuda' and ckpt['rng'].get('cuda') is not None:
             torch.cuda.set_rng_state(ckpt['rng']['cuda'])
-        print(f"resuming {ckpt_path} at iter {iter_num}")
-    print(f"{c['head']} head, V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, "
-          f"r = {getattr(model.lm_head, 'rank', gptconf.n_embd)}, {model.get_num_params():,} parameters, "
-          f"data {c['data']}, device {device} ({c['dtype']}{', compiled' if c['compile'] else ''})")
+        if master:
+            print(f"resuming {ckpt_path} at iter {iter_num}")
+    if rank > 0:  # dropout masks differ between processes; the model init above is rank 0's on all of them
+        torch.manual_seed(c['seed'] + rank + world * iter_num)
+    if master:
+        print(f"{c['head']} head, V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, "
+              f"r = {getattr(model.lm_head, 'rank', gptconf.n_embd)}, {model.get_num_params():,} parameters, "
+              f"data {c['data']}, device {device} ({c['dtype']}, {c['loss']} loss{', compiled' if c['compile'] else ''}{f', {world} processes' if ddp else ''})")
     step_model = torch.compile(model) if c['compile'] else model  # the eager `model` serves eval and saving
+    if ddp:
+        step_model = torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[local_rank] if device_type == 'cuda' else None)
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[c['dtype']]
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
     tokens_per_iter = c['batch_size'] * c['block_size'] * c['gradient_accumulation_steps']
-    log_file = open(log_path, 'a' if ckpt is not None else 'w')
+    log_file = open(log_path, 'a' if ckpt is not None else 'w') if master else None
 
     def log(record, line):
+        if not master:
+            return
         print(line, flush=True)
         log_file.write(json.dumps(record) + '\n')
         log_file.flush()
@@ -393,24 +510,45 @@ def train(config, given=frozenset()):
     def evaluate():
         model.eval()
         gen = spamlang.make_generator(c['seed'] + 1, gen_device)  # the same held-out batches at every eval
-        out, losses = [], []
-        for _ in range(c['eval_iters']):
+        out = []
+        for i in range(c['eval_iters']):
             x, y = get_batch(data, 'val', c['batch_size'], c['block_size'], gen, device)
             with ctx:
                 logits, loss = model(x, y)
             out.append(spamlang.metrics(logits, y) if data['kind'] == 'spamlang' else {'loss': loss.item()})
+            if i == 0:
+                first = (logits, y)
+        m = {k: sum(o[k] for o in out) / len(out) for k in out[0]}
+        if math.isfinite(m['loss']):  # the gradient-bottleneck meter on the first batch: r and c of its G
+            m.update(measure.live_meter(*first, model.lm_head.effective_weight()))
         model.train()
-        return {k: sum(o[k] for o in out) / len(out) for k in out[0]}
+        return m
 
     def checkpoint():
-        rng = dict(train_gen=train_gen.get_state(), torch=torch.get_rng_state(),
-                   cuda=torch.cuda.get_rng_state() if device_type == 'cuda' else None)
-        save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=c,
-                                        iter_num=iter_num, rng=rng))
+        nonlocal saved_iter
+        rng = dict(train_gen=train_gen.get_state(), torch=torch.get_rng_state(), numpy=np.random.get_state(),
+                   python=random.getstate(), cuda=torch.cuda.get_rng_state() if device_type == 'cuda' else None)
+        try:
+            save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=c,
+                                            iter_num=iter_num, rng=rng))
+        except OSError as e:
+            kept = f"the previous checkpoint (iter {saved_iter}) is intact" if saved_iter is not None else "none was saved"
+            raise TrainingError(f"could not save {ckpt_path} at iter {iter_num} ({e.strerror or e}): {kept}; "
+                                f"free disk space and resume with --init_from=resume")
+        saved_iter = iter_num
+
+    def diverged(what, where):
+        return TrainingError(f"{what} at iter {iter_num}: {where}; the last good checkpoint, {ckpt_path} "
+                             f"(iter {saved_iter}), is untouched; lower --learning_rate and resume")
 
     def eval_and_save():
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a diverged model
+            raise diverged("the weights are not finite", "the last step diverged")
         m = evaluate()
-        rec = {'iter': iter_num, 'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss']}
+        if not math.isfinite(m['loss']):
+            raise diverged(f"loss is {m['loss']}", "on the held-out batches")
+        rec = {'iter': iter_num, 'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'],
+               'grad_destroyed': m['grad_destroyed'], 'grad_cosine': m['grad_cosine']}
         line = f"eval {iter_num}: val loss {m['loss']:.4f}"
         if data['kind'] == 'spamlang':  # loss and accuracy on positions ≥ 1; position 0 is unpredictable
             rec.update(val_acc=m['acc'], val_loss_pos0=m['loss_pos0'],
@@ -418,31 +556,44 @@ def train(config, given=frozenset()):
                                                                           c['gradient_accumulation_steps'], c['vocab_size']))
             line = (f"eval {iter_num}: val loss {m['loss']:.4f}, acc {100 * m['acc']:.2f}% (positions ≥ 1; "
                     f"position 0 loss {m['loss_pos0']:.2f}), {rec['exposures_per_symbol']:.1f} exposures/symbol")
+        line += f", grad destroyed {m['grad_destroyed']:.4f} (cos {m['grad_cosine']:.4f})"
         log(rec, line)
         checkpoint()
         return rec
 
-    preemption = Preemption()
-    last = eval_and_save() if iter_num == 0 else None
+    step_meter = measure.StepMeter(model.lm_head) if c['meter_every_step'] else None  # hooks: no extra pass
+    last = eval_and_save() if iter_num == 0 and master else None
     t0 = time.time()
     while iter_num < c['max_iters']:
         lr = get_lr(iter_num, c)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        for _ in range(c['gradient_accumulation_steps']):
-            x, y = get_batch(data, 'train', c['batch_size'], c['block_size'], train_gen, device)
+        for micro in range(accum):
+            # micro-batch k of a step goes to process k % world: every process draws them all and keeps its own,
+            # so the data do not depend on the number of processes (torchrun matches a single-process run)
+            for k in range(world):
+                batch = get_batch(data, 'train', c['batch_size'], c['block_size'], train_gen, device)
+                if k == rank:
+                    x, y = batch
+            if ddp:  # all-reduce the gradients only on the last micro-step
+                step_model.require_backward_grad_sync = micro == accum - 1
+            stats = step_meter.stats if step_meter and c['loss'] == 'fused' else None  # the fused loss fills it
             with ctx:
-                _, loss = step_model(x, y)
-            scaler.scale(loss / c['gradient_accumulation_steps']).backward()
+                _, loss = step_model(x, y, loss=c['loss'], stats=stats)
+            if not torch.isfinite(loss).item():  # one sync per micro-step, so no NaN ever reaches the weights
+                torch.save(dict(x=x.cpu(), y=y.cpu()), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
+                raise diverged(f"loss is {loss.item()}", f"the batch is in {c['out_dir']}/nonfinite_batch.pt")
+            scaler.scale(loss / accum).backward()  # DDP averages over processes: the mean over all micro-steps
         if c['grad_clip'] > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), c['grad_clip'])
+        metered = step_meter.read() if step_meter else None  # before the step changes W
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
 
-        if iter_num % c['log_interval'] == 0:
+        if iter_num % c['log_interval'] == 0 and master:
             lossf = loss.item()  # syncs the device, so the timing below is real
             dt = (time.time() - t0) / c['log_interval']
             rec = {'iter': iter_num, 'loss': lossf, 'lr': lr, 'dt_ms': 1000 * dt, 'tok_per_s': tokens_per_iter / dt}
@@ -451,16 +602,32 @@ def train(config, given=frozenset()):
                 rec['peak_mem_gb'] = torch.cuda.max_memory_allocated() / 1e9
                 rec['mfu'] = model.flops_per_token() * rec['tok_per_s'] / peak_flops(device)
                 line += f", mem {rec['peak_mem_gb']:.2f} GB, mfu {100 * rec['mfu']:.1f}%"
+            if metered:
+                rec.update(metered)
+                line += f", grad destroyed {metered['grad_destroyed']:.4f}"
             log(rec, line)
             t0 = time.time()
-        if iter_num % c['eval_interval'] == 0 or iter_num == c['max_iters']:
+        elif metered and master:  # --meter_every_step: every step's r and c go to log.jsonl; the printed line stays per interval
+            log_file.write(json.dumps({'iter': iter_num, **metered}) + '\n')
+        if (iter_num % c['eval_interval'] == 0 or iter_num == c['max_iters']) and master:
             last = eval_and_save()
-        if preemption.requested and iter_num < c['max_iters']:
-            checkpoint()
-            log_file.close()
-            print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={c['out_dir']}")
+        stop = preemption.requested
+        if ddp:  # a signal may reach the processes at different steps: stop together, at the same step
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop and iter_num < c['max_iters']:
+            if master:
+                checkpoint()
+                log_file.close()
+                print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={c['out_dir']}")
+            if ddp:
+                torch.distributed.destroy_process_group()
             sys.exit(REQUEUE_EXIT)
-    log_file.close()
+    if master:
+        log_file.close()
+    if ddp:
+        torch.distributed.destroy_process_group()
     return last
 
 
@@ -474,5 +641,5 @@ def peak_flops(device):
 if __name__ == '__main__':
     try:
         train(*parse_args(sys.argv[1:]))
-    except ConfigError as e:
+    except (ConfigError, TrainingError) as e:
         sys.exit(f"error: {e}")

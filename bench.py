@@ -1,0 +1,320 @@
+"""
+Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one table.
+
+    python bench.py                        # all sections (2-core CPU: several minutes; mostly the N = 8192, V = 131k point)
+    python bench.py --json=bench.json      # the same rows for machines
+    python bench.py --quick                # small shapes only, a smoke test (seconds)
+    python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py
+
+1. Head and loss, forward + backward, over V ∈ {32k, 128k} and a few N, D: naive (N×V logits, autograd),
+   fused (model.fused_linear_cross_entropy), torch (F.linear_cross_entropy with its chunked options, where the
+   installed torch has it), liger and cce (Liger-Kernel, cut-cross-entropy impl='cce_exact': only on CUDA, only
+   when installed). flops_frac = the time of a bare matmul of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated
+   outputs: 6·N·V·D FLOPs, measured in the same run: this machine's roofline) / the variant's time.
+2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused vs compiled; MFU on CUDA.
+3. The live meter's overhead on a training step (stats from the fused loss, or hooks on the naive path), and
+   measure.py's cost per token.
+
+How memory is measured. Every (variant, shape) runs in a fresh subprocess, so nothing one variant allocated or
+cached can flatter or burden another. CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(),
+minus the memory allocated just before the call. CPU: torch keeps no allocator statistics, so we read the
+kernel's peak resident set size: VmHWM in /proc/self/status, reset through /proc/self/clear_refs just before the
+call, minus VmRSS just before it (ru_maxrss of the child when the reset is not allowed). Both count the extra
+bytes the call needed at its peak, inputs excluded and gradients included. On CPU glibc returns large freed
+blocks to the kernel at once, so RSS follows the live tensors; it can only over-count, never miss a buffer.
+Times are the best of `--reps` calls (the first also gives the memory); ratios between variants of one run are
+what to compare, since a shared machine's absolute speed drifts.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (2048, 131072, 256), (8192, 131072, 256)]
+QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
+TARGET = (8192, 131072, 256)  # the issue's target point: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 60% of bare
+
+
+# -----------------------------------------------------------------------------
+# measuring one call, in the worker process
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def rss_bytes(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_cpu_peak():
+    """True when VmHWM could be reset to the current RSS (Linux ≥ 4.0)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def measure_call(fn, device, reps):
+    """(best time in s, peak extra bytes of the first call) of fn()."""
+    sync(device)
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before, reset = rss_bytes('VmRSS'), reset_cpu_peak()
+        if not reset:  # ru_maxrss is the whole process's peak: right only for the first big call of a fresh process
+            import resource
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            if device == 'cuda':
+                peak = torch.cuda.max_memory_allocated() - before
+            elif reset:
+                peak = rss_bytes('VmHWM') - before
+            else:
+                import resource
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return min(times), max(peak, 0)
+
+
+def head_inputs(N, V, D, device, dtype, seed=0):
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    h = torch.randn(N, D, generator=g).to(device, dtype).requires_grad_()          # (N, D)
+    W = (torch.randn(V, D, generator=g) * 0.02).to(device, dtype).requires_grad_()  # (V, D)
+    y = torch.randint(0, V, (N,), generator=g).to(device)                            # (N,)
+    return h, W, y
+
+
+def head_fn(variant, h, W, y):
+    """A function running forward + backward of one head-and-loss variant; None when unavailable here."""
+    from model import fused_linear_cross_entropy
+    dev = h.device.type
+
+    def run(loss_fn):
+        def fn():
+            h.grad = W.grad = None
+            loss_fn().backward()
+        return fn
+
+    if variant == 'bare':  # the roofline: the three matmuls of the head, outputs preallocated, nothing else
+        L = torch.empty(h.size(0), W.size(0), device=h.device, dtype=h.dtype)                # (N, V)
+        dh, dW = torch.empty_like(h), torch.empty_like(W)
+        hd, Wd = h.detach(), W.detach()
+
+        def fn():
+            torch.mm(hd, Wd.t(), out=L)   # logits
+            torch.mm(L, Wd, out=dh)       # ∇h = G W
+            torch.mm(L.t(), hd, out=dW)   # ∇W = Gᵀ h
+        return fn
+    if variant == 'naive':
+        return run(lambda: F.cross_entropy((h @ W.t()).float(), y))
+    if variant == 'fused':
+        return run(lambda: fused_linear_cross_entropy(h, W, y))
+    if variant == 'torch':
+        if not hasattr(F, 'linear_cross_entropy') or not hasattr(nn, 'LinearCrossEntropyOptions'):
+            return None
+        opts = nn.LinearCrossEntropyOptions()  # its chunked path, 'auto' policy (the default, options=None, is naive)
+        return run(lambda: F.linear_cross_entropy(h, W, y, options=opts))
+    if dev != 'cuda':
+        return None
+    if variant == 'liger':
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            return None
+        loss = LigerFusedLinearCrossEntropyLoss()
+        return run(lambda: loss(W, h, y))
+    if variant == 'cce':
+        try:
+            from cut_cross_entropy import linear_cross_entropy
+        except ImportError:
+            return None
+        return run(lambda: linear_cross_entropy(h, W, y, impl='cce_exact'))
+    raise ValueError(variant)
+
+
+def worker_head(spec):
+    device, N, V, D = spec['device'], spec['N'], spec['V'], spec['D']
+    dtype = torch.bfloat16 if device == 'cuda' else torch.float32
+    h, W, y = head_inputs(N, V, D, device, dtype)
+    fn = head_fn(spec['variant'], h, W, y)
+    if fn is None:
+        return None
+    t, mem = measure_call(fn, device, spec['reps'])
+    return dict(time_s=t, peak_mem_bytes=mem, tflops=6 * N * V * D / t / 1e12)
+
+
+def step_setup(spec):
+    """A GPT, its AdamW and one batch; returns (model, step function)."""
+    from model import GPT, GPTConfig
+    device = spec['device']
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=spec['V'], n_embd=spec['D'], n_layer=spec['n_layer'], n_head=spec['n_head'],
+                    block_size=spec['T'], head=spec.get('head', 'linear'))
+    model = GPT(cfg).to(device)
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device)
+    x = torch.randint(0, spec['V'], (spec['B'], spec['T']), device=device)
+    step_model = torch.compile(model) if spec.get('compile') else model
+    ctx = torch.autocast(device, dtype=torch.bfloat16) if device == 'cuda' else torch.autocast(device, enabled=False)
+    meter = None
+    if spec.get('meter'):
+        import measure
+        meter = measure.StepMeter(model.lm_head)
+
+    def step():
+        stats = meter.stats if meter is not None and spec['loss'] == 'fused' else None
+        with ctx:
+            _, loss = step_model(x, x, loss=spec['loss'], stats=stats)
+        loss.backward()
+        if meter is not None:
+            assert meter.read() is not None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model, step
+
+
+def worker_step(spec):
+    model, step = step_setup(spec)
+    for _ in range(spec['warmup']):  # compile happens here, and AdamW's state is allocated
+        step()
+    t, mem = measure_call(lambda: [step() for _ in range(spec['steps'])], spec['device'], 1)
+    t /= spec['steps']
+    tok = spec['B'] * spec['T']
+    out = dict(time_s=t, peak_mem_bytes=mem, tok_per_s=tok / t)
+    if spec['device'] == 'cuda':
+        from train import peak_flops
+        out['mfu'] = model.flops_per_token() * tok / t / peak_flops('cuda')
+    return out
+
+
+def worker_measure(spec):
+    """measure.py's full measurement (per-token r, spectrum, direction test) on N tokens of a V×D head."""
+    import measure
+    N, V, D = spec['N'], spec['V'], spec['D']
+    h, W, y = head_inputs(N, V, D, spec['device'], torch.float32)
+    h, W = h.detach(), W.detach() * 10  # logits of order 1, as in a trained model
+    t, mem = measure_call(lambda: measure.measure(h, y, W), spec['device'], 1)
+    return dict(time_s=t, peak_mem_bytes=mem, time_per_token_s=t / N)
+
+
+def worker(spec):
+    torch.manual_seed(0)
+    fn = {'head': worker_head, 'step': worker_step, 'meter': worker_step, 'measure': worker_measure}[spec['kind']]
+    return fn(spec)
+
+# -----------------------------------------------------------------------------
+# the driver: one subprocess per row
+
+def run_worker(spec, timeout=1800):
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker=' + json.dumps(spec)], cwd=HERE,
+                       capture_output=True, text=True, timeout=timeout)
+    lines = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
+    if p.returncode != 0 or not lines:
+        tail = (p.stderr.strip().splitlines() or ['no output'])[-1]
+        return {'error': f"exit {p.returncode}: {tail[:200]}"}
+    return json.loads(lines[-1][len('RESULT '):])
+
+
+def fmt_bytes(b):
+    return '-' if b is None else f"{b / 2**20:,.0f} MiB" if b < 2**30 else f"{b / 2**30:,.2f} GiB"
+
+
+def print_row(r):
+    frac = f"{r['flops_frac']:.2f}" if r.get('flops_frac') is not None else '-'
+    extra = r.get('error') or ', '.join(f"{k} {r[k]:,.3g}" for k in ('tflops', 'tok_per_s', 'mfu', 'overhead_frac',
+                                                                        'time_per_token_s') if k in r)
+    t = f"{r['time_s']:.3f}" if r.get('time_s') is not None else '-'
+    print(f"{r['section']:<8} {r['variant']:<16} {r['N']:>6} {r['V']:>7} {r['D']:>5} {t:>9} "
+          f"{fmt_bytes(r.get('peak_mem_bytes')):>11} {frac:>6}  {extra}", flush=True)
+
+
+def main(argv):
+    opts = dict(json=None, quick=False, sections='123', reps=2, device='cuda' if torch.cuda.is_available() else 'cpu')
+    for arg in argv:
+        key, _, val = arg.removeprefix('--').partition('=')
+        if key not in opts:
+            sys.exit(f"error: unknown option --{key}; allowed: {', '.join(opts)}")
+        opts[key] = {'quick': lambda v: v.lower() in ('', '1', 'true'), 'reps': int}.get(key, str)(val)
+    device = opts['device']
+    rows = []
+    print(f"bench.py: torch {torch.__version__}, device {device}"
+          f" ({torch.cuda.get_device_name() if device == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'section':<8} {'variant':<16} {'N':>6} {'V':>7} {'D':>5} {'time_s':>9} {'peak_mem':>11} {'flops':>6}")
+
+    def add(row):
+        rows.append(row)
+        print_row(row)
+
+    if '1' in opts['sections']:
+        for N, V, D in (QUICK_SHAPES if opts['quick'] else HEAD_SHAPES):
+            bare = None
+            for variant in ('bare', 'naive', 'fused', 'torch', 'liger', 'cce'):
+                res = run_worker(dict(kind='head', variant=variant, device=device, N=N, V=V, D=D, reps=opts['reps']))
+                if res is None:
+                    continue  # not available on this machine
+                row = dict(section='head', variant=variant, N=N, V=V, D=D, **res)
+                if 'time_s' in res:
+                    bare = res['time_s'] if variant == 'bare' else bare
+                    row['flops_frac'] = bare / res['time_s'] if bare else None
+                add(row)
+    step_cfg = dict(V=4096, D=64, n_layer=2, n_head=2, T=32, B=16) if opts['quick'] else \
+        dict(V=32768, D=256, n_layer=2, n_head=4, T=64, B=32)
+    steps = dict(warmup=2, steps=3) if opts['quick'] else dict(warmup=3, steps=5)
+    N, V, D = step_cfg['B'] * step_cfg['T'], step_cfg['V'], step_cfg['D']
+    if '2' in opts['sections']:
+        for variant, kw in [('naive', dict(loss='naive')), ('fused', dict(loss='fused')),
+                            ('fused+compile', dict(loss='fused', compile=True))]:
+            res = run_worker(dict(kind='step', device=device, **step_cfg, **steps, **kw))
+            add(dict(section='step', variant=variant, N=N, V=V, D=D, **res))
+    if '3' in opts['sections']:
+        if not os.path.exists(os.path.join(HERE, 'measure.py')):
+            print("section 3 skipped: measure.py is not there")
+        else:
+            for loss in ('naive', 'fused'):
+                base = run_worker(dict(kind='step', device=device, **step_cfg, **steps, loss=loss))
+                res = run_worker(dict(kind='meter', device=device, **step_cfg, **steps, loss=loss, meter=True))
+                if 'time_s' in res and 'time_s' in base:
+                    res['overhead_frac'] = res['time_s'] / base['time_s'] - 1
+                add(dict(section='meter', variant=f'{loss}+meter', N=N, V=V, D=D, **res))
+            mN, mV, mD = (512, 4096, 64) if opts['quick'] else (2048, 32768, 256)
+            res = run_worker(dict(kind='measure', device=device, N=mN, V=mV, D=mD))
+            add(dict(section='measure', variant='measure.measure', N=mN, V=mV, D=mD, **res))
+    by = {(r['section'], r['variant'], r['N'], r['V'], r['D']): r for r in rows}
+    naive, fused = by.get(('head', 'naive', *TARGET)), by.get(('head', 'fused', *TARGET))
+    if naive and fused and 'time_s' in naive and 'time_s' in fused:
+        print(f"target N={TARGET[0]}, V={TARGET[1]}, D={TARGET[2]}: fused/naive memory "
+              f"{fused['peak_mem_bytes'] / naive['peak_mem_bytes']:.3f} (≤ 0.25), time "
+              f"{fused['time_s'] / naive['time_s']:.2f} (≤ 1.1), fused at {fused['flops_frac']:.2f} of bare-matmul "
+              f"FLOP/s (≥ 0.60)")
+    if opts['json']:
+        with open(opts['json'], 'w') as f:
+            json.dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),
+                           rows=rows), f, indent=1)
+        print(f"wrote {len(rows)} rows to {opts['json']}")
+
+
+if __name__ == '__main__':
+    if len(sys.argv) == 2 and sys.argv[1].startswith('--worker='):
+        sys.path.insert(0, HERE)
+        print('RESULT ' + json.dumps(worker(json.loads(sys.argv[1][len('--worker='):]))), flush=True)
+    else:
+        main(sys.argv[1:])

@@ -1,0 +1,564 @@
+"""
+The gradient-bottleneck meter (PAPER.md §2). The logit gradient G = softmax(logits) − onehot(targets) (N×V) reaches
+the backbone only through G·W, so the part of G in ker(Wᵀ) is destroyed. This file measures how much, on a
+checkpoint, on a freshly initialized model, or on a pretrained Hugging Face LM:
+
+    python measure.py --ckpt=out/wide/ckpt.pt                   # held-out batches of the data it was trained on
+    python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline (train.py's flag names)
+    python measure.py --init --head=narrow --head_rank=4        # a factorized head D→r→V
+    python measure.py --hf=gpt2 --data=input.txt                # any HF causal LM (needs `pip install transformers`)
+    python measure.py --hf=EleutherAI/pythia-160m --json=p.json --plot=p.png
+
+Printed (and written with --json=FILE): the destroyed ratio r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F over all measured tokens,
+the visible cosine c = √(1 − r²), the random-subspace baseline √(1 − rank(W)/V), the per-token distribution of r,
+the spectrum of G (ranks, energy in the top D / 2D / k components, components for 70 / 99 / 99.9% energy, the
+Eckart–Young floor) and the direction test (loss decrease of equal-norm logit steps). --plot=FILE.png draws the
+energy curve (needs matplotlib). Every option is --key=value; see the defaults below.
+
+Importable core (train.py uses the live meter, tests use the rest):
+    column_basis(W)                   orthonormal basis of col(W), (V, k)
+    destroyed_ratio(G, W)             exact reference for any G: {'destroyed_ratio', 'visible_cosine'}
+    head_factor(W)                    D×k factor F with ‖P_col(W) g‖² = ‖Fᵀ Wᵀ g‖², from WᵀW: no V×D QR
+    live_meter(logits, targets, W)    r and c of one batch, cheap (eval)
+    StepMeter(model.lm_head)          r and c of every training step, from gradients backward computes anyway
+    measure(H, targets, W)            everything above from hidden states (N, D), chunk by chunk
+"""
+import ast
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+RANK_RTOL = 1e-5  # ours: a singular value of W (or G) below RANK_RTOL·σ_max counts as zero (W is stored in fp32)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+ENERGY_LEVELS = (0.7, 0.99, 0.999)
+STEP_SIZES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # direction test: per-token RMS size of the logit step (ours)
+
+# -----------------------------------------------------------------------------
+# defaults, each overridable with --key=value
+ckpt = ''                # a train.py checkpoint
+hf = ''                  # a Hugging Face model name or local folder
+init = False             # a freshly initialized GPT built from the model flags below
+data = ''                # '' = the checkpoint's data (--ckpt) or SpamLang; else a .txt file or train.py token file
+# model flags for --init (the same names and defaults as train.py)
+vocab_size = 1024
+n_embd = 64
+n_layer = 2
+n_head = 4
+head = 'linear'
+head_rank = None
+block_size = 0           # sequence length; 0 = the checkpoint's, 32 for --init, min(1024, context) for --hf
+# what is measured
+n_tokens = 8192          # tokens in the measured set (r, c and per-token statistics)
+batch_size = 8           # sequences per forward pass
+chunk = 512              # rows of G held at once: memory O(chunk·V + V·D)
+spectrum_tokens = 2048   # the first tokens of the set, for the spectrum (cost ∝ tokens²·V)
+direction_tokens = 1024  # the first tokens of the set, for the direction test
+top_k = 1000             # the spectrum reports the energy held by the top k components too
+dtype = 'float64'        # precision of G and its projections: float64 or float32
+device = 'auto'          # auto = cuda if available, else cpu
+seed = 0
+plot = ''                # --plot=FILE.png: the energy curve (matplotlib)
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith('_') and k.islower()
+            and isinstance(v, (int, float, bool, str, type(None)))}
+DEFAULTS['json'] = ''    # --json=FILE: the results for machines (a flag only: `json` is the module)
+NONE_DEFAULT_TYPES = {'head_rank': int}
+
+
+class MeasureError(ValueError):
+    """Bad input: printed as one line on stderr, exit status 1."""
+
+# -----------------------------------------------------------------------------
+# the core: projections onto col(W)
+
+def column_basis(W, rtol=RANK_RTOL):
+    """(V, D) -> (V, k) orthonormal basis of W's column space in fp64, k = numerical rank (via SVD, O(V·D²))."""
+    U, S, _ = torch.linalg.svd(W.detach().double(), full_matrices=False)
+    return U[:, S > rtol * S[0]]
+
+
+def logit_grad(logits, targets, dtype=torch.float64):
+    """G = softmax(logits) − onehot(targets), one row per token: the gradient of the summed loss. (n, V)"""
+    G = torch.softmax(logits.to(dtype), dim=-1)
+    G[torch.arange(len(targets), device=G.device), targets] -= 1
+    return G
+
+
+def destroyed_ratio(G, W):
+    """Exact reference for any G (N, V): r = ‖G − PG‖/‖G‖, c = ⟨G, PG⟩/(‖G‖‖PG‖), P = the projector onto col(W)."""
+    G = G.double()
+    Q = column_basis(W).to(G.device)
+    PG = (G @ Q) @ Q.T                                                           # (N, V)
+    r = ((G - PG).norm() / G.norm()).item()
+    c = ((G * PG).sum() / (G.norm() * PG.norm())).item()
+    return {'destroyed_ratio': r, 'visible_cosine': c}
+
+
+def head_factor(W, rtol=RANK_RTOL):
+    """F (D, k) with ‖P_col(W) g‖² = (Wᵀg)ᵀ(WᵀW)⁺(Wᵀg) = ‖Fᵀ Wᵀ g‖²: one O(V·D²) product (in W's dtype, the
+    meter's main cost) and a D×D factorization in fp64, no V×D QR.
+
+    Full-rank W: F = L⁻ᵀ from the Cholesky factor L of WᵀW. Factorized heads make WᵀW singular (rank r < D), and
+    then the pseudo-inverse from an eigendecomposition keeps the k = rank(W) eigenvalues above rtol²·λ_max."""
+    W = W.detach()
+    M = (W.T @ W).double()                                                       # (D, D)
+    L, info = torch.linalg.cholesky_ex(M)
+    d = L.diagonal()
+    if info.item() == 0 and d.min() > rtol * d.max():  # well conditioned: the cheap factor
+        return torch.linalg.solve_triangular(L, torch.eye(len(M), dtype=M.dtype, device=M.device), upper=False).T
+    lam, U = torch.linalg.eigh(M)                                                # ascending
+    keep = lam > (rtol ** 2) * lam[-1]
+    return U[:, keep] / lam[keep].sqrt()                                         # (D, k)
+
+
+def live_ratio(gW, g_sq, F):
+    """r and c over a batch from the rows of G·W (n, D) and ‖g‖² (n,): the live meter's formula."""
+    visible = (gW.double() @ F).pow(2).sum()
+    total = g_sq.double().sum()
+    frac = (visible / total).clamp(0, 1).item()  # ‖P_col g‖²/‖g‖² over the batch
+    return {'grad_destroyed': math.sqrt(1 - frac), 'grad_cosine': math.sqrt(frac)}
+
+
+@torch.no_grad()
+def live_meter(logits, targets, W):
+    """r and c of one batch from its logits (…, V) and targets (…): ‖g‖² = Σp² − 2p_y + 1, G·W = P·W − W[y]."""
+    V = logits.size(-1)
+    p = torch.softmax(logits.reshape(-1, V).float(), dim=-1)                     # (n, V)
+    y = targets.reshape(-1)
+    keep = y >= 0                                                                # targets of -1 are ignored
+    p, y = p[keep], y[keep]
+    p_y = p.gather(1, y[:, None]).squeeze(1)
+    g_sq = p.double().pow(2).sum(1) - 2 * p_y.double() + 1                       # (n,)
+    Wf = W.detach().float()
+    gW = p @ Wf - Wf[y]                                                          # (n, D)
+    return live_ratio(gW, g_sq, head_factor(W))
+
+
+class StepMeter:
+    """The live meter on every training step (train.py --meter_every_step=True); call read() after backward and
+    before the optimizer step, so W is the matrix that produced this G. Returns {'grad_destroyed', 'grad_cosine'}
+    of the latest micro-batch, or None.
+
+    Two sources, neither needing an extra pass over N×V: hooks on the head's logits (‖g‖² per row, one read) and on
+    its input h, whose gradient is G·W / N, computed by backward anyway (the scale cancels in the ratio); or, for
+    a loss that never forms logits, the dict `stats` passed to it, filled with 'gW' (N, D) and 'gsq' (N,)."""
+
+    def __init__(self, lm_head):
+        self.head, self.stats = lm_head, {}
+        self.handle = lm_head.register_forward_hook(self._forward)
+
+    def _forward(self, module, args, logits):
+        if torch.is_grad_enabled() and logits.requires_grad and args[0].requires_grad:
+            logits.register_hook(self._logit_grad)
+            args[0].register_hook(self._hidden_grad)
+
+    def _logit_grad(self, g):  # (B, T, V) = G / N
+        self.stats['gsq'] = torch.linalg.vector_norm(g.reshape(-1, g.size(-1)), dim=1, dtype=torch.float32).pow(2)
+
+    def _hidden_grad(self, gh):  # (B, T, D) = G·W / N
+        self.stats['gW'] = gh.detach().reshape(-1, gh.size(-1))
+
+    @torch.no_grad()
+    def read(self):
+        if self.stats.get('gW') is None or self.stats.get('gsq') is None:
+            return None
+        out = live_ratio(self.stats['gW'], self.stats['gsq'], head_factor(self.head.effective_weight()))
+        self.stats.clear()
+        return out
+
+    def remove(self):
+        self.handle.remove()
+
+# -----------------------------------------------------------------------------
+# the full measurement, chunk by chunk: never N×V at once
+
+def _chunks(n, size):
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _grad_block(H, targets, W, bias, i, j, dtype):
+    """Logits and G of tokens i..j. (n, V) each"""
+    logits = H[i:j] @ W.T
+    if bias is not None:
+        logits = logits + bias
+    return logits, logit_grad(logits, targets[i:j], dtype)
+
+
+@torch.no_grad()
+def per_token(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
+    """‖g_i‖² and ‖P_col(W) g_i‖² for every token, and the mean loss."""
+    Q = column_basis(W).to(H.device, dtype)                                      # (V, k)
+    total, visible, loss = [], [], 0.0
+    for i, j in _chunks(len(H), chunk):
+        logits, G = _grad_block(H, targets, W, bias, i, j, dtype)
+        total.append(G.pow(2).sum(1).double())
+        visible.append((G @ Q).pow(2).sum(1).double())
+        loss += F.cross_entropy(logits.float(), targets[i:j], reduction='sum').item()
+    return torch.cat(total), torch.cat(visible), loss / len(H), Q.size(1)
+
+
+@torch.no_grad()
+def spectrum(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
+    """σ² of G (descending), from the smaller Gram matrix: G Gᵀ (N×N, block by block) when N ≤ V, else GᵀG."""
+    N, V = len(H), W.size(0)
+    blocks = _chunks(N, chunk)
+    if N <= V:
+        K = torch.zeros(N, N, dtype=torch.float64, device=H.device)              # (N, N)
+        for a, (i, j) in enumerate(blocks):
+            Ga = _grad_block(H, targets, W, bias, i, j, dtype)[1]
+            for k, l in blocks[:a + 1]:  # G_b is rebuilt rather than stored: memory stays O(chunk·V)
+                Gb = Ga if (k, l) == (i, j) else _grad_block(H, targets, W, bias, k, l, dtype)[1]
+                block = (Ga @ Gb.T).double()
+                K[i:j, k:l], K[k:l, i:j] = block, block.T
+    else:
+        K = torch.zeros(V, V, dtype=torch.float64, device=H.device)              # (V, V)
+        for i, j in blocks:
+            G = _grad_block(H, targets, W, bias, i, j, dtype)[1]
+            K += (G.T @ G).double()
+    return torch.linalg.eigvalsh(K).flip(0).clamp(min=0)
+
+
+def spectrum_stats(sig2, D, top_k=1000, rtol=RANK_RTOL):
+    """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending)."""
+    sig2 = sig2.double()
+    energy = sig2.cumsum(0) / sig2.sum()
+    s = sig2.sqrt()
+    p = s / s.sum()
+    p = p[p > 0]
+    at = lambda k: energy[min(k, len(energy)) - 1].item()  # energy held by the top k components
+    out = {'numerical_rank': int((s > rtol * s[0]).sum()),
+           'effective_rank': math.exp(-(p * p.log()).sum().item()),  # Roy & Vetterli: exp(entropy of σ/Σσ), ours
+           'energy_top_D': at(D), 'energy_top_2D': at(2 * D), 'energy_top_k': at(top_k), 'top_k': top_k,
+           'eckart_young_floor': max(0.0, 1 - at(2 * D))}
+    for level in ENERGY_LEVELS:
+        out[f'components_{level:g}'] = int(torch.searchsorted(energy, torch.tensor(level - 1e-12, dtype=energy.dtype)).item()) + 1
+    return out
+
+
+@torch.no_grad()
+def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES):
+    """Loss decrease of equal-norm logit steps Z − ε√N·u/‖u‖ (ours, PAPER.md §2) along
+        u = G                   the direct logit gradient,
+        u = G W Wᵀ              what a gradient step on the hidden states H realizes (ΔH = −η G W),
+        u = G W Wᵀ + H ΔWᵀ      hidden states plus head, ΔW = Gᵀ H (rank ≤ 2D).
+    ε is the per-token RMS size of the step. Two passes: D×D statistics, then the losses."""
+    N, dt = len(H), dtype
+    Wd, Hd = W.to(dt), H.to(dt)
+    dW = torch.zeros_like(Wd)                                                    # (V, D), Gᵀ H
+    S_GW = torch.zeros(W.size(1), W.size(1), dtype=dt, device=H.device)           # (D, D), (GW)ᵀ(GW)
+    g2, loss0 = 0.0, 0.0
+    for i, j in _chunks(N, chunk):
+        logits, G = _grad_block(H, targets, W, bias, i, j, dt)
+        GW = G @ Wd                                                              # (n, D)
+        dW += G.T @ Hd[i:j]
+        S_GW += GW.T @ GW
+        g2 += G.pow(2).sum().item()
+        loss0 += F.cross_entropy(logits.double(), targets[i:j], reduction='sum').item()
+    WtW, WtdW = Wd.T @ Wd, Wd.T @ dW                                             # (D, D)
+    h2 = (S_GW * WtW).sum().item()                                               # ‖G W Wᵀ‖²
+    hw2 = h2 + 2 * WtdW.pow(2).sum().item() + ((Hd.T @ Hd) * (dW.T @ dW)).sum().item()  # ‖GWWᵀ + HΔWᵀ‖²
+    norms = {'G': math.sqrt(g2), 'H': math.sqrt(h2), 'H+W': math.sqrt(hw2)}
+    losses = {u: [0.0] * len(step_sizes) for u in norms}
+    for i, j in _chunks(N, chunk):
+        logits, G = _grad_block(H, targets, W, bias, i, j, dt)
+        uH = (G @ Wd) @ Wd.T                                                     # (n, V)
+        dirs = {'G': G, 'H': uH, 'H+W': uH + Hd[i:j] @ dW.T}
+        for u, d in dirs.items():
+            for e, eps in enumerate(step_sizes):
+                z = logits.to(dt) - (eps * math.sqrt(N) / norms[u]) * d
+                losses[u][e] += F.cross_entropy(z, targets[i:j], reduction='sum').item()
+    rows = []
+    for e, eps in enumerate(step_sizes):
+        dec = {u: loss0 / N - losses[u][e] / N for u in norms}
+        rows.append({'step': eps, 'decrease_G': dec['G'], 'decrease_H': dec['H'], 'decrease_HW': dec['H+W'],
+                     'ratio_H': dec['H'] / dec['G'], 'ratio_HW': dec['H+W'] / dec['G']})
+    return rows
+
+
+def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction_tokens=1024, top_k=1000,
+            dtype=torch.float64):
+    """Everything, from final hidden states H (N, D), targets (N,) and the effective output matrix W (V, D)."""
+    H, W = H.float(), W.detach().float()
+    bias = None if bias is None else bias.detach().float()
+    V, D = W.shape
+    total, visible, loss, rank = per_token(H, targets, W, bias, chunk, dtype)
+    frac = (visible.sum() / total.sum()).clamp(0, 1).item()
+    r_tok = (1 - visible / total).clamp(0, 1).sqrt()
+    out = {'n_tokens': len(H), 'V': V, 'D': D, 'rank_W': rank, 'loss': loss,
+           'destroyed_ratio': math.sqrt(1 - frac), 'visible_cosine': math.sqrt(frac),
+           'random_baseline': math.sqrt(1 - rank / V),
+           'per_token': {'mean': r_tok.mean().item(),
+                         **{f'q{int(100 * q):02d}': r_tok.quantile(q).item() for q in QUANTILES}}}
+    if spectrum_tokens > 0:
+        n = min(spectrum_tokens, len(H))
+        sig2 = spectrum(H[:n], targets[:n], W, bias, chunk, dtype)
+        out['spectrum'] = {'n_tokens': n, **spectrum_stats(sig2, D, top_k)}
+        out['_sig2'] = sig2  # for --plot; not written to JSON
+    if direction_tokens > 0:
+        n = min(direction_tokens, len(H))
+        out['direction'] = {'n_tokens': n, 'steps': direction_test(H[:n], targets[:n], W, bias, chunk, dtype)}
+    return out
+
+# -----------------------------------------------------------------------------
+# where the hidden states come from: a train.py checkpoint, a fresh model, or a Hugging Face LM
+
+def batches_from(data_cfg, c, n_batches, block, device):
+    """(x, y) batches of the data a train.py config names: held-out split for text, fresh draws for SpamLang."""
+    import spamlang
+    import train
+    try:
+        data = train.load_data(data_cfg)
+    except train.ConfigError as e:
+        raise MeasureError(str(e))
+    gen = spamlang.make_generator(c['seed'] + 12345, device if data['kind'] == 'spamlang' else 'cpu')
+    return data, [train.get_batch(data, 'val', c['batch_size'], block, gen, device) for _ in range(n_batches)]
+
+
+@torch.no_grad()
+def hidden_of_gpt(model, batches):
+    H, Y = [], []
+    for x, y in batches:
+        H.append(model.hidden(x).reshape(-1, model.config.n_embd))
+        Y.append(y.reshape(-1))
+    return torch.cat(H), torch.cat(Y)
+
+
+def source_ckpt(c, device):
+    from model import GPT, GPTConfig
+    import train
+    path = c['ckpt']
+    if not os.path.isfile(path):
+        raise MeasureError(f"checkpoint {path!r} not found: pass --ckpt=out/<run>/ckpt.pt from train.py")
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=False)
+        saved = ck['config']
+        model = GPT(GPTConfig(**{k: saved[k] for k in train.MODEL_KEYS}))
+        model.load_state_dict(ck['model'])
+    except Exception as e:
+        raise MeasureError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})".splitlines()[0])
+    model.to(device).eval()
+    block = c['block_size'] or saved['block_size']
+    if block > saved['block_size']:
+        raise MeasureError(f"--block_size={block} exceeds the checkpoint's block_size {saved['block_size']}")
+    data_cfg = {**saved, 'data': c['data'] or saved['data']}
+    data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
+    if data['vocab_size'] != saved['vocab_size']:
+        raise MeasureError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
+    H, Y = hidden_of_gpt(model, batches)
+    desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
+    return H, Y, model.lm_head.effective_weight(), None, desc
+
+
+def source_init(c, device):
+    from model import GPT, GPTConfig, check_config
+    block = c['block_size'] or 32
+    cfg = dict(vocab_size=c['vocab_size'], n_embd=c['n_embd'], n_layer=c['n_layer'], n_head=c['n_head'],
+               block_size=block, head=c['head'], head_rank=c['head_rank'])
+    data_cfg = {'data': c['data'] or 'spamlang', 'vocab_size': c['vocab_size'], 'block_size': block,
+                'encoding': 'cl100k_base'}
+    torch.manual_seed(c['seed'])
+    data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
+    cfg['vocab_size'] = data['vocab_size']
+    try:
+        check_config(GPTConfig(**cfg))
+    except ValueError as e:
+        raise MeasureError(str(e))
+    torch.manual_seed(c['seed'])
+    model = GPT(GPTConfig(**cfg)).to(device).eval()
+    H, Y = hidden_of_gpt(model, batches)
+    rank = getattr(model.lm_head, 'rank', None)
+    desc = f"fresh init, {c['head']} head{f' (r = {rank})' if rank else ''}, data {data_cfg['data']}"
+    return H, Y, model.lm_head.effective_weight(), None, desc
+
+
+def load_hf(name, device='cpu'):
+    """(model, tokenizer, W, bias): W (V, D) is the model's own output matrix, cut to the tokenizer's V (the
+    rows beyond it are padding, PAPER.md §2); tied or untied, the same tensor the model multiplies by."""
+    try:
+        import transformers
+    except ImportError:
+        raise MeasureError("--hf needs the transformers package: pip install transformers")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except Exception as e:
+        raise MeasureError(f"cannot load {name!r} with transformers ({type(e).__name__}: {e})".splitlines()[0])
+    model.to(device).eval()
+    out = model.get_output_embeddings()
+    if out is None or not hasattr(out, 'weight'):
+        raise MeasureError(f"{name}: the model exposes no linear output embedding (get_output_embeddings)")
+    V = min(len(tok), out.weight.size(0))
+    bias = getattr(out, 'bias', None)
+    return model, tok, out.weight[:V], None if bias is None else bias[:V]
+
+
+@torch.no_grad()
+def hf_hidden(model, x, W, bias):
+    """Final hidden states (B, T, D), the final norm applied: the input of the output matrix. Checked against the
+    model's own logits at the last position, so a model whose logits are not H Wᵀ (+ b) is refused."""
+    try:
+        out = model(x, output_hidden_states=True, logits_to_keep=1)
+    except TypeError:  # older models without logits_to_keep
+        out = model(x, output_hidden_states=True)
+    H = out.hidden_states[-1]
+    ours = H[:, -1] @ W.T + (0 if bias is None else bias)
+    theirs = out.logits[:, -1, :W.size(0)]
+    if not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.abs().max().item()):
+        raise MeasureError("the model's logits are not (last hidden state) @ W.T: unsupported head (softcapping, "
+                           "scaling or a nonlinear head)")
+    return H
+
+
+def source_hf(c, device):
+    import spamlang
+    model, tok, W, bias = load_hf(c['hf'], device)
+    V, ctx = W.size(0), getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', 1024)
+    block = c['block_size'] or min(1024, ctx)
+    n_seq = -(-c['n_tokens'] // block)
+    if c['data'] in ('', 'spamlang'):
+        gen = spamlang.make_generator(c['seed'] + 12345)
+        xs, ys = spamlang.get_batch(n_seq, block, V, gen)
+        what = 'SpamLang'
+    else:
+        if not os.path.isfile(c['data']):
+            raise MeasureError(f"data file {c['data']!r} not found: pass a .txt file or --data=spamlang")
+        with open(c['data'], encoding='utf-8', errors='replace') as f:
+            ids = tok(f.read(), return_tensors='pt', verbose=False)['input_ids'][0]
+        if len(ids) < block + 1:
+            raise MeasureError(f"{c['data']} has {len(ids):,} tokens, fewer than block_size + 1 = {block + 1}")
+        n_seq = min(n_seq, (len(ids) - 1) // block)  # consecutive windows from the start of the text
+        xs = torch.stack([ids[k * block:(k + 1) * block] for k in range(n_seq)])
+        ys = torch.stack([ids[k * block + 1:(k + 1) * block + 1] for k in range(n_seq)])
+        what = c['data']
+    if int(ys.max()) >= V:
+        raise MeasureError(f"token id {int(ys.max())} ≥ the output matrix's V = {V}")
+    H, Y = [], []
+    for i in range(0, n_seq, c['batch_size']):
+        x, y = xs[i:i + c['batch_size']].to(device), ys[i:i + c['batch_size']].to(device)
+        H.append(hf_hidden(model, x, W, bias).reshape(-1, W.size(1)))
+        Y.append(y.reshape(-1))
+    tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    desc = f"{c['hf']} ({type(model).__name__}, {'tied' if tied else 'untied'} head), data {what}"
+    return torch.cat(H), torch.cat(Y), W, bias, desc
+
+# -----------------------------------------------------------------------------
+# command line
+
+def parse_args(argv):
+    """--key=value (typed like the default) or --flag for booleans. Unknown key or bad value: MeasureError."""
+    c = dict(DEFAULTS)
+    for arg in argv:
+        key, eq, raw = arg.removeprefix('--').partition('=')
+        if not arg.startswith('--'):
+            raise MeasureError(f"bad argument {arg!r}: use --key=value, e.g. --ckpt=out/wide/ckpt.pt")
+        if key not in DEFAULTS:
+            raise MeasureError(f"unknown option --{key}; allowed: {', '.join(DEFAULTS)}")
+        want = NONE_DEFAULT_TYPES.get(key) or type(DEFAULTS[key])
+        if not eq:
+            if want is not bool:
+                raise MeasureError(f"--{key} needs a value: --{key}=...")
+            raw = 'True'
+        if want is str:
+            c[key] = raw
+            continue
+        try:
+            val = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            val = {'true': True, 'false': False}.get(raw.lower(), raw)
+        if val is None and key in NONE_DEFAULT_TYPES:
+            c[key] = None
+            continue
+        if want is float and type(val) is int:
+            val = float(val)
+        if type(val) is not want:
+            raise MeasureError(f"--{key} expects {want.__name__} (default {DEFAULTS[key]!r}), got {raw!r}")
+        c[key] = val
+    if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
+        raise MeasureError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
+    for key in ('n_tokens', 'batch_size', 'chunk', 'top_k'):
+        if c[key] <= 0:
+            raise MeasureError(f"--{key} must be positive, got {c[key]}")
+    if c['dtype'] not in ('float64', 'float32'):
+        raise MeasureError(f"--dtype must be float64 or float32, got {c['dtype']!r}")
+    if c['device'] == 'auto':
+        c['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return c
+
+
+def report(m, desc, seconds):
+    """The readable table."""
+    print(f"{desc}\nN = {m['n_tokens']:,} tokens, V = {m['V']:,}, D = {m['D']}, rank(W) = {m['rank_W']}, "
+          f"loss {m['loss']:.4f}, {seconds:.1f} s")
+    print(f"  destroyed ratio r    {m['destroyed_ratio']:.4f}    (random {m['rank_W']}-dim subspace: "
+          f"√(1 − rank/V) = {m['random_baseline']:.4f})")
+    print(f"  visible cosine c     {m['visible_cosine']:.4f}")
+    pt = m['per_token']
+    print("  per-token r          mean {:.4f}, quantiles 5/25/50/75/95%: {}".format(
+        pt['mean'], ' / '.join(f"{pt[f'q{int(100 * q):02d}']:.4f}" for q in QUANTILES)))
+    if 'spectrum' in m:
+        s, D = m['spectrum'], m['D']
+        print(f"  spectrum of G ({s['n_tokens']:,} tokens): numerical rank {s['numerical_rank']:,}, "
+              f"effective rank {s['effective_rank']:.1f}")
+        print(f"    energy in top D = {D}: {s['energy_top_D']:.4f}, top 2D = {2 * D}: {s['energy_top_2D']:.4f}, "
+              f"top k = {s['top_k']}: {s['energy_top_k']:.4f}")
+        print("    components for {}".format(', '.join(f"{100 * l:g}%: {s[f'components_{l:g}']:,}" for l in ENERGY_LEVELS)))
+        print(f"    Eckart–Young floor Σ_(i>2D) σ² / Σ σ² = {s['eckart_young_floor']:.4f}")
+    if 'direction' in m:
+        d = m['direction']
+        print(f"  direction test ({d['n_tokens']:,} tokens): loss decrease of equal-norm logit steps")
+        print(f"    {'step ε':>8s} {'along G':>11s} {'hidden':>11s} {'hidden+head':>11s} {'ratio H':>9s} {'ratio H+W':>9s}")
+        for row in d['steps']:
+            print(f"    {row['step']:8g} {row['decrease_G']:11.3e} {row['decrease_H']:11.3e} {row['decrease_HW']:11.3e} "
+                  f"{row['ratio_H']:9.4f} {row['ratio_HW']:9.4f}")
+
+
+def draw(m, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MeasureError("--plot needs matplotlib: pip install matplotlib")
+    sig2, D = m['_sig2'], m['D']
+    energy = (sig2.cumsum(0) / sig2.sum()).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(energy) + 1), energy, label='cumulative σ² of G')
+    for k, style, name in ((D, '--', 'D'), (2 * D, ':', '2D')):
+        ax.axvline(k, color='k', ls=style, lw=1, label=f'{name} = {k}')
+    floor = m['spectrum']['eckart_young_floor']
+    ax.axhline(1 - floor, color='r', lw=1, label=f'Eckart–Young floor {floor:.3f}')
+    ax.set(xscale='log', xlabel='components', ylabel='energy fraction', ylim=(0, 1.01),
+           title=f"V = {m['V']:,}, D = {D}, N = {m['spectrum']['n_tokens']:,}")
+    ax.legend(loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv):
+    c = parse_args(argv)
+    t0 = time.time()
+    source = source_ckpt if c['ckpt'] else source_hf if c['hf'] else source_init
+    H, Y, W, bias, desc = source(c, c['device'])
+    n = min(c['n_tokens'], len(H))
+    keep = Y[:n] >= 0
+    m = measure(H[:n][keep], Y[:n][keep], W, bias, c['chunk'], c['spectrum_tokens'], c['direction_tokens'],
+                c['top_k'], getattr(torch, c['dtype']))
+    report(m, desc, time.time() - t0)
+    if c['json']:
+        with open(c['json'], 'w') as f:
+            json.dump({'source': desc, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)
+    if c['plot'] and 'spectrum' in m:
+        draw(m, c['plot'])
+    return m
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except MeasureError as e:
+        sys.exit(f"error: {e}")
