@@ -100,13 +100,13 @@ def destroyed_ratio(G, W):
 
 
 def head_factor(W, rtol=RANK_RTOL):
-    """F (D, k) with ‖P_col(W) g‖² = (Wᵀg)ᵀ(WᵀW)⁺(Wᵀg) = ‖Fᵀ Wᵀ g‖²: one O(V·D²) product (in W's dtype, the
-    meter's main cost) and a D×D factorization in fp64, no V×D QR.
+    """F (D, k) with ‖P_col(W) g‖² = (Wᵀg)ᵀ(WᵀW)⁺(Wᵀg) = ‖Fᵀ Wᵀ g‖²: one O(V·D²) product and a D×D factorization,
+    no V×D QR. WᵀW in fp64: an fp32 product leaves ~1e-7·λ_max of noise where a singular W has zero eigenvalues.
 
     Full-rank W: F = L⁻ᵀ from the Cholesky factor L of WᵀW. Factorized heads make WᵀW singular (rank r < D), and
     then the pseudo-inverse from an eigendecomposition keeps the k = rank(W) eigenvalues above rtol²·λ_max."""
-    W = W.detach()
-    M = (W.T @ W).double()                                                       # (D, D)
+    W = W.detach().double()
+    M = W.T @ W                                                                  # (D, D)
     L, info = torch.linalg.cholesky_ex(M)
     d = L.diagonal()
     if info.item() == 0 and d.min() > rtol * d.max():  # well conditioned: the cheap factor
@@ -383,12 +383,14 @@ def load_hf(name, device='cpu'):
         import transformers
     except ImportError:
         raise MeasureError("--hf needs the transformers package: pip install transformers")
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         tok = transformers.AutoTokenizer.from_pretrained(name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name)
     except Exception as e:
         raise MeasureError(f"cannot load {name!r} with transformers ({type(e).__name__}: {e})".splitlines()[0])
-    model.to(device).eval()
+    model.float().to(device).eval()  # fp32 whatever the stored dtype (Pythia ships fp16)
     out = model.get_output_embeddings()
     if out is None or not hasattr(out, 'weight'):
         raise MeasureError(f"{name}: the model exposes no linear output embedding (get_output_embeddings)")

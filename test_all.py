@@ -452,6 +452,13 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     with torch.no_grad():
         model(idx, y)
     assert meter.read() is None  # no gradient, no reading
+    if 'stats' in GPT.forward.__code__.co_varnames:  # the fused loss fills the meter's dict instead of hooks
+        model.zero_grad()
+        _, loss = model(idx, y, loss='fused', stats=meter.stats)
+        loss.backward()
+        fused = meter.read()
+        assert abs(fused['grad_destroyed'] / ref - 1) < 1e-5
+        assert abs(fused['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
 
 
 @pytest.mark.parametrize('head', ['linear', 'narrow'])
