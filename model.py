@@ -190,15 +190,22 @@ FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedH
 # logits, its loss, and its gradient G_c = softmax − onehot, then folds G_c at once into ∇h (G_c W) and ∇W
 # (G_cᵀ h_c): memory O(chunk·V + V·D), the same matmuls, the same result to fp32 rounding.
 #
-# Default chunk per device, from bench.py. CPU (2-core EPYC, V = 131,072, D = 256): chunks of 128 to 2048
-# tokens ran within noise of each other; smaller ones re-read ∇W (V×D) once per chunk, larger ones spill the
-# cache for no gain, so 512 (256 MB of fp32 logits at V = 131k). CUDA: not measured (no GPU in this session);
-# 4096 tokens (2 GB at V = 131k) keeps the matmuls large enough to run near peak, as other fused losses do.
+# Default chunk per device, measured. CPU (2-core EPYC, shared, N = 4096, V = 131,072, D = 256, fwd + bwd):
+# chunk 128: 27 s, 512: 17 s, 2048: 21-27 s, naive: 30-35 s. Small chunks re-read and rewrite ∇W (V×D) once per
+# chunk; large ones stream (c, V) buffers through memory several times; 512 (256 MB of fp32 logits at V = 131k)
+# sat between. CUDA: not measured (no GPU in this session): 4096 tokens (2 GB at V = 131k) keeps each matmul
+# large enough to run near peak; revisit with `python bench.py` on a GPU.
 FUSED_CHUNK = {'cpu': 512, 'cuda': 4096}
-# Default --loss per device (train.py's 'auto'), from bench.py: on CPU fused was no slower than naive at every
-# size measured and ≥ 20× leaner at V = 131k; on CUDA the memory saving is the point (naive needs 16 GB at
-# N = 16k, V = 128k). So fused everywhere; naive stays as the reference the tests compare against.
-DEFAULT_LOSS = {'cpu': 'fused', 'cuda': 'fused', 'mps': 'naive'}
+# Default --loss (train.py's 'auto'), from measurements on the 2-core CPU: fused beat naive from N·V = 2048·32k up
+# (bench.py: 2.2 s vs 4.0 s at D = 256) and needs a fraction of the memory, but below a few thousand classes its
+# loop's fixed cost wins (V = 64, tiny GPT: 14-16 ms a step vs 12 ms naive). CUDA: unmeasured here; the memory is
+# the point there (naive needs 16 GB at N = 16k, V = 128k), so the same rule. mps: untested, so naive. naive stays
+# the reference the tests compare fused against, and evaluation, which needs the logits, uses it.
+FUSED_MIN_VOCAB = 8192
+
+
+def default_loss(device_type, vocab_size):
+    return 'fused' if device_type in ('cpu', 'cuda') and vocab_size >= FUSED_MIN_VOCAB else 'naive'
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):

@@ -772,7 +772,8 @@ def test_fused_stats_feed_the_live_meter(head):
 def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
     with pytest.raises(train.ConfigError, match='--loss must be auto, naive or fused'):
         train.resolve(*train.parse_args(['--loss=exact']))
-    assert train.resolve(*train.parse_args([]))['loss'] == 'fused'  # DEFAULT_LOSS['cpu']
+    assert train.prepare(*train.parse_args(['--vocab_size=64', f'--out_dir={tmp_path}/a']))[0]['loss'] == 'naive'
+    assert train.prepare(*train.parse_args(['--vocab_size=8192', f'--out_dir={tmp_path}/a']))[0]['loss'] == 'fused'
     torch.set_num_threads(2)
     args = dict(vocab_size=70, n_embd=32, n_head=2, block_size=8, batch_size=8, max_iters=3, warmup_iters=1,
                 eval_interval=3, eval_iters=2, log_interval=1, head='wide')

@@ -27,7 +27,7 @@ import torch
 
 import measure
 import spamlang
-from model import DEFAULT_LOSS, GPT, GPTConfig, check_config
+from model import GPT, GPTConfig, check_config, default_loss
 
 # -----------------------------------------------------------------------------
 # defaults (the CPU preset: `python train.py --head=wide` learns SpamLang in minutes on 2 cores)
@@ -69,7 +69,7 @@ min_lr = 1e-4
 device = 'auto'            # auto picks cuda, then mps, then cpu
 dtype = 'auto'             # auto: bfloat16 autocast on CUDA, float32 elsewhere
 compile = None             # bool; None = on for CUDA, off elsewhere
-loss = 'auto'              # naive (N×V logits, the reference) | fused (chunked, no logits) | auto: model.DEFAULT_LOSS
+loss = 'auto'              # naive (N×V logits, the reference) | fused (chunked, no logits) | auto: model.default_loss
 preset = 'auto'            # 'cpu' (the values above) or 'gpu'; auto = gpu on CUDA
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -160,9 +160,7 @@ def resolve(config, given):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {c['dtype']!r}")
     if c['compile'] is None:
         c['compile'] = device_type == 'cuda'
-    if c['loss'] == 'auto':
-        c['loss'] = DEFAULT_LOSS[device_type]
-    if c['loss'] not in ('naive', 'fused'):
+    if c['loss'] not in ('auto', 'naive', 'fused'):
         raise ConfigError(f"--loss must be auto, naive or fused, got {c['loss']!r}")
     if c['init_from'] not in ('scratch', 'resume'):
         raise ConfigError(f"--init_from must be scratch or resume, got {c['init_from']!r}")
@@ -412,6 +410,8 @@ def prepare(config, given):
                 raise ConfigError(f"the data differs from the checkpoint's ({key}: {was} then, {now} now): resume "
                                   f"with the same data file, or pass --allow_changes=True if the change is intended")
     c['data_fingerprint'], c['code_version'] = data['fingerprint'], code_version()
+    if c['loss'] == 'auto':  # by device and V, now that V is known (text takes it from its tokenizer)
+        c['loss'] = default_loss(c['device'].split(':')[0], c['vocab_size'])
     gptconf = GPTConfig(**{k: c[k] for k in MODEL_KEYS})
     try:
         check_config(gptconf)
