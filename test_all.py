@@ -461,6 +461,22 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
         assert abs(fused['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
 
 
+@pytest.mark.parametrize('cond', [1.0, 30.0, 1e3, 1e5, float('inf')])
+def test_measure_live_factor_on_ill_conditioned_and_singular_W(cond):
+    g = torch.Generator().manual_seed(0)
+    V, D = 500, 24
+    U, _ = torch.linalg.qr(torch.randn(V, D, generator=g, dtype=torch.float64))
+    Vt, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -math.log10(cond), D, dtype=torch.float64) if math.isfinite(cond) else \
+        torch.cat([torch.ones(D - 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)])  # rank D − 5
+    W = ((U * s) @ Vt.T * 0.02).float()  # fp32, as a trained head is stored
+    Q = U if math.isfinite(cond) else U[:, :D - 5]
+    G = torch.randn(64, V, generator=g, dtype=torch.float64) + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
+    ref = ((G - G @ Q @ Q.T).norm() / G.norm()).item()
+    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W))
+    assert abs(live['grad_destroyed'] / ref - 1) < 1e-5, (live, ref)
+
+
 @pytest.mark.parametrize('head', ['linear', 'narrow'])
 def test_measure_realizable_logit_update_has_rank_at_most_2D(head):
     torch.manual_seed(0)
