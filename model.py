@@ -283,17 +283,6 @@ def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
     return loss
 
 
-def destroyed_ratio_from_stats(stats, W):
-    """r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F (PAPER.md §2) from the fused path's stats and the effective W (V, D), at the
-    cost of a D×D eigendecomposition: ‖P_col(W) G‖² = Σ_i (g_i W) (WᵀW)⁺ (g_i W)ᵀ, ‖G‖² = Σ_i ‖g_i‖²."""
-    W = W.detach().double()
-    lam, Q = torch.linalg.eigh(W.t() @ W)                         # (D,), (D, D)
-    keep = lam > lam.max() * (max(W.shape) * torch.finfo(torch.float32).eps) ** 2  # matrix_rank's fp32 tolerance
-    proj = ((stats['gW'].double() @ Q[:, keep]).square() / lam[keep]).sum()
-    total = stats['gsq'].double().sum()
-    return torch.sqrt((1 - proj / total).clamp(min=0)).item()
-
-
 def check_config(config):
     """Raise ValueError with a one-line message naming the problem and the fix."""
     if config.head not in HEADS:
