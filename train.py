@@ -622,13 +622,18 @@ def train_loop(config, given, preemption):
                 log_file.close()
                 print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={c['out_dir']}")
             if ddp:
-                torch.distributed.destroy_process_group()
+                close_ddp()
             sys.exit(REQUEUE_EXIT)
     if master:
         log_file.close()
     if ddp:
-        torch.distributed.destroy_process_group()
+        close_ddp()
     return last
+
+
+def close_ddp():  # every process arrives before any tears its connections down (gloo can abort otherwise)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def peak_flops(device):
