@@ -320,6 +320,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    if {'-h', '--help'} & set(sys.argv[1:]):
+        sys.exit(print(__doc__))
     if len(sys.argv) == 2 and sys.argv[1].startswith('--worker='):
         sys.path.insert(0, HERE)
         print('RESULT ' + json.dumps(worker(json.loads(sys.argv[1][len('--worker='):]))), flush=True)

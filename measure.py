@@ -563,6 +563,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    if {'-h', '--help'} & set(sys.argv[1:]):
+        sys.exit(print(__doc__ + '\noptions, with their defaults:\n' +
+                       '\n'.join(f"  --{k}={v}" for k, v in DEFAULTS.items())))
     try:
         main(sys.argv[1:])
     except MeasureError as e:

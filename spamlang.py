@@ -59,6 +59,8 @@ def optimal_loss_pos0(vocab_size):
 
 if __name__ == '__main__':
     cfg = dict(vocab_size=1024, block_size=12, batch_size=32, steps=1000, seed=0)
+    if {'-h', '--help'} & set(sys.argv[1:]):
+        sys.exit(print(__doc__ + f"options (--key=INT): {cfg}"))
     for arg in sys.argv[1:]:
         key, _, val = arg.removeprefix('--').partition('=')
         if key not in cfg or not val.lstrip('-').isdigit():

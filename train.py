@@ -644,6 +644,9 @@ def peak_flops(device):
 
 
 if __name__ == '__main__':
+    if {'-h', '--help'} & set(sys.argv[1:]):
+        sys.exit(print(__doc__ + '\noptions, with their defaults:\n' +
+                       '\n'.join(f"  --{k}={v}" for k, v in DEFAULTS.items())))
     try:
         train(*parse_args(sys.argv[1:]))
     except (ConfigError, TrainingError) as e:
