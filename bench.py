@@ -209,6 +209,25 @@ def worker_step(spec):
     return out
 
 
+def worker_meter(spec):
+    """The live meter's overhead: two identical models, one metered, stepped alternately in one process so
+    that drift of a shared machine hits both alike; the median step time of each."""
+    _, plain = step_setup({**spec, 'meter': False})
+    model, metered = step_setup({**spec, 'meter': True})
+    for _ in range(spec['warmup']):
+        plain(), metered()
+    times = {plain: [], metered: []}
+    for i in range(spec['steps']):
+        for fn in ((plain, metered) if i % 2 else (metered, plain)):  # alternate who goes first
+            t0 = time.perf_counter()
+            fn()
+            sync(spec['device'])
+            times[fn].append(time.perf_counter() - t0)
+    t_plain, t_meter = (sorted(times[fn])[len(times[fn]) // 2] for fn in (plain, metered))
+    tok = spec['B'] * spec['T']
+    return dict(time_s=t_meter, peak_mem_bytes=None, tok_per_s=tok / t_meter, overhead_frac=t_meter / t_plain - 1)
+
+
 def worker_measure(spec):
     """measure.py's full measurement (per-token r, spectrum, direction test) on N tokens of a V×D head."""
     import measure
@@ -221,7 +240,7 @@ def worker_measure(spec):
 
 def worker(spec):
     torch.manual_seed(0)
-    fn = {'head': worker_head, 'step': worker_step, 'meter': worker_step, 'measure': worker_measure}[spec['kind']]
+    fn = {'head': worker_head, 'step': worker_step, 'meter': worker_meter, 'measure': worker_measure}[spec['kind']]
     return fn(spec)
 
 # -----------------------------------------------------------------------------
@@ -297,10 +316,7 @@ def main(argv):
             print("section 3 skipped: measure.py is not there")
         else:
             for loss in ('naive', 'fused'):
-                base = run_worker(dict(kind='step', device=device, **step_cfg, **steps, loss=loss))
-                res = run_worker(dict(kind='meter', device=device, **step_cfg, **steps, loss=loss, meter=True))
-                if 'time_s' in res and 'time_s' in base:
-                    res['overhead_frac'] = res['time_s'] / base['time_s'] - 1
+                res = run_worker(dict(kind='meter', device=device, **step_cfg, warmup=2, steps=10, loss=loss))
                 add(dict(section='meter', variant=f'{loss}+meter', N=N, V=V, D=D, **res))
             mN, mV, mD = (512, 4096, 64) if opts['quick'] else (2048, 32768, 256)
             res = run_worker(dict(kind='measure', device=device, N=mN, V=mV, D=mD))
