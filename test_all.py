@@ -828,3 +828,129 @@ def test_torchrun_two_processes_match_one(tmp_path):
     la, lb = read_log(tmp_path / 'one'), read_log(tmp_path / 'two')
     assert abs(la[-1]['val_loss'] - lb[-1]['val_loss']) < 1e-4
     assert len(la) == len(lb)
+
+# ---- reproduce.py (issue 5)
+import contextlib
+import csv
+import io
+import re
+
+import reproduce
+
+
+def _csv_rows(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def tiny_repro(tmp_path_factory):
+    """The whole pipeline on the 'tiny' preset (2 seeds, every experiment, a small self-written text)."""
+    root = tmp_path_factory.mktemp('repro')
+    text = root / 'story.txt'
+    words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'then', 'it', 'ran', 'far', 'away', 'home']
+    text.write_text(' '.join(words[(i * 7 + i // 13) % len(words)] for i in range(3000)) + '\n')
+    torch.set_num_threads(2)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        reproduce.main(['--preset=tiny', '--seeds=2', f'--out={root}/a', f'--text={text}', '--device=cpu'])
+    return root, text, buf.getvalue()
+
+
+def test_reproduce_tiny_grid_writes_tables_and_figures(tiny_repro):
+    root, _, printed = tiny_repro
+    out = root / 'a'
+    for png in reproduce.FIGURES.values():
+        assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+    # experiment 1: one row per (head, lr), one best lr per head, both seeds named; one row per run in *_runs.csv
+    rows = _csv_rows(out / 'exp1_head_rank.csv')
+    assert [(r['head'], float(r['lr'])) for r in rows] == [('r2', 1e-3), ('r2', 3e-3), ('wide', 1e-3), ('wide', 3e-3)]
+    assert all(r['seeds'] == '1337;1338' and r['reached'].endswith('/2') for r in rows)
+    assert sorted(r['head'] for r in rows if r['best_lr'] == 'True') == ['r2', 'wide']
+    assert {'final_acc', 'steps_to_target', 'acc_mean', 'acc_std'} <= set(rows[0])
+    for r in rows:
+        assert 0 <= float(r['acc_min']) <= float(r['acc_mean']) <= float(r['acc_max']) <= 1
+        assert r['steps_to_target'] == 'not reached' or float(r['steps_to_target'].split()[0]) > 0
+    runs = _csv_rows(out / 'exp1_runs.csv')
+    assert len(runs) == 8 and sorted({r['seed'] for r in runs}) == ['1337', '1338']
+    table = json.load(open(out / 'exp1_head_rank.json'))
+    assert table['controls']['vocab_size'] == 32 and len(table['rows']) == 4 and len(table['runs']) == 8
+    # experiment 2: the (D, V) grid at equal exposures per symbol
+    rows = _csv_rows(out / 'exp2_vd_grid.csv')
+    assert sorted((int(r['D']), int(r['V'])) for r in rows) == [(8, 16), (8, 32), (16, 16), (16, 32)]
+    for r in rows:
+        assert 2.0 <= float(r['exposures']) < 2.0 + int(r['steps']) / (int(r['V']) - 1) + 1e-9
+        assert int(r['steps']) == 4 and int(r['batch_size']) == math.ceil(2.0 * (int(r['V']) - 1) / 4)
+    # experiment 3: the narrowest head against itself, the wider one against it
+    rows = _csv_rows(out / 'exp3_text.csv')
+    assert [r['head'] for r in rows] == ['r2', 'wide'] and all(r['seeds'] == '1337;1338' for r in rows)
+    assert float(rows[0]['fold_mean']) >= 1.0
+    assert rows[1]['fold'] == 'not reached' or float(rows[1]['fold_mean']) > 0
+    controls = json.load(open(out / 'exp3_text.json'))['controls']
+    assert controls['vocab_size'] == 100277 and controls['encoding'] == 'cl100k_base'
+    # experiment 4: one row per head of experiments 1 (best lr) and 3, with the random baseline
+    rows = _csv_rows(out / 'exp4_meter.csv')
+    assert [(r['data'], r['head']) for r in rows] == [('SpamLang', 'r2'), ('SpamLang', 'wide'), ('text', 'r2'),
+                                                      ('text', 'wide')]
+    assert float(rows[0]['random_baseline']) == round(math.sqrt(1 - 2 / 32), 4)
+    meta = json.load(open(out / 'meta.json'))
+    assert set(meta['wall_s']) == {'1', '2', '3', '4', 'total'} and meta['commit'] and meta['torch']
+    assert (out / 'summary.md').read_text().count('## Experiment') == 4
+    assert printed.count('exp1 ') == 8 and 'ckpt.pt' not in os.listdir(out / 'exp1' / 'r2_lr0.001_s1337')
+
+
+def test_reproduce_seeds_reproducible_and_independent(tiny_repro):
+    root, text, _ = tiny_repro
+    first = {r['name']: r for r in json.load(open(root / 'a' / 'exp1_head_rank.json'))['runs']}
+    a, b = first['wide_lr0.001_s1337'], first['wide_lr0.001_s1338']
+    assert a['final_loss'] != b['final_loss']  # different seeds: different init and data
+    with contextlib.redirect_stdout(io.StringIO()):
+        reproduce.main(['--preset=tiny', '--experiments=1', '--seeds=1', '--e1_heads=wide', '--e1_lrs=1e-3',
+                        f'--out={root}/b', '--device=cpu'])
+    again = json.load(open(root / 'b' / 'exp1_head_rank.json'))['runs']
+    assert len(again) == 1 and again[0]['name'] == 'wide_lr0.001_s1337'
+    assert again[0]['final_loss'] == a['final_loss'] and again[0]['final_acc'] == a['final_acc']
+    logs = [json.load(open(root / d / 'exp1' / 'wide_lr0.001_s1337' / 'run.json'))['evals'] for d in 'ab']
+    assert [e['val_loss'] for e in logs[0]] == [e['val_loss'] for e in logs[1]]
+    # --reuse takes a finished run with the same config from its folder instead of training it again
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        reproduce.main(['--preset=tiny', '--experiments=1', '--seeds=1', '--e1_heads=wide', '--e1_lrs=1e-3',
+                        f'--out={root}/b', '--device=cpu', '--reuse'])
+    assert '(cached)' in buf.getvalue()
+
+
+def test_reproduce_without_text_skips_experiment_3(tmp_path):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        done = reproduce.main(['--preset=tiny', '--experiments=3', f'--out={tmp_path}', '--device=cpu'])
+    assert done == {} and 'exp3: skipped: no text given' in buf.getvalue()
+    assert not (tmp_path / 'exp3_text.csv').exists()
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['--bogus=1'], 'unknown option --bogus'),
+    (['--seeds=0'], '--seeds must be at least 1'),
+    (['--seeds=two'], '--seeds expects int'),
+    (['--experiments=1,5'], '--experiments must be'),
+    (['--e1_heads=r0,wide'], "bad item 'r0'"),
+    (['--e1_lrs=fast'], "bad item 'fast'"),
+    (['--preset=huge'], '--preset must be one of'),
+    (['--quick=maybe'], '--quick expects bool'),
+    (['--text=/no/such/file.txt'], 'not found'),
+    (['--e2_scale=both'], '--e2_scale must be'),
+    (['--e1_n_head=3'], 'must divide the width'),
+    (['--seeds'], '--seeds needs a value'),
+    (['quick'], 'use --key=value'),
+])
+def test_reproduce_bad_flags(args, msg):
+    with pytest.raises(reproduce.ReproError, match=re.escape(msg)):
+        reproduce.parse_args(args)
+
+
+def test_reproduce_bad_flag_is_one_line_exit_1(tmp_path):
+    p = subprocess.run([sys.executable, os.path.join(HERE, 'reproduce.py'), '--quick', '--bogus=1',
+                        f'--out={tmp_path}/r'], capture_output=True, text=True, timeout=60, cwd=HERE)
+    assert p.returncode == 1 and p.stdout == ''
+    assert p.stderr.count('\n') == 1 and p.stderr.startswith('error: unknown option --bogus')
+    assert not (tmp_path / 'r').exists()
