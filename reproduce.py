@@ -17,7 +17,9 @@ Every run is train.train() in-process (its stdout goes to <out>/<exp>/<run>/stdo
 for i < --seeds. Results go to --out (default results/<preset>): one folder per run (log.jsonl, run.json), the
 tables as CSV and JSON, the figures as PNG, summary.md (every table as markdown) and meta.json (hardware, date,
 commit, command, wall times). Options are --key=value (bare --quick, --reuse, --keep_ckpt mean True); a bad one
-stops with one line on stderr and exit status 1, before any run.
+stops with one line on stderr and exit status 1, before any run. Experiments run in the order given (4 reads the
+tables that 1 and 3 wrote to the same --out). --reuse skips every run whose folder already holds a finished run
+with the same config, so an interrupted invocation can be continued, or its figures redrawn, in seconds.
 """
 import ast
 import contextlib
@@ -27,7 +29,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 
@@ -35,7 +36,6 @@ import numpy as np
 import torch
 
 import train
-from model import GPTConfig, check_config
 
 DEFAULTS = dict(
     quick=False,          # = --preset=quick
@@ -238,6 +238,9 @@ def seeds_of(c):
 # one training run, in-process
 
 
+COUNTS = dict(trained=0, cached=0, train_seconds=0.0)  # this invocation's runs, for meta.json
+
+
 def run_one(c, exp, name, overrides):
     """train.train() with `overrides` (every model and optimizer key given explicitly, preset 'cpu' so train.py
     adds nothing), its stdout captured to run_dir/stdout.txt. Returns the run record, also saved as run.json."""
@@ -250,6 +253,7 @@ def run_one(c, exp, name, overrides):
             rec = json.load(f)
         if rec.get('overrides') == json.loads(json.dumps(overrides)):
             rec['cached'] = True
+            COUNTS['cached'] += 1
             return rec
     os.makedirs(run_dir, exist_ok=True)
     buf = io.StringIO()
@@ -272,6 +276,8 @@ def run_one(c, exp, name, overrides):
         for fn in ('ckpt.pt', 'prev_ckpt.pt'):
             if os.path.exists(os.path.join(run_dir, fn)):
                 os.remove(os.path.join(run_dir, fn))
+    COUNTS['trained'] += 1
+    COUNTS['train_seconds'] += seconds
     rec = dict(exp=exp, name=name, seed=overrides['seed'], overrides=overrides, seconds=seconds, evals=evals,
                final=evals[-1])
     with open(summary_path, 'w') as f:
@@ -431,7 +437,7 @@ def plot_exp1(c, runs, rows):
         ax.fill_between(xs, 100 * lo, 100 * hi, color=color, alpha=0.15)
     ax.axhline(100 * c['e1_target'], color='k', lw=0.8, ls=':')
     ax.set(xlabel='training step', ylabel='accuracy on positions ≥ 1 (%)', ylim=(-2, 102),
-           title=f'SpamLang, V = {V:,}, D = {D}: mean of {c["seeds"]} seeds (band: min–max), best lr per head')
+           title=f'SpamLang, V = {V:,}, D = {D}, best lr per head\nmean of {c["seeds"]} seeds, band: min–max')
     ax.legend(fontsize=8, loc='center right')
     # right: final accuracy vs rank, every lr
     markers = 'osD^v'
@@ -448,7 +454,7 @@ def plot_exp1(c, runs, rows):
                 bx.annotate(spec, (x, 100 * r['acc_mean']), textcoords='offset points', xytext=(4, -12), fontsize=7)
     bx.set(xscale='log', xlabel='head rank r (plain heads: rank D, drawn beside it, hollow)',
            ylabel='final accuracy, positions ≥ 1 (%)', ylim=(-2, 102),
-           title=f'final accuracy at step {c["e1_max_iters"]} (mean, bar: min–max)')
+           title=f'final accuracy at step {c["e1_max_iters"]}, every lr\nmean of {c["seeds"]} seeds, bar: min–max')
     bx.set_xticks(sorted({head_rank(s, D) for s in c['_lists']['e1_heads']}))
     from matplotlib.ticker import NullFormatter, ScalarFormatter
     bx.xaxis.set_major_formatter(ScalarFormatter())
@@ -635,7 +641,8 @@ def exp3(c):
                                        ('' if fs['n'] == len(group) else f" ({fs['n']}/{len(group)} seeds)")),
             fold=('not reached' if fs['n'] == 0 else pm(fs, '{:.2f}') +
                   ('' if fs['n'] == len(group) else f" ({fs['n']}/{len(group)} seeds)")),
-            fold_mean=round(fs['mean'], 3) if fs['n'] else None,
+            fold_mean=round(fs['mean'], 3) if fs['n'] else None, fold_std=round(fs['std'], 3) if fs['n'] else None,
+            fold_reached=f"{fs['n']}/{len(group)}",
             destroyed_final=round(stats([r['final']['grad_destroyed'] for r in group])['mean'], 4)))
     controls = dict(
         data=os.path.basename(c['text']), encoding=ENCODING, vocab_size=V, split='first 90% train, last 10% val',
@@ -648,7 +655,8 @@ def exp3(c):
              f"that loss, same seed, linear between evaluations", seeds=seeds_of(c), varies='only the head')
     md = write_table(c, 'exp3_text', rows, controls, runs=[run_row(r) for r in runs],
                      columns=['head', 'rank', 'seeds', 'final_val_loss', 'tokens_to_narrowest_final', 'fold',
-                              'loss_mean', 'loss_std', 'loss_min', 'loss_max', 'fold_mean', 'destroyed_final'])
+                              'loss_mean', 'loss_std', 'loss_min', 'loss_max', 'fold_mean', 'fold_std', 'fold_reached',
+                              'destroyed_final'])
     write_runs_csv(c, 'exp3_runs', runs, ['head', 'rank', 'lr', 'seed', 'final_loss', 'tokens', 'grad_destroyed',
                                            'seconds'])
     plot_exp3(c, runs, heads, rows)
@@ -659,27 +667,32 @@ def plot_exp3(c, runs, heads, rows):
     plt = pyplot()
     D = c['e3_n_embd']
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
+    by_seed = {r['seed']: r for r in runs if r['head'] == heads[0]}
     for k, spec in enumerate(heads):
         group = [r for r in runs if r['head'] == spec]
         xs, mean, lo, hi = curves(group, 'tokens', 'val_loss')
-        for a in (ax, bx):
-            a.plot(xs, mean, color=f'C{k}', label=head_label(spec, D))
-            a.fill_between(xs, lo, hi, color=f'C{k}', alpha=0.15)
+        ax.plot(xs, mean, color=f'C{k}', label=head_label(spec, D))
+        ax.fill_between(xs, lo, hi, color=f'C{k}', alpha=0.15)
+        # right: paired by seed (same data order, same validation batches), minus the narrowest head
+        diff = np.array([[e['val_loss'] - f['val_loss'] for e, f in zip(r['evals'], by_seed[r['seed']]['evals'])]
+                         for r in group])
+        bx.plot(xs, diff.mean(0), color=f'C{k}', label=head_label(spec, D))
+        bx.fill_between(xs, diff.min(0), diff.max(0), color=f'C{k}', alpha=0.15)
     narrow = next(r for r in rows if r['head'] == heads[0])
-    for a in (ax, bx):
-        a.axhline(narrow['loss_mean'], color='k', ls=':', lw=0.8, label=f"{heads[0]} final loss (mean)")
-        a.set(xlabel='training tokens', ylabel='validation loss (nats/token)')
-    ax.set_title(f"{os.path.basename(c['text'])}, cl100k_base (V = 100,277), D = {D}: mean of {c['seeds']} seeds")
+    ax.axhline(narrow['loss_mean'], color='k', ls=':', lw=0.8, label=f"{heads[0]} final loss (mean)")
+    ax.set(xlabel='training tokens', ylabel='validation loss (nats/token)',
+           title=f"{os.path.basename(c['text'])}, cl100k_base (V = 100,277), D = {D}\n"
+                 f"mean of {c['seeds']} seeds, band: min–max (seeds differ in their validation batches)")
     ax.legend(fontsize=8)
-    # right: the second half, zoomed, with the ×-fold of each wider head
-    xs = [r['tokens'] for r in runs[0]['evals']]
-    half = xs[len(xs) // 3]
-    tail = [e['val_loss'] for r in runs for e in r['evals'] if e['tokens'] >= half]
-    bx.set(xlim=(half, xs[-1] * 1.02), ylim=(min(tail) - 0.05, max(tail) + 0.05), title='zoom; ×-fold vs the narrowest head')
-    text = '\n'.join(f"{r['head']}: " + (f"{r['fold']}×" if r['fold_mean'] else 'does not reach it') for r in rows[1:])
-    text = f"×-fold, mean ± std (min–max):\n{text}" if text else ''
-    bx.text(0.98, 0.97, text, transform=bx.transAxes, ha='right', va='top', fontsize=8,
-            bbox=dict(facecolor='white', alpha=0.8, edgecolor='0.8'))
+    bx.set(xlabel='training tokens', ylabel=f'val loss − {heads[0]} val loss, same seed',
+           title=f'paired difference to the narrowest head ({heads[0]})\nbelow 0: the wider head is ahead')
+    text = '\n'.join(f"{r['head']}: " + (f"{r['fold_mean']:.2f}× ± {r['fold_std']:.2f} ({r['fold_reached']} seeds reach it)"
+                                         if r['fold_mean'] else "never reaches it") for r in rows[1:])
+    if text:
+        bx.text(0.98, 0.97, f"tokens to reach {heads[0]}'s final loss,\n×-fold (mean ± std over seeds):\n{text}",
+                transform=bx.transAxes, ha='right', va='top', fontsize=8,
+                bbox=dict(facecolor='white', alpha=0.8, edgecolor='0.8'))
+    bx.axhline(0, color='k', lw=0.8)
     bx.legend(fontsize=8, loc='lower left')
     fig.tight_layout()
     fig.savefig(os.path.join(c['out'], 'exp3_text.png'), dpi=110)
@@ -778,6 +791,7 @@ def main(argv):
     say(f"reproduce.py: preset {c['preset']}, experiments {c['experiments']}, seeds "
         f"{', '.join(map(str, seeds_of(c)))}, device {c['device']}, out {c['out']}")
     t_all, done = time.time(), {}
+    COUNTS.update(trained=0, cached=0, train_seconds=0.0)
     for e in c['experiments'].split(','):
         name, fn = EXPERIMENTS[e]
         say(f"== experiment {e}: {name}")
@@ -788,15 +802,18 @@ def main(argv):
             done[e] = res
             say(f"experiment {e} done in {meta['wall_s'][e]:.0f} s:\n{res['markdown']}\n"
                 f"figure: {os.path.join(c['out'], FIGURES[e])}")
+        meta['runs'] = {**COUNTS, 'train_seconds': round(COUNTS['train_seconds'], 1)}
         with open(meta_path, 'w') as f:  # after every experiment, so a stopped run still says what it did
             json.dump(meta, f, indent=1)
     meta['wall_s']['total'] = round(time.time() - t_all, 1)
+    meta['runs'] = {**COUNTS, 'train_seconds': round(COUNTS['train_seconds'], 1)}
     with open(meta_path, 'w') as f:
         json.dump(meta, f, indent=1)
     with open(os.path.join(c['out'], 'summary.md'), 'w') as f:
         f.write(f"# {meta['command']}\n\n{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, device "
                 f"{meta['device']}{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}, {meta['cpu_count']} CPUs, "
-                f"wall {meta['wall_s']['total']:.0f} s\n")
+                f"wall {meta['wall_s']['total']:.0f} s ({meta['runs']['trained']} runs trained, {meta['runs']['cached']} "
+                f"reused from an earlier invocation with --reuse)\n")
         for e, res in done.items():
             f.write(f"\n## Experiment {e}: {EXPERIMENTS[e][0]} ({meta['wall_s'][e]:.0f} s)\n\n![]({FIGURES[e]})\n\n"
                     f"Controls: {json.dumps(res['controls'])}\n\n{res['markdown']}\n")

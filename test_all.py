@@ -895,6 +895,7 @@ def test_reproduce_tiny_grid_writes_tables_and_figures(tiny_repro):
     assert float(rows[0]['random_baseline']) == round(math.sqrt(1 - 2 / 32), 4)
     meta = json.load(open(out / 'meta.json'))
     assert set(meta['wall_s']) == {'1', '2', '3', '4', 'total'} and meta['commit'] and meta['torch']
+    assert meta['runs']['trained'] == 8 + 8 + 4 and meta['runs']['cached'] == 0
     assert (out / 'summary.md').read_text().count('## Experiment') == 4
     assert printed.count('exp1 ') == 8 and 'ckpt.pt' not in os.listdir(out / 'exp1' / 'r2_lr0.001_s1337')
 
@@ -918,6 +919,7 @@ def test_reproduce_seeds_reproducible_and_independent(tiny_repro):
         reproduce.main(['--preset=tiny', '--experiments=1', '--seeds=1', '--e1_heads=wide', '--e1_lrs=1e-3',
                         f'--out={root}/b', '--device=cpu', '--reuse'])
     assert '(cached)' in buf.getvalue()
+    assert json.load(open(root / 'b' / 'meta.json'))['runs'] == {'trained': 0, 'cached': 1, 'train_seconds': 0.0}
 
 
 def test_reproduce_without_text_skips_experiment_3(tmp_path):
