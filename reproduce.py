@@ -451,7 +451,8 @@ def plot_exp1(c, runs, rows):
                         fmt=markers[k % len(markers)], color=f'C{k}', capsize=3, mfc='none' if spec in ('linear', 'tied') else None,
                         label=f'lr {lr:g}' if spec == c['_lists']['e1_heads'][0] else None)
             if spec in ('linear', 'tied') and k == 0:
-                bx.annotate(spec, (x, 100 * r['acc_mean']), textcoords='offset points', xytext=(4, -12), fontsize=7)
+                bx.annotate(spec, (x, 100 * r['acc_mean']), textcoords='offset points', fontsize=7,
+                            xytext=(4, -12) if spec == 'linear' else (4, 6))
     bx.set(xscale='log', xlabel='head rank r (plain heads: rank D, drawn beside it, hollow)',
            ylabel='final accuracy, positions ≥ 1 (%)', ylim=(-2, 102),
            title=f'final accuracy at step {c["e1_max_iters"]}, every lr\nmean of {c["seeds"]} seeds, bar: min–max')
@@ -606,9 +607,9 @@ def exp3(c):
     D = c['e3_n_embd']
     heads = sorted(c['_lists']['e3_heads'], key=lambda s: head_rank(s, D))
     runs = []
-    for spec in heads:
-        head, rank = head_spec(spec)
-        for seed in seeds_of(c):
+    for seed in seeds_of(c):  # seed-major: a stopped invocation still leaves complete paired comparisons
+        for spec in heads:
+            head, rank = head_spec(spec)
             o = dict(data=data, n_embd=D, n_layer=c['e3_n_layer'], n_head=c['e3_n_head'],
                      block_size=c['e3_block_size'], batch_size=c['e3_batch_size'], max_iters=c['e3_max_iters'],
                      warmup_iters=c['e3_warmup_iters'], eval_interval=c['e3_eval_interval'],
@@ -738,11 +739,12 @@ def exp4(c):
             rank = group[0]['rank']
             d = [[e['grad_destroyed'] for e in r['evals']] for r in group]
             first, mid, last = (stats([x[i] for x in d]) for i in (0, len(d[0]) // 2, -1))
+            fmt = '{:.6f}' if V >= 10000 else '{:.4f}'  # at V = 100k, 1 − r is ~1e-4
             rows.append(dict(data=title.split(' (')[0], head=spec, rank=rank, V=V, lr=group[0]['lr'],
                              seeds=';'.join(str(r['seed']) for r in group),
-                             random_baseline=round(math.sqrt(1 - rank / V), 4),
-                             destroyed_init=pm(first, '{:.4f}'), destroyed_mid=pm(mid, '{:.4f}'),
-                             destroyed_final=pm(last, '{:.4f}'), change=round(last['mean'] - first['mean'], 4),
+                             random_baseline=round(math.sqrt(1 - rank / V), 6),
+                             destroyed_init=pm(first, fmt), destroyed_mid=pm(mid, fmt),
+                             destroyed_final=pm(last, fmt), change=round(last['mean'] - first['mean'], 6),
                              mid_step=group[0]['evals'][len(d[0]) // 2]['iter'],
                              final_step=group[0]['evals'][-1]['iter']))
     controls = dict(meter='measure.live_meter at every evaluation, on the first fixed held-out batch (all positions, '
