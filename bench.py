@@ -167,7 +167,8 @@ def worker_head(spec):
 
 
 def step_setup(spec):
-    """A GPT, its AdamW and one batch; returns (model, step function)."""
+    """A GPT, its AdamW and one batch; returns (model, step function). step(meter=True) runs the live meter: its
+    hooks are attached for that step only, so metered and plain steps can share one model."""
     from model import GPT, GPTConfig
     device = spec['device']
     torch.manual_seed(0)
@@ -178,18 +179,18 @@ def step_setup(spec):
     x = torch.randint(0, spec['V'], (spec['B'], spec['T']), device=device)
     step_model = torch.compile(model) if spec.get('compile') else model
     ctx = torch.autocast(device, dtype=torch.bfloat16) if device == 'cuda' else torch.autocast(device, enabled=False)
-    meter = None
-    if spec.get('meter'):
-        import measure
-        meter = measure.StepMeter(model.lm_head)
 
-    def step():
-        stats = meter.stats if meter is not None and spec['loss'] == 'fused' else None
+    def step(meter=False):
+        if meter:
+            import measure
+            meter = measure.StepMeter(model.lm_head)
+        stats = meter.stats if meter and spec['loss'] == 'fused' else None
         with ctx:
             _, loss = step_model(x, x, loss=spec['loss'], stats=stats)
         loss.backward()
-        if meter is not None:
+        if meter:
             assert meter.read() is not None
+            meter.handle.remove()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return model, step
@@ -210,20 +211,19 @@ def worker_step(spec):
 
 
 def worker_meter(spec):
-    """The live meter's overhead: two identical models, one metered, stepped alternately in one process so
-    that drift of a shared machine hits both alike; the median step time of each."""
-    _, plain = step_setup({**spec, 'meter': False})
-    model, metered = step_setup({**spec, 'meter': True})
+    """The live meter's overhead: one model whose steps alternate between metered and plain, so that drift of a
+    shared machine hits both alike; the median step time of each."""
+    _, step = step_setup(spec)
     for _ in range(spec['warmup']):
-        plain(), metered()
-    times = {plain: [], metered: []}
+        step(), step(meter=True)
+    times = {False: [], True: []}
     for i in range(spec['steps']):
-        for fn in ((plain, metered) if i % 2 else (metered, plain)):  # alternate who goes first
+        for metered in ((False, True) if i % 2 else (True, False)):  # alternate who goes first
             t0 = time.perf_counter()
-            fn()
+            step(meter=metered)
             sync(spec['device'])
-            times[fn].append(time.perf_counter() - t0)
-    t_plain, t_meter = (sorted(times[fn])[len(times[fn]) // 2] for fn in (plain, metered))
+            times[metered].append(time.perf_counter() - t0)
+    t_plain, t_meter = (sorted(times[m])[len(times[m]) // 2] for m in (False, True))
     tok = spec['B'] * spec['T']
     return dict(time_s=t_meter, peak_mem_bytes=None, tok_per_s=tok / t_meter, overhead_frac=t_meter / t_plain - 1)
 
