@@ -23,7 +23,6 @@ Importable core (train.py uses the live meter, tests use the rest):
     StepMeter(model.lm_head)          r and c of every training step, from gradients backward computes anyway
     measure(H, targets, W)            everything above from hidden states (N, D), chunk by chunk
 """
-import ast
 import json
 import math
 import os
@@ -468,21 +467,11 @@ def parse_args(argv):
             if want is not bool:
                 raise MeasureError(f"--{key} needs a value: --{key}=...")
             raw = 'True'
-        if want is str:
-            c[key] = raw
-            continue
+        import train  # here, not at the top: train.py imports this file for its live meter
         try:
-            val = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            val = {'true': True, 'false': False}.get(raw.lower(), raw)
-        if val is None and key in NONE_DEFAULT_TYPES:
-            c[key] = None
-            continue
-        if want is float and type(val) is int:
-            val = float(val)
-        if type(val) is not want:
-            raise MeasureError(f"--{key} expects {want.__name__} (default {DEFAULTS[key]!r}), got {raw!r}")
-        c[key] = val
+            c[key] = train.coerce(key, raw, DEFAULTS, NONE_DEFAULT_TYPES)
+        except train.ConfigError as e:
+            raise MeasureError(str(e))
     if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
         raise MeasureError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
     for key in ('n_tokens', 'batch_size', 'chunk', 'top_k'):

@@ -21,7 +21,6 @@ stops with one line on stderr and exit status 1, before any run. Experiments run
 tables that 1 and 3 wrote to the same --out). --reuse skips every run whose folder already holds a finished run
 with the same config, so an interrupted invocation can be continued, or its figures redrawn, in seconds.
 """
-import ast
 import contextlib
 import csv
 import io
@@ -132,22 +131,14 @@ def parse_args(argv):
 
 
 def coerce(key, raw, default):
-    want = type(default)
-    if raw is None:
-        if want is not bool:
+    if raw is None:  # a bare --flag
+        if type(default) is not bool:
             raise ReproError(f"--{key} needs a value: --{key}=...")
         return True
-    if want is str:
-        return raw
     try:
-        val = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        val = {'true': True, 'false': False}.get(raw.lower(), raw)
-    if want is float and type(val) is int:
-        val = float(val)
-    if type(val) is not want:
-        raise ReproError(f"--{key} expects {want.__name__} (default {default!r}), got {raw!r}")
-    return val
+        return train.coerce(key, raw, {key: default}, {})
+    except train.ConfigError as e:
+        raise ReproError(str(e))
 
 
 def parse_list(key, raw):

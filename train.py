@@ -120,22 +120,23 @@ def parse_args(argv):
     return config, given
 
 
-def coerce(key, raw):
-    want = NONE_DEFAULT_TYPES.get(key) or type(DEFAULTS[key])
+def coerce(key, raw, defaults=DEFAULTS, none_types=NONE_DEFAULT_TYPES):
+    """The string `raw` as a value of the default's type (measure.py and reproduce.py parse with it too)."""
+    want = none_types.get(key) or type(defaults[key])
     if want is str:
         return raw
     try:
         val = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         val = {'true': True, 'false': False}.get(raw.lower(), raw)
-    if val is None and key in NONE_DEFAULT_TYPES:
+    if val is None and key in none_types:
         return None
     if want is float and type(val) is int:
         val = float(val)
     if want is bool and val in (0, 1) and type(val) is int:
         val = bool(val)
     if type(val) is not want:
-        raise ConfigError(f"--{key} expects {want.__name__} (default {DEFAULTS[key]!r}), got {raw!r}")
+        raise ConfigError(f"--{key} expects {want.__name__} (default {defaults[key]!r}), got {raw!r}")
     return val
 
 
