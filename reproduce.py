@@ -251,10 +251,10 @@ def run_one(c, exp, name, overrides):
     t0 = time.time()
     # without --keep_ckpt, train.py's checkpoint saves (every eval: ~150 MB, hashed and fsynced, for a text run)
     # are skipped: these runs are never resumed, and the eval records in log.jsonl are all the tables need
-    no_save = contextlib.nullcontext() if c['keep_ckpt'] else swap(train, 'save_checkpoint', lambda path, state: None)
     try:
-        with contextlib.redirect_stdout(buf), no_save:
-            train.train({**train.DEFAULTS, **overrides}, set(overrides))
+        with contextlib.redirect_stdout(buf):
+            cfg = {**train.DEFAULTS, **overrides, 'save_checkpoints': c['keep_ckpt']}
+            train.train(cfg, set(overrides) | {'save_checkpoints'})
     except (train.ConfigError, train.TrainingError) as e:
         raise ReproError(f"{exp}/{name}: {e}")
     finally:
@@ -274,16 +274,6 @@ def run_one(c, exp, name, overrides):
     with open(summary_path, 'w') as f:
         json.dump(rec, f)
     return rec
-
-
-@contextlib.contextmanager
-def swap(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 def stats(xs):

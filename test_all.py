@@ -384,6 +384,13 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
     assert not [f for f in os.listdir(out) if '.tmp' in f]  # no half-written leftovers
 
 
+def test_save_checkpoints_false_writes_no_checkpoint(tmp_path):
+    last = train_inproc(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=4, eval_interval=2,
+                        save_checkpoints=False)
+    assert last['iter'] == 4 and read_log(tmp_path / 'run')[-1]['iter'] == 4
+    assert not [f for f in os.listdir(tmp_path / 'run') if f.endswith('.pt')]
+
+
 # ---- measure.py (issue 3)
 import measure
 

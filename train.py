@@ -37,6 +37,7 @@ init_from = 'scratch'      # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 overwrite = False          # let a scratch run replace an existing out_dir/ckpt.pt
 allow_changes = False      # let a resumed run change its data file or training knobs (never the model's shape)
 resume_fallback = False    # resume from out_dir/prev_ckpt.pt when ckpt.pt is corrupt
+save_checkpoints = True    # False: never write ckpt.pt (sweeps whose runs are never resumed; log.jsonl is kept)
 log_interval = 100
 eval_interval = 500
 eval_iters = 10
@@ -82,8 +83,8 @@ PRESETS = {  # ours; the gpu preset has not yet been measured on a GPU (README)
                 max_iters=5000, eval_interval=1000),
 }
 MODEL_KEYS = ('vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias', 'head', 'head_rank')
-RUN_KEYS = {'out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'device', 'dtype', 'compile', 'loss',
-            'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step'}  # may differ on resume, freely
+RUN_KEYS = {'out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints', 'device',
+            'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step'}  # may differ on resume
 REQUEUE_EXIT = 75  # EX_TEMPFAIL
 
 
@@ -527,6 +528,8 @@ def train_loop(config, given, preemption):
 
     def checkpoint():
         nonlocal saved_iter
+        if not c['save_checkpoints']:
+            return
         rng = dict(train_gen=train_gen.get_state(), torch=torch.get_rng_state(), numpy=np.random.get_state(),
                    python=random.getstate(), cuda=torch.cuda.get_rng_state() if device_type == 'cuda' else None)
         try:
