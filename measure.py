@@ -337,7 +337,7 @@ def source_ckpt(c, device):
     if not os.path.isfile(path):
         raise MeasureError(f"checkpoint {path!r} not found: pass --ckpt=out/<run>/ckpt.pt from train.py")
     try:
-        ck = torch.load(path, map_location='cpu', weights_only=False)
+        ck = train.load_checkpoint(path)  # verified against its digest, as train.py's resume does
         saved = ck['config']
         model = GPT(GPTConfig(**{k: saved[k] for k in train.MODEL_KEYS}))
         model.load_state_dict(ck['model'])
