@@ -57,7 +57,7 @@ _E1_CPU = dict(e1_vocab_size=1024, e1_n_embd=64, e1_n_layer=2, e1_n_head=4, e1_b
                e1_heads='r2,r4,r8,r16,r32,wide,linear,tied', e1_lrs='1e-3,3e-3', e1_target=0.99)
 _E2_CPU = dict(e2_n_embds='16,32,64,128', e2_vocab_sizes='256,1024,4096,16384', e2_exposures=16.0,
                e2_scale='batch', e2_steps=250, e2_batch_size=32, e2_head='linear', e2_lr=3e-3, e2_n_layer=2,
-               e2_n_head=4, e2_block_size=2, e2_warmup_iters=25, e2_eval_iters=2)
+               e2_n_head=4, e2_block_size=2, e2_warmup_iters=25, e2_eval_sequences=2048)
 _E3_CPU = dict(e3_n_embd=64, e3_n_layer=2, e3_n_head=4, e3_block_size=64, e3_batch_size=16, e3_max_iters=150,
                e3_warmup_iters=20, e3_eval_interval=20, e3_eval_iters=2, e3_heads='r8,r32,wide', e3_lr=3e-3)
 PRESETS = {
@@ -76,7 +76,7 @@ PRESETS = {
         e1_heads='r32,r64,r128,r256,r512,wide,linear,tied', e1_lrs='3e-4,1e-3', e1_target=0.99,
         e2_n_embds='64,128,256,512,768', e2_vocab_sizes='1024,4096,16384,65536,131072', e2_exposures=32.0,
         e2_scale='batch', e2_steps=2000, e2_batch_size=64, e2_head='linear', e2_lr=1e-3, e2_n_layer=4,
-        e2_n_head=4, e2_block_size=8, e2_warmup_iters=100, e2_eval_iters=2,
+        e2_n_head=4, e2_block_size=8, e2_warmup_iters=100, e2_eval_sequences=4096,
         e3_n_embd=768, e3_n_layer=12, e3_n_head=12, e3_block_size=256, e3_batch_size=32, e3_max_iters=5000,
         e3_warmup_iters=200, e3_eval_interval=250, e3_eval_iters=8, e3_heads='r32,r128,wide', e3_lr=6e-4),
     # the test grid: seconds on a CPU
@@ -87,7 +87,7 @@ PRESETS = {
         e1_lrs='1e-3,3e-3', e1_target=0.99,
         e2_n_embds='8,16', e2_vocab_sizes='16,32', e2_exposures=2.0, e2_scale='batch', e2_steps=4,
         e2_batch_size=8, e2_head='linear', e2_lr=3e-3, e2_n_layer=1, e2_n_head=2, e2_block_size=4,
-        e2_warmup_iters=1, e2_eval_iters=1,
+        e2_warmup_iters=1, e2_eval_sequences=8,
         e3_n_embd=8, e3_n_layer=1, e3_n_head=2, e3_block_size=8, e3_batch_size=2, e3_max_iters=6,
         e3_warmup_iters=1, e3_eval_interval=2, e3_eval_iters=1, e3_heads='r2,wide', e3_lr=3e-3),
 }
@@ -464,6 +464,8 @@ def exp2(c):
     runs, rows = [], []
     for V in Vs:  # cheap vocabularies first
         B, steps = exp2_sizes(c, V)
+        # a count of sequences, not of batches: the batch grows with V, and 2 batches score 34 symbols at V = 256
+        eval_iters = math.ceil(c['e2_eval_sequences'] / B)
         for D in Ds:
             group = []
             for seed in seeds_of(c):
@@ -471,7 +473,7 @@ def exp2(c):
                          block_size=c['e2_block_size'], batch_size=B, max_iters=steps, head=c['e2_head'],
                          learning_rate=c['e2_lr'], min_lr=c['e2_lr'] / 10,
                          warmup_iters=min(c['e2_warmup_iters'], max(1, steps // 10)),
-                         eval_interval=steps, eval_iters=c['e2_eval_iters'], seed=seed)
+                         eval_interval=steps, eval_iters=eval_iters, seed=seed)
                 rec = run_one(c, 'exp2', f"D{D}_V{V}_s{seed}", o)
                 rec.update(V=V, D=D, batch_size=B, max_iters=steps, exposures=round(B * steps / (V - 1), 2))
                 say(f"exp2 D {D:4d} V {V:6d} (V/D {V / D:g}) seed {seed}: acc {100 * rec['final']['val_acc']:.1f}% "
@@ -481,7 +483,8 @@ def exp2(c):
             runs += group
             acc = stats([r['final']['val_acc'] for r in group])
             rows.append(dict(D=D, V=V, V_over_D=round(V / D, 3), batch_size=B, steps=steps,
-                             exposures=group[0]['exposures'], seeds=';'.join(str(r['seed']) for r in group),
+                             exposures=group[0]['exposures'], eval_sequences=eval_iters * B,
+                             seeds=';'.join(str(r['seed']) for r in group),
                              final_acc=pm(acc, scale=100), acc_mean=round(acc['mean'], 4), acc_std=round(acc['std'], 4),
                              acc_min=round(acc['min'], 4), acc_max=round(acc['max'], 4),
                              loss_mean=round(stats([r['final']['val_loss'] for r in group])['mean'], 4),
@@ -492,11 +495,12 @@ def exp2(c):
         exposures_per_symbol=c['e2_exposures'],
         scaling=('fixed steps, batch ∝ V' if c['e2_scale'] == 'batch' else 'fixed batch, steps ∝ V') +
                 ': every run sees each symbol the same expected number of times (sequences · 1/(V − 1))',
-        eval=f"{c['e2_eval_iters']} fixed held-out batches at the end; accuracy on positions ≥ 1", seeds=seeds_of(c),
+        eval=f"≥ {c['e2_eval_sequences']} fixed held-out sequences (whole batches) at the end; accuracy on positions "
+             f"≥ 1", seeds=seeds_of(c),
         varies='D (width) and V (vocabulary) only')
     md = write_table(c, 'exp2_vd_grid', rows, controls, runs=[run_row(r) for r in runs],
-                     columns=['D', 'V', 'V_over_D', 'batch_size', 'steps', 'exposures', 'seeds', 'final_acc',
-                              'acc_mean', 'acc_std', 'acc_min', 'acc_max', 'loss_mean', 'destroyed_mean'])
+                     columns=['D', 'V', 'V_over_D', 'batch_size', 'steps', 'exposures', 'eval_sequences', 'seeds',
+                              'final_acc', 'acc_mean', 'acc_std', 'acc_min', 'acc_max', 'loss_mean', 'destroyed_mean'])
     write_runs_csv(c, 'exp2_runs', runs, ['V', 'D', 'seed', 'batch_size', 'max_iters', 'exposures', 'final_acc',
                                            'final_loss', 'grad_destroyed', 'seconds'])
     plot_exp2(c, rows)

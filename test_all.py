@@ -890,6 +890,9 @@ def test_reproduce_tiny_grid_writes_tables_and_figures(tiny_repro):
     for r in rows:
         assert 2.0 <= float(r['exposures']) < 2.0 + int(r['steps']) / (int(r['V']) - 1) + 1e-9
         assert int(r['steps']) == 4 and int(r['batch_size']) == math.ceil(2.0 * (int(r['V']) - 1) / 4)
+        # at least e2_eval_sequences = 8 held-out sequences whatever the batch, in whole batches
+        assert 8 <= int(r['eval_sequences']) < 8 + int(r['batch_size'])
+        assert int(r['eval_sequences']) % int(r['batch_size']) == 0
     # experiment 3: the narrowest head against itself, the wider one against it
     rows = _csv_rows(out / 'exp3_text.csv')
     assert [r['head'] for r in rows] == ['r2', 'wide'] and all(r['seeds'] == '1337;1338' for r in rows)
