@@ -529,7 +529,8 @@ def plot_exp2(c, rows):
         keep = (y >= ye[0]) & (y <= ye[-1])
         if keep.sum() > 1:
             ax.plot(x[keep], y[keep], 'k--', lw=0.7, alpha=0.6)
-            ax.annotate(f'V/D = {2 ** k:g}', (x[keep][-1], y[keep][-1]), fontsize=7, ha='right', va='bottom')
+            ax.annotate(f'V/D = {2 ** k:g}', (x[keep][-1], y[keep][-1]), xytext=(-3, -3), textcoords='offset points',
+                        fontsize=7, ha='right', va='top')  # inside the axes, clear of the title
     ax.set_aspect('equal')
     ax.set_xticks([math.log2(V) for V in Vs], [f'{V:,}' for V in Vs])
     ax.set_yticks([math.log2(D) for D in Ds], [str(D) for D in Ds])
