@@ -520,7 +520,7 @@ def plot_exp2(c, rows):
     mesh = ax.pcolormesh(xe, ye, 100 * acc, cmap='RdYlGn', vmin=0, vmax=100, shading='flat')
     for i, D in enumerate(Ds):
         for j, V in enumerate(Vs):
-            ax.text(math.log2(V), math.log2(D), f"{100 * acc[i, j]:.0f}\n±{100 * std[i, j]:.0f}", ha='center',
+            ax.text(math.log2(V), math.log2(D), f"{100 * acc[i, j]:.0f} ± {100 * std[i, j]:.0f}", ha='center',
                     va='center', fontsize=8)
     # lines of constant V/D are diagonals in (log2 V, log2 D)
     x = np.linspace(xe[0], xe[-1], 50)
@@ -530,7 +530,7 @@ def plot_exp2(c, rows):
         if keep.sum() > 1:
             ax.plot(x[keep], y[keep], 'k--', lw=0.7, alpha=0.6)
             ax.annotate(f'V/D = {2 ** k:g}', (x[keep][-1], y[keep][-1]), xytext=(-3, -3), textcoords='offset points',
-                        fontsize=7, ha='right', va='top')  # inside the axes, clear of the title
+                        fontsize=7, ha='right', va='top', bbox=dict(fc='white', alpha=0.6, lw=0, pad=0.5))
     ax.set_aspect('equal')
     ax.set_xticks([math.log2(V) for V in Vs], [f'{V:,}' for V in Vs])
     ax.set_yticks([math.log2(D) for D in Ds], [str(D) for D in Ds])
