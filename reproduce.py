@@ -8,7 +8,8 @@ Reproduce the paper's findings at laptop scale, with figures and tables, in one 
 
 Experiments (PAPER.md §3, §4, §6; the controls of each are written into its table):
   1  head rank on SpamLang: V, D, data and exposures fixed, only the head changes (r ∈ e1_heads), lr sweep per head.
-  2  V/D on SpamLang at equal exposures per symbol: a (D, V) grid, every run sees each symbol e2_exposures times.
+  2  V/D on SpamLang at equal exposures per symbol: a (D, V) grid, every run sees each symbol e2_exposures times
+     (lr ∈ e2_lrs, the best per cell; the cpu preset runs 3e-3 alone to stay within 60 min, --e2_lrs=1e-3,3e-3 sweeps).
   3  real text (--text=FILE.txt, tokenized with cl100k_base, V = 100,277), head rank: validation loss vs tokens
      and the "×-fold" (tokens the narrowest head needed / tokens a wider head needs to reach its final loss).
   4  the meter along training: grad_destroyed vs step for the runs of 1 and 3, beside √(1 − rank/V).
@@ -56,7 +57,7 @@ _E1_CPU = dict(e1_vocab_size=1024, e1_n_embd=64, e1_n_layer=2, e1_n_head=4, e1_b
                e1_max_iters=800, e1_warmup_iters=80, e1_eval_interval=40, e1_eval_iters=4,
                e1_heads='r2,r4,r8,r16,r32,wide,linear,tied', e1_lrs='1e-3,3e-3', e1_target=0.99)
 _E2_CPU = dict(e2_n_embds='16,32,64,128', e2_vocab_sizes='256,1024,4096,16384', e2_exposures=16.0,
-               e2_scale='batch', e2_steps=250, e2_batch_size=32, e2_head='linear', e2_lr=3e-3, e2_n_layer=2,
+               e2_scale='batch', e2_steps=250, e2_batch_size=32, e2_head='linear', e2_lrs='3e-3', e2_n_layer=2,
                e2_n_head=4, e2_block_size=2, e2_warmup_iters=25, e2_eval_sequences=2048)
 _E3_CPU = dict(e3_n_embd=64, e3_n_layer=2, e3_n_head=4, e3_block_size=64, e3_batch_size=16, e3_max_iters=150,
                e3_warmup_iters=20, e3_eval_interval=20, e3_eval_iters=2, e3_heads='r8,r32,wide', e3_lr=3e-3)
@@ -75,7 +76,7 @@ PRESETS = {
         e1_max_iters=5000, e1_warmup_iters=200, e1_eval_interval=250, e1_eval_iters=4,
         e1_heads='r32,r64,r128,r256,r512,wide,linear,tied', e1_lrs='3e-4,1e-3', e1_target=0.99,
         e2_n_embds='64,128,256,512,768', e2_vocab_sizes='1024,4096,16384,65536,131072', e2_exposures=32.0,
-        e2_scale='batch', e2_steps=2000, e2_batch_size=64, e2_head='linear', e2_lr=1e-3, e2_n_layer=4,
+        e2_scale='batch', e2_steps=2000, e2_batch_size=64, e2_head='linear', e2_lrs='3e-4,1e-3', e2_n_layer=4,
         e2_n_head=4, e2_block_size=8, e2_warmup_iters=100, e2_eval_sequences=4096,
         e3_n_embd=768, e3_n_layer=12, e3_n_head=12, e3_block_size=256, e3_batch_size=32, e3_max_iters=5000,
         e3_warmup_iters=200, e3_eval_interval=250, e3_eval_iters=8, e3_heads='r32,r128,wide', e3_lr=6e-4),
@@ -86,12 +87,13 @@ PRESETS = {
         e1_max_iters=8, e1_warmup_iters=2, e1_eval_interval=4, e1_eval_iters=1, e1_heads='r2,wide',
         e1_lrs='1e-3,3e-3', e1_target=0.99,
         e2_n_embds='8,16', e2_vocab_sizes='16,32', e2_exposures=2.0, e2_scale='batch', e2_steps=4,
-        e2_batch_size=8, e2_head='linear', e2_lr=3e-3, e2_n_layer=1, e2_n_head=2, e2_block_size=4,
+        e2_batch_size=8, e2_head='linear', e2_lrs='1e-3,3e-3', e2_n_layer=1, e2_n_head=2, e2_block_size=4,
         e2_warmup_iters=1, e2_eval_sequences=8,
         e3_n_embd=8, e3_n_layer=1, e3_n_head=2, e3_block_size=8, e3_batch_size=2, e3_max_iters=6,
         e3_warmup_iters=1, e3_eval_interval=2, e3_eval_iters=1, e3_heads='r2,wide', e3_lr=3e-3),
 }
-LIST_KEYS = {'e1_heads': 'head', 'e1_lrs': float, 'e2_n_embds': int, 'e2_vocab_sizes': int, 'e3_heads': 'head'}
+LIST_KEYS = {'e1_heads': 'head', 'e1_lrs': float, 'e2_lrs': float, 'e2_n_embds': int, 'e2_vocab_sizes': int,
+             'e3_heads': 'head'}
 ENCODING = 'cl100k_base'
 
 
@@ -460,58 +462,67 @@ def exp2_sizes(c, V):
 
 
 def exp2(c):
-    Ds, Vs = c['_lists']['e2_n_embds'], c['_lists']['e2_vocab_sizes']
+    Ds, Vs, lrs = c['_lists']['e2_n_embds'], c['_lists']['e2_vocab_sizes'], c['_lists']['e2_lrs']
     runs, rows = [], []
     for V in Vs:  # cheap vocabularies first
         B, steps = exp2_sizes(c, V)
         # a count of sequences, not of batches: the batch grows with V, and 2 batches score 34 symbols at V = 256
         eval_iters = math.ceil(c['e2_eval_sequences'] / B)
         for D in Ds:
-            group = []
-            for seed in seeds_of(c):
-                o = dict(data='spamlang', vocab_size=V, n_embd=D, n_layer=c['e2_n_layer'], n_head=c['e2_n_head'],
-                         block_size=c['e2_block_size'], batch_size=B, max_iters=steps, head=c['e2_head'],
-                         learning_rate=c['e2_lr'], min_lr=c['e2_lr'] / 10,
-                         warmup_iters=min(c['e2_warmup_iters'], max(1, steps // 10)),
-                         eval_interval=steps, eval_iters=eval_iters, seed=seed)
-                rec = run_one(c, 'exp2', f"D{D}_V{V}_s{seed}", o)
-                rec.update(V=V, D=D, batch_size=B, max_iters=steps, exposures=round(B * steps / (V - 1), 2))
-                say(f"exp2 D {D:4d} V {V:6d} (V/D {V / D:g}) seed {seed}: acc {100 * rec['final']['val_acc']:.1f}% "
-                    f"after {rec['exposures']:g} exposures/symbol ({steps} steps × {B}), {rec['seconds']:.1f} s"
-                    f"{' (cached)' if rec.get('cached') else ''}")
-                group.append(rec)
-            runs += group
-            acc = stats([r['final']['val_acc'] for r in group])
-            rows.append(dict(D=D, V=V, V_over_D=round(V / D, 3), batch_size=B, steps=steps,
-                             exposures=group[0]['exposures'], eval_sequences=eval_iters * B,
-                             seeds=';'.join(str(r['seed']) for r in group),
-                             final_acc=pm(acc, scale=100), acc_mean=round(acc['mean'], 4), acc_std=round(acc['std'], 4),
-                             acc_min=round(acc['min'], 4), acc_max=round(acc['max'], 4),
-                             loss_mean=round(stats([r['final']['val_loss'] for r in group])['mean'], 4),
-                             destroyed_mean=round(stats([r['final']['grad_destroyed'] for r in group])['mean'], 4)))
+            cell = []
+            for lr in lrs:
+                group = []
+                for seed in seeds_of(c):
+                    o = dict(data='spamlang', vocab_size=V, n_embd=D, n_layer=c['e2_n_layer'], n_head=c['e2_n_head'],
+                             block_size=c['e2_block_size'], batch_size=B, max_iters=steps, head=c['e2_head'],
+                             learning_rate=lr, min_lr=lr / 10,
+                             warmup_iters=min(c['e2_warmup_iters'], max(1, steps // 10)),
+                             eval_interval=steps, eval_iters=eval_iters, seed=seed)
+                    rec = run_one(c, 'exp2', f"D{D}_V{V}_lr{lr:g}_s{seed}", o)
+                    rec.update(V=V, D=D, lr=lr, batch_size=B, max_iters=steps, exposures=round(B * steps / (V - 1), 2))
+                    say(f"exp2 D {D:4d} V {V:6d} (V/D {V / D:g}) lr {lr:g} seed {seed}: acc "
+                        f"{100 * rec['final']['val_acc']:.1f}% after {rec['exposures']:g} exposures/symbol ({steps} "
+                        f"steps × {B}), {rec['seconds']:.1f} s{' (cached)' if rec.get('cached') else ''}")
+                    group.append(rec)
+                runs += group
+                acc, loss = stats([r['final']['val_acc'] for r in group]), stats([r['final']['val_loss'] for r in group])
+                cell.append(dict(D=D, V=V, V_over_D=round(V / D, 3), lr=lr, batch_size=B, steps=steps,
+                                 exposures=group[0]['exposures'], eval_sequences=eval_iters * B,
+                                 seeds=';'.join(str(r['seed']) for r in group), final_acc=pm(acc, scale=100),
+                                 acc_mean=round(acc['mean'], 4), acc_std=round(acc['std'], 4),
+                                 acc_min=round(acc['min'], 4), acc_max=round(acc['max'], 4),
+                                 loss_mean=round(loss['mean'], 4),
+                                 destroyed_mean=round(stats([r['final']['grad_destroyed'] for r in group])['mean'], 4),
+                                 best_lr=False))
+            # best lr per cell: highest mean accuracy, then lowest mean loss on the determined positions
+            max(cell, key=lambda r: (round(r['acc_mean'], 3), -r['loss_mean']))['best_lr'] = True
+            rows += cell
     controls = dict(
         data='SpamLang', head=c['e2_head'], n_layer=c['e2_n_layer'], n_head=c['e2_n_head'],
-        block_size=c['e2_block_size'], learning_rate=c['e2_lr'], schedule='AdamW, warmup then cosine to lr/10',
+        block_size=c['e2_block_size'], learning_rates=lrs, schedule='AdamW, warmup then cosine to lr/10',
         exposures_per_symbol=c['e2_exposures'],
         scaling=('fixed steps, batch ∝ V' if c['e2_scale'] == 'batch' else 'fixed batch, steps ∝ V') +
                 ': every run sees each symbol the same expected number of times (sequences · 1/(V − 1))',
         eval=f"≥ {c['e2_eval_sequences']} fixed held-out sequences (whole batches) at the end; accuracy on positions "
              f"≥ 1", seeds=seeds_of(c),
-        varies='D (width) and V (vocabulary) only')
+        varies='D (width) and V (vocabulary) only (and the lr, swept per cell; the heat map shows the best)')
     md = write_table(c, 'exp2_vd_grid', rows, controls, runs=[run_row(r) for r in runs],
-                     columns=['D', 'V', 'V_over_D', 'batch_size', 'steps', 'exposures', 'eval_sequences', 'seeds',
-                              'final_acc', 'acc_mean', 'acc_std', 'acc_min', 'acc_max', 'loss_mean', 'destroyed_mean'])
-    write_runs_csv(c, 'exp2_runs', runs, ['V', 'D', 'seed', 'batch_size', 'max_iters', 'exposures', 'final_acc',
+                     columns=['D', 'V', 'V_over_D', 'lr', 'best_lr', 'batch_size', 'steps', 'exposures',
+                              'eval_sequences', 'seeds', 'final_acc', 'acc_mean', 'acc_std', 'acc_min', 'acc_max',
+                              'loss_mean', 'destroyed_mean'])
+    write_runs_csv(c, 'exp2_runs', runs, ['V', 'D', 'lr', 'seed', 'batch_size', 'max_iters', 'exposures', 'final_acc',
                                            'final_loss', 'grad_destroyed', 'seconds'])
-    plot_exp2(c, rows)
+    plot_exp2(c, [r for r in rows if r['best_lr']])
     return dict(markdown=md, controls=controls)
 
 
 def plot_exp2(c, rows):
     plt = pyplot()
     Ds, Vs = sorted(c['_lists']['e2_n_embds']), sorted(c['_lists']['e2_vocab_sizes'])
-    acc = np.array([[next(r for r in rows if r['D'] == D and r['V'] == V)['acc_mean'] for V in Vs] for D in Ds])
-    std = np.array([[next(r for r in rows if r['D'] == D and r['V'] == V)['acc_std'] for V in Vs] for D in Ds])
+    cell = {(r['D'], r['V']): r for r in rows}  # the best lr's row of each cell
+    acc = np.array([[cell[D, V]['acc_mean'] for V in Vs] for D in Ds])
+    std = np.array([[cell[D, V]['acc_std'] for V in Vs] for D in Ds])
+    lrs = c['_lists']['e2_lrs']
     edges = lambda xs: np.log2(np.concatenate([[xs[0] ** 1.5 / xs[1] ** 0.5] if len(xs) > 1 else [xs[0] / 2],
                                                [math.sqrt(a * b) for a, b in zip(xs, xs[1:])],
                                                [xs[-1] ** 1.5 / xs[-2] ** 0.5] if len(xs) > 1 else [xs[0] * 2]]))
@@ -520,7 +531,8 @@ def plot_exp2(c, rows):
     mesh = ax.pcolormesh(xe, ye, 100 * acc, cmap='RdYlGn', vmin=0, vmax=100, shading='flat')
     for i, D in enumerate(Ds):
         for j, V in enumerate(Vs):
-            ax.text(math.log2(V), math.log2(D), f"{100 * acc[i, j]:.0f} ± {100 * std[i, j]:.0f}", ha='center',
+            lr = f"\nlr {cell[D, V]['lr']:g}" if len(lrs) > 1 else ''
+            ax.text(math.log2(V), math.log2(D), f"{100 * acc[i, j]:.0f} ± {100 * std[i, j]:.0f}{lr}", ha='center',
                     va='center', fontsize=8)
     # lines of constant V/D are diagonals in (log2 V, log2 D)
     x = np.linspace(xe[0], xe[-1], 50)
@@ -536,7 +548,8 @@ def plot_exp2(c, rows):
     ax.set_yticks([math.log2(D) for D in Ds], [str(D) for D in Ds])
     ax.set(xlabel='vocabulary V', ylabel='width D',
            title=f"SpamLang, final accuracy (%) on positions ≥ 1, mean ± std of {c['seeds']} seeds\n"
-                 f"{c['e2_head']} head, {c['e2_exposures']:g} exposures per symbol in every cell")
+                 f"{c['e2_head']} head, {c['e2_exposures']:g} exposures per symbol in every cell, "
+                 + (f"best lr of {', '.join(f'{lr:g}' for lr in lrs)}" if len(lrs) > 1 else f"lr {lrs[0]:g}"))
     fig.colorbar(mesh, ax=ax, label='accuracy (%)')
     fig.tight_layout()
     fig.savefig(os.path.join(c['out'], 'exp2_vd_heatmap.png'), dpi=110)

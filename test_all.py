@@ -886,7 +886,13 @@ def test_reproduce_tiny_grid_writes_tables_and_figures(tiny_repro):
     assert table['controls']['vocab_size'] == 32 and len(table['rows']) == 4 and len(table['runs']) == 8
     # experiment 2: the (D, V) grid at equal exposures per symbol
     rows = _csv_rows(out / 'exp2_vd_grid.csv')
-    assert sorted((int(r['D']), int(r['V'])) for r in rows) == [(8, 16), (8, 32), (16, 16), (16, 32)]
+    assert sorted((int(r['D']), int(r['V']), float(r['lr'])) for r in rows) == [
+        (D, V, lr) for D in (8, 16) for V in (16, 32) for lr in (1e-3, 3e-3)]
+    best = [r for r in rows if r['best_lr'] == 'True']  # one lr per cell, the one with the best accuracy
+    assert sorted((int(r['D']), int(r['V'])) for r in best) == [(8, 16), (8, 32), (16, 16), (16, 32)]
+    for r in best:
+        other = next(o for o in rows if (o['D'], o['V']) == (r['D'], r['V']) and o is not r)
+        assert round(float(r['acc_mean']), 3) >= round(float(other['acc_mean']), 3)
     for r in rows:
         assert 2.0 <= float(r['exposures']) < 2.0 + int(r['steps']) / (int(r['V']) - 1) + 1e-9
         assert int(r['steps']) == 4 and int(r['batch_size']) == math.ceil(2.0 * (int(r['V']) - 1) / 4)
@@ -907,7 +913,7 @@ def test_reproduce_tiny_grid_writes_tables_and_figures(tiny_repro):
     assert float(rows[0]['random_baseline']) == round(math.sqrt(1 - 2 / 32), 6)
     meta = json.load(open(out / 'meta.json'))
     assert set(meta['wall_s']) == {'1', '2', '3', '4', 'total'} and meta['commit'] and meta['torch']
-    assert meta['runs']['trained'] == 8 + 8 + 4 and meta['runs']['cached'] == 0
+    assert meta['runs']['trained'] == 8 + 16 + 4 and meta['runs']['cached'] == 0
     assert (out / 'summary.md').read_text().count('## Experiment') == 4
     assert printed.count('exp1 ') == 8 and 'ckpt.pt' not in os.listdir(out / 'exp1' / 'r2_lr0.001_s1337')
 
