@@ -527,7 +527,7 @@ def plot_exp2(c, rows):
                                                [math.sqrt(a * b) for a, b in zip(xs, xs[1:])],
                                                [xs[-1] ** 1.5 / xs[-2] ** 0.5] if len(xs) > 1 else [xs[0] * 2]]))
     xe, ye = edges(np.array(Vs, float)), edges(np.array(Ds, float))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
     mesh = ax.pcolormesh(xe, ye, 100 * acc, cmap='RdYlGn', vmin=0, vmax=100, shading='flat')
     for i, D in enumerate(Ds):
         for j, V in enumerate(Vs):
@@ -548,7 +548,7 @@ def plot_exp2(c, rows):
     ax.set_yticks([math.log2(D) for D in Ds], [str(D) for D in Ds])
     ax.set(xlabel='vocabulary V', ylabel='width D',
            title=f"SpamLang, final accuracy (%) on positions ≥ 1, mean ± std of {c['seeds']} seeds\n"
-                 f"{c['e2_head']} head, {c['e2_exposures']:g} exposures per symbol in every cell, "
+                 f"{c['e2_head']} head, {c['e2_exposures']:g} exposures per symbol in every cell\n"
                  + (f"best lr of {', '.join(f'{lr:g}' for lr in lrs)}" if len(lrs) > 1 else f"lr {lrs[0]:g}"))
     fig.colorbar(mesh, ax=ax, label='accuracy (%)')
     fig.tight_layout()
