@@ -940,6 +940,15 @@ def test_reproduce_seeds_reproducible_and_independent(tiny_repro):
     assert json.load(open(root / 'b' / 'meta.json'))['runs'] == {'trained': 0, 'cached': 1, 'train_seconds': 0.0}
 
 
+@pytest.mark.parametrize('preset', sorted(reproduce.PRESETS))
+def test_reproduce_every_preset_validates_with_the_same_keys(preset):
+    # the gpu preset cannot be run here; its sizes must still be consistent (heads divide D, lists parse)
+    c = reproduce.parse_args([f'--preset={preset}', '--device=cpu'])
+    assert c['preset'] == preset and c['_lists']['e2_lrs'] and c['_lists']['e1_heads']
+    keys = lambda p: set(reproduce.PRESETS[p]) - {'experiments'}
+    assert keys(preset) == keys('cpu')
+
+
 def test_reproduce_without_text_skips_experiment_3(tmp_path):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
