@@ -294,6 +294,11 @@ def pm(s, fmt='{:.1f}', scale=1.0):
     return f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])}–{f(s['max'])})"
 
 
+def spread(name, s):
+    """A stats() dict as table columns name_mean, name_std, name_min, name_max (4 decimals)."""
+    return {f'{name}_{k}': round(s[k], 4) for k in ('mean', 'std', 'min', 'max')}
+
+
 def write_table(c, stem, rows, controls, runs=None, columns=None):
     """stem.csv (rows), stem.json ({controls, rows, runs}); returns the markdown of the rows."""
     columns = columns or (list(rows[0]) if rows else [])
@@ -345,8 +350,7 @@ def exp1(c):
             st = stats(reached)
             rows.append(dict(
                 head=spec, rank=head_rank(spec, D), lr=lr, seeds=';'.join(str(r['seed']) for r in group),
-                acc_mean=round(acc['mean'], 4), acc_std=round(acc['std'], 4), acc_min=round(acc['min'], 4),
-                acc_max=round(acc['max'], 4), final_acc=pm(acc, scale=100),
+                **spread('acc', acc), final_acc=pm(acc, scale=100),
                 reached=f"{len(reached)}/{len(group)}",
                 steps_to_target=('not reached' if not reached else pm(st, '{:.0f}') +
                                  ('' if len(reached) == len(group) else f' ({len(reached)}/{len(group)} seeds)')),
@@ -489,9 +493,7 @@ def exp2(c):
                 cell.append(dict(D=D, V=V, V_over_D=round(V / D, 3), lr=lr, batch_size=B, steps=steps,
                                  exposures=group[0]['exposures'], eval_sequences=eval_iters * B,
                                  seeds=';'.join(str(r['seed']) for r in group), final_acc=pm(acc, scale=100),
-                                 acc_mean=round(acc['mean'], 4), acc_std=round(acc['std'], 4),
-                                 acc_min=round(acc['min'], 4), acc_max=round(acc['max'], 4),
-                                 loss_mean=round(loss['mean'], 4),
+                                 **spread('acc', acc), loss_mean=round(loss['mean'], 4),
                                  destroyed_mean=round(stats([r['final']['grad_destroyed'] for r in group])['mean'], 4),
                                  best_lr=False))
             # best lr per cell: highest mean accuracy, then lowest mean loss on the determined positions
@@ -635,8 +637,7 @@ def exp3(c):
         fs = stats(folds)
         rows.append(dict(
             head=spec, rank=head_rank(spec, D), seeds=';'.join(str(r['seed']) for r in group),
-            final_val_loss=pm(loss, '{:.3f}'), loss_mean=round(loss['mean'], 4), loss_std=round(loss['std'], 4),
-            loss_min=round(loss['min'], 4), loss_max=round(loss['max'], 4),
+            final_val_loss=pm(loss, '{:.3f}'), **spread('loss', loss),
             tokens_to_narrowest_final=('not reached' if fs['n'] == 0 else pm(stats(needed), '{:,.0f}') +
                                        ('' if fs['n'] == len(group) else f" ({fs['n']}/{len(group)} seeds)")),
             fold=('not reached' if fs['n'] == 0 else pm(fs, '{:.2f}') +
