@@ -26,15 +26,19 @@ follows the live tensors instead of a heap that never shrinks (which would hide 
 Times are the best of `--reps` calls (the first also gives the memory); ratios between variants of one run are
 what to compare, since a shared machine's absolute speed drifts.
 """
-import json
 import os
 import subprocess
 import sys
 import time
+from json import dump as json_dump, dumps, loads
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import common
+import measure
+from model import GPT, GPTConfig, fused_linear_cross_entropy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (8192, 131072, 256)]
@@ -42,7 +46,7 @@ HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (819
 # it is run only up to this many N·V·D: at the target point it alone would take longer than the rest of the bench
 TORCH_CPU_MAX_NVD = 2**33
 QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
-TARGET = (8192, 131072, 256)  # the issue's target point: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 60% of bare
+TARGET = (8192, 131072, 256)  # our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
 
 
 # -----------------------------------------------------------------------------
@@ -109,7 +113,6 @@ def head_inputs(N, V, D, device, dtype, seed=0):
 
 def head_fn(variant, h, W, y):
     """A function running forward + backward of one head-and-loss variant; None when unavailable here."""
-    from model import fused_linear_cross_entropy
     dev = h.device.type
 
     def run(loss_fn):
@@ -169,7 +172,6 @@ def worker_head(spec):
 def step_setup(spec):
     """A GPT, its AdamW and one batch; returns (model, step function). step(meter=True) runs the live meter: its
     hooks are attached for that step only, so metered and plain steps can share one model."""
-    from model import GPT, GPTConfig
     device = spec['device']
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=spec['V'], n_embd=spec['D'], n_layer=spec['n_layer'], n_head=spec['n_head'],
@@ -182,7 +184,6 @@ def step_setup(spec):
 
     def step(meter=False):
         if meter:
-            import measure
             meter = measure.StepMeter(model.lm_head)
         stats = meter.stats if meter and spec['loss'] == 'fused' else None
         with ctx:
@@ -205,8 +206,8 @@ def worker_step(spec):
     tok = spec['B'] * spec['T']
     out = dict(time_s=t, peak_mem_bytes=mem, tok_per_s=tok / t)
     if spec['device'] == 'cuda':
-        from train import peak_flops
-        out['mfu'] = model.flops_per_token() * tok / t / peak_flops('cuda')
+        peak = common.peak_flops(torch.cuda.get_device_name())[0]
+        out['mfu'] = model.flops_per_token() * tok / t / peak if peak else None
     return out
 
 
@@ -230,7 +231,6 @@ def worker_meter(spec):
 
 def worker_measure(spec):
     """measure.py's full measurement (per-token r, spectrum, direction test) on N tokens of a V×D head."""
-    import measure
     N, V, D = spec['N'], spec['V'], spec['D']
     h, W, y = head_inputs(N, V, D, spec['device'], torch.float32)
     h, W = h.detach(), W.detach() * 10  # logits of order 1, as in a trained model
@@ -248,13 +248,13 @@ def worker(spec):
 
 def run_worker(spec, timeout=1800):
     env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '65536'}  # see the docstring: RSS then tracks live memory
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker=' + json.dumps(spec)], cwd=HERE,
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker=' + dumps(spec)], cwd=HERE,
                        capture_output=True, text=True, timeout=timeout, env=env)
     lines = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
     if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ['no output'])[-1]
         return {'error': f"exit {p.returncode}: {tail[:200]}"}
-    return json.loads(lines[-1][len('RESULT '):])
+    return loads(lines[-1][len('RESULT '):])
 
 
 def fmt_bytes(b):
@@ -270,13 +270,22 @@ def print_row(r):
           f"{fmt_bytes(r.get('peak_mem_bytes')):>11} {frac:>6}  {extra}", flush=True)
 
 
+# -----------------------------------------------------------------------------
+# options (--key=value)
+sections = '123'         # which sections to run: any of 1 (head + loss), 2 (training step), 3 (meter, measure.py)
+quick = False            # small shapes only: a smoke test (2 CPU cores: about a minute)
+reps = 2                 # timed calls per row; the best is reported
+device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
+json = ''                # --json=FILE: the rows for machines
+# -----------------------------------------------------------------------------
+
+
 def main(argv):
-    opts = dict(json=None, quick=False, sections='123', reps=2, device='cuda' if torch.cuda.is_available() else 'cpu')
-    for arg in argv:
-        key, _, val = arg.removeprefix('--').partition('=')
-        if key not in opts:
-            sys.exit(f"error: unknown option --{key}; allowed: {', '.join(opts)}")
-        opts[key] = {'quick': lambda v: v.lower() in ('', '1', 'true'), 'reps': int}.get(key, str)(val)
+    opts, _ = common.parse_args(argv, common.defaults_of(globals()), __file__)
+    if not opts['sections'] or set(opts['sections']) - set('123'):
+        raise common.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 (e.g. --sections=13)")
+    common.positive(opts, 'reps')
+    opts['device'] = common.pick_device(opts['device'], auto=('cuda', 'cpu'))[1]
     device = opts['device']
     rows = []
     print(f"bench.py: torch {torch.__version__}, device {device}"
@@ -330,16 +339,15 @@ def main(argv):
               f"FLOP/s (≥ 0.60)")
     if opts['json']:
         with open(opts['json'], 'w') as f:
-            json.dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),
+            json_dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),
                            rows=rows), f, indent=1)
         print(f"wrote {len(rows)} rows to {opts['json']}")
 
 
 if __name__ == '__main__':
-    if {'-h', '--help'} & set(sys.argv[1:]):
-        sys.exit(print(__doc__))
+    common.one_line_errors()
     if len(sys.argv) == 2 and sys.argv[1].startswith('--worker='):
         sys.path.insert(0, HERE)
-        print('RESULT ' + json.dumps(worker(json.loads(sys.argv[1][len('--worker='):]))), flush=True)
+        print('RESULT ' + dumps(worker(loads(sys.argv[1][len('--worker='):]))), flush=True)
     else:
         main(sys.argv[1:])

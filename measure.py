@@ -1,9 +1,9 @@
 """
-The gradient-bottleneck meter (PAPER.md §2). The logit gradient G = softmax(logits) − onehot(targets) (N×V) reaches
-the backbone only through G·W, so the part of G in ker(Wᵀ) is destroyed. This file measures how much, on a
+The gradient-bottleneck meter (Godey & Artzi 2026, arXiv 2603.10145). The logit gradient G = softmax(logits) −
+onehot(targets) (N×V) reaches the backbone only through G·W, so the part of G in ker(Wᵀ) is destroyed. This file measures how much, on a
 checkpoint, on a freshly initialized model, or on a pretrained Hugging Face LM:
 
-    python measure.py --ckpt=out/wide/ckpt.pt                   # held-out batches of the data it was trained on
+    python measure.py --ckpt=out/spamlang_wide/ckpt.pt                   # held-out batches of the data it was trained on
     python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline (train.py's flag names)
     python measure.py --init --head=narrow --head_rank=4        # a factorized head D→r→V
     python measure.py --hf=gpt2 --data=input.txt                # any HF causal LM (needs `pip install transformers`)
@@ -23,14 +23,19 @@ Importable core (train.py uses the live meter, tests use the rest):
     StepMeter(model.lm_head)          r and c of every training step, from gradients backward computes anyway
     measure(H, targets, W)            everything above from hidden states (N, D), chunk by chunk
 """
-import json
 import math
 import os
 import sys
 import time
+from json import dump as json_dump
 
 import torch
 import torch.nn.functional as F
+
+import common
+import spamlang
+from common import ConfigError
+from model import GPT, GPTConfig, check_config
 
 RANK_RTOL = 1e-5  # ours: a singular value of W (or G) below RANK_RTOL·σ_max counts as zero (W is stored in fp32)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -62,15 +67,9 @@ dtype = 'float64'        # precision of G and its projections: float64 or float3
 device = 'auto'          # auto = cuda if available, else cpu
 seed = 0
 plot = ''                # --plot=FILE.png: the energy curve (matplotlib)
+json = ''                # --json=FILE: the results for machines
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith('_') and k.islower()
-            and isinstance(v, (int, float, bool, str, type(None)))}
-DEFAULTS['json'] = ''    # --json=FILE: the results for machines (a flag only: `json` is the module)
-NONE_DEFAULT_TYPES = {'head_rank': int}
-
-
-class MeasureError(ValueError):
-    """Bad input: printed as one line on stderr, exit status 1."""
+DEFAULTS = common.defaults_of(globals())
 
 # -----------------------------------------------------------------------------
 # the core: projections onto col(W)
@@ -238,13 +237,13 @@ def spectrum_stats(sig2, D, top_k=1000, rtol=RANK_RTOL):
            'energy_top_D': at(D), 'energy_top_2D': at(2 * D), 'energy_top_k': at(top_k), 'top_k': top_k,
            'eckart_young_floor': max(0.0, 1 - at(2 * D))}
     for level in ENERGY_LEVELS:
-        out[f'components_{level:g}'] = int(torch.searchsorted(energy, torch.tensor(level - 1e-12, dtype=energy.dtype)).item()) + 1
+        out[f'components_{level:g}'] = int(torch.searchsorted(energy, torch.tensor(level - 1e-12, dtype=energy.dtype, device=energy.device)).item()) + 1
     return out
 
 
 @torch.no_grad()
 def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES):
-    """Loss decrease of equal-norm logit steps Z − ε√N·u/‖u‖ (ours, PAPER.md §2) along
+    """Loss decrease of equal-norm logit steps Z − ε√N·u/‖u‖ (ours) along
         u = G                   the direct logit gradient,
         u = G W Wᵀ              what a gradient step on the hidden states H realizes (ΔH = −η G W),
         u = G W Wᵀ + H ΔWᵀ      hidden states plus head, ΔW = Gᵀ H (rank ≤ 2D).
@@ -311,14 +310,9 @@ def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction
 
 def batches_from(data_cfg, c, n_batches, block, device):
     """(x, y) batches of the data a train.py config names: held-out split for text, fresh draws for SpamLang."""
-    import spamlang
-    import train
-    try:
-        data = train.load_data(data_cfg)
-    except train.ConfigError as e:
-        raise MeasureError(str(e))
-    gen = spamlang.make_generator(c['seed'] + 12345, device if data['kind'] == 'spamlang' else 'cpu')
-    return data, [train.get_batch(data, 'val', c['batch_size'], block, gen, device) for _ in range(n_batches)]
+    data = common.load_data(data_cfg)
+    gen = spamlang.make_generator(c['seed'] + 12345)
+    return data, [common.get_batch(data, 'val', c['batch_size'], block, gen, device) for _ in range(n_batches)]
 
 
 @torch.no_grad()
@@ -331,33 +325,28 @@ def hidden_of_gpt(model, batches):
 
 
 def source_ckpt(c, device):
-    from model import GPT, GPTConfig
-    import train
     path = c['ckpt']
-    if not os.path.isfile(path):
-        raise MeasureError(f"checkpoint {path!r} not found: pass --ckpt=out/<run>/ckpt.pt from train.py")
+    ck = common.load_checkpoint(path)  # verified against its digest, as train.py's resume does
+    saved = ck['config']
     try:
-        ck = train.load_checkpoint(path)  # verified against its digest, as train.py's resume does
-        saved = ck['config']
-        model = GPT(GPTConfig(**{k: saved[k] for k in train.MODEL_KEYS}))
+        model = GPT(GPTConfig(**{k: saved[k] for k in common.MODEL_KEYS}))
         model.load_state_dict(ck['model'])
     except Exception as e:
-        raise MeasureError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})".splitlines()[0])
+        raise ConfigError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})".splitlines()[0])
     model.to(device).eval()
     block = c['block_size'] or saved['block_size']
     if block > saved['block_size']:
-        raise MeasureError(f"--block_size={block} exceeds the checkpoint's block_size {saved['block_size']}")
+        raise ConfigError(f"--block_size={block} exceeds the checkpoint's block_size {saved['block_size']}")
     data_cfg = {**saved, 'data': c['data'] or saved['data']}
     data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
     if data['vocab_size'] != saved['vocab_size']:
-        raise MeasureError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
+        raise ConfigError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
     H, Y = hidden_of_gpt(model, batches)
     desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
     return H, Y, model.lm_head.effective_weight(), None, desc
 
 
 def source_init(c, device):
-    from model import GPT, GPTConfig, check_config
     block = c['block_size'] or 32
     cfg = dict(vocab_size=c['vocab_size'], n_embd=c['n_embd'], n_layer=c['n_layer'], n_head=c['n_head'],
                block_size=block, head=c['head'], head_rank=c['head_rank'])
@@ -369,7 +358,7 @@ def source_init(c, device):
     try:
         check_config(GPTConfig(**cfg))
     except ValueError as e:
-        raise MeasureError(str(e))
+        raise ConfigError(str(e))
     torch.manual_seed(c['seed'])
     model = GPT(GPTConfig(**cfg)).to(device).eval()
     H, Y = hidden_of_gpt(model, batches)
@@ -380,22 +369,22 @@ def source_init(c, device):
 
 def load_hf(name, device='cpu'):
     """(model, tokenizer, W, bias): W (V, D) is the model's own output matrix, cut to the tokenizer's V (the
-    rows beyond it are padding, PAPER.md §2); tied or untied, the same tensor the model multiplies by."""
+    rows beyond it are padding); tied or untied, the same tensor the model multiplies by."""
     try:
         import transformers
     except ImportError:
-        raise MeasureError("--hf needs the transformers package: pip install transformers")
+        raise ConfigError("--hf needs the transformers package: pip install transformers")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
         tok = transformers.AutoTokenizer.from_pretrained(name)
         model = transformers.AutoModelForCausalLM.from_pretrained(name)
     except Exception as e:
-        raise MeasureError(f"cannot load {name!r} with transformers ({type(e).__name__}: {e})".splitlines()[0])
+        raise ConfigError(f"cannot load {name!r} with transformers ({type(e).__name__}: {e})".splitlines()[0])
     model.float().to(device).eval()  # fp32 whatever the stored dtype (Pythia ships fp16)
     out = model.get_output_embeddings()
     if out is None or not hasattr(out, 'weight'):
-        raise MeasureError(f"{name}: the model exposes no linear output embedding (get_output_embeddings)")
+        raise ConfigError(f"{name}: the model exposes no linear output embedding (get_output_embeddings)")
     V = min(len(tok), out.weight.size(0))
     bias = getattr(out, 'bias', None)
     return model, tok, out.weight[:V], None if bias is None else bias[:V]
@@ -413,13 +402,12 @@ def hf_hidden(model, x, W, bias):
     ours = H[:, -1] @ W.T + (0 if bias is None else bias)
     theirs = out.logits[:, -1, :W.size(0)]
     if not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.abs().max().item()):
-        raise MeasureError("the model's logits are not (last hidden state) @ W.T: unsupported head (softcapping, "
+        raise ConfigError("the model's logits are not (last hidden state) @ W.T: unsupported head (softcapping, "
                            "scaling or a nonlinear head)")
     return H
 
 
 def source_hf(c, device):
-    import spamlang
     model, tok, W, bias = load_hf(c['hf'], device)
     V, ctx = W.size(0), getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', 1024)
     block = c['block_size'] or min(1024, ctx)
@@ -430,17 +418,17 @@ def source_hf(c, device):
         what = 'SpamLang'
     else:
         if not os.path.isfile(c['data']):
-            raise MeasureError(f"data file {c['data']!r} not found: pass a .txt file or --data=spamlang")
+            raise ConfigError(f"data file {c['data']!r} not found: pass a .txt file or --data=spamlang")
         with open(c['data'], encoding='utf-8', errors='replace') as f:
             ids = tok(f.read(), return_tensors='pt', verbose=False)['input_ids'][0]
         if len(ids) < block + 1:
-            raise MeasureError(f"{c['data']} has {len(ids):,} tokens, fewer than block_size + 1 = {block + 1}")
+            raise ConfigError(f"{c['data']} has {len(ids):,} tokens, fewer than block_size + 1 = {block + 1}")
         n_seq = min(n_seq, (len(ids) - 1) // block)  # consecutive windows from the start of the text
         xs = torch.stack([ids[k * block:(k + 1) * block] for k in range(n_seq)])
         ys = torch.stack([ids[k * block + 1:(k + 1) * block + 1] for k in range(n_seq)])
         what = c['data']
     if int(ys.max()) >= V:
-        raise MeasureError(f"token id {int(ys.max())} ≥ the output matrix's V = {V}")
+        raise ConfigError(f"token id {int(ys.max())} ≥ the output matrix's V = {V}")
     H, Y = [], []
     for i in range(0, n_seq, c['batch_size']):
         x, y = xs[i:i + c['batch_size']].to(device), ys[i:i + c['batch_size']].to(device)
@@ -454,33 +442,22 @@ def source_hf(c, device):
 # command line
 
 def parse_args(argv):
-    """--key=value (typed like the default) or --flag for booleans. Unknown key or bad value: MeasureError."""
-    c = dict(DEFAULTS)
-    for arg in argv:
-        key, eq, raw = arg.removeprefix('--').partition('=')
-        if not arg.startswith('--'):
-            raise MeasureError(f"bad argument {arg!r}: use --key=value, e.g. --ckpt=out/wide/ckpt.pt")
-        if key not in DEFAULTS:
-            raise MeasureError(f"unknown option --{key}; allowed: {', '.join(DEFAULTS)}")
-        want = NONE_DEFAULT_TYPES.get(key) or type(DEFAULTS[key])
-        if not eq:
-            if want is not bool:
-                raise MeasureError(f"--{key} needs a value: --{key}=...")
-            raw = 'True'
-        import train  # here, not at the top: train.py imports this file for its live meter
-        try:
-            c[key] = train.coerce(key, raw, DEFAULTS, NONE_DEFAULT_TYPES)
-        except train.ConfigError as e:
-            raise MeasureError(str(e))
+    c, _ = common.parse_args(argv, DEFAULTS, __file__, types=dict(head_rank=int),
+                             choices=dict(dtype=('float64', 'float32')))
     if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
-        raise MeasureError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
-    for key in ('n_tokens', 'batch_size', 'chunk', 'top_k'):
-        if c[key] <= 0:
-            raise MeasureError(f"--{key} must be positive, got {c[key]}")
-    if c['dtype'] not in ('float64', 'float32'):
-        raise MeasureError(f"--dtype must be float64 or float32, got {c['dtype']!r}")
-    if c['device'] == 'auto':
-        c['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+        raise ConfigError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
+    common.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
+    for key, ext in (('json', '.json'), ('plot', '.png')):  # checked before the work, not after it
+        folder = os.path.dirname(os.path.abspath(c[key])) if c[key] else None
+        if folder and (os.path.isdir(c[key]) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
+            raise ConfigError(f"--{key}={c[key]}: not a writable file path (is its folder there?); give e.g. "
+                              f"--{key}=out/m{ext}")
+    if c['plot']:
+        try:
+            import matplotlib  # noqa: F401  (optional: only --plot needs it)
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install matplotlib")
+    c['device'] = common.pick_device(c['device'], auto=('cuda', 'cpu'))[0]
     return c
 
 
@@ -517,7 +494,7 @@ def draw(m, path):
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MeasureError("--plot needs matplotlib: pip install matplotlib")
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib")
     sig2, D = m['_sig2'], m['D']
     energy = (sig2.cumsum(0) / sig2.sum()).cpu().numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -545,17 +522,14 @@ def main(argv):
     report(m, desc, time.time() - t0)
     if c['json']:
         with open(c['json'], 'w') as f:
-            json.dump({'source': desc, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)
+            json_dump({'source': desc, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)
+        print(f"wrote {c['json']}")
     if c['plot'] and 'spectrum' in m:
         draw(m, c['plot'])
+        print(f"wrote {c['plot']}")
     return m
 
 
 if __name__ == '__main__':
-    if {'-h', '--help'} & set(sys.argv[1:]):
-        sys.exit(print(__doc__ + '\noptions, with their defaults:\n' +
-                       '\n'.join(f"  --{k}={v}" for k, v in DEFAULTS.items())))
-    try:
-        main(sys.argv[1:])
-    except MeasureError as e:
-        sys.exit(f"error: {e}")
+    common.one_line_errors()
+    main(sys.argv[1:])

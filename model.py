@@ -137,7 +137,7 @@ class TiedHead(LMHead):
 class FactorizedHead(LMHead):
     """W = B·A with A: r×D and B: Vp×r, no nonlinearity between them, so rank(W) ≤ r.
 
-    Init (ours, PAPER.md §6): A has orthonormal rows (r ≤ D) or columns (r > D), scaled so every column of A
+    Init (ours; README, Heads): A has orthonormal rows (r ≤ D) or columns (r > D), scaled so every column of A
     has unit norm on average; B ~ N(0, 0.02). Then each entry of B·A has std 0.02, the plain head's scale, at
     every r. Naive N(0, 0.02) factors start with logits ~√r·0.02 smaller and learn far slower even at r = D.
     """
@@ -190,17 +190,23 @@ FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedH
 # logits, its loss, and its gradient G_c = softmax − onehot, then folds G_c at once into ∇h (G_c W) and ∇W
 # (G_cᵀ h_c): memory O(chunk·V + V·D), the same matmuls, the same result to fp32 rounding.
 #
-# Default chunk per device, measured. CPU (2-core EPYC, shared, N = 4096, V = 131,072, D = 256, fwd + bwd):
-# chunk 128: 27 s, 512: 17 s, 2048: 21-27 s, naive: 30-35 s. Small chunks re-read and rewrite ∇W (V×D) once per
-# chunk; large ones stream (c, V) buffers through memory several times; 512 (256 MB of fp32 logits at V = 131k)
-# sat between. CUDA: not measured (no GPU in this session): 4096 tokens (2 GB at V = 131k) keeps each matmul
-# large enough to run near peak; revisit with `python bench.py` on a GPU.
-FUSED_CHUNK = {'cpu': 512, 'cuda': 4096}
-# Default --loss (train.py's 'auto'), from measurements on the 2-core CPU: fused beat naive from N·V = 2048·32k up
-# (bench.py: 2.2 s vs 4.0 s at D = 256) and needs a fraction of the memory, but below a few thousand classes its
-# loop's fixed cost wins (V = 64, tiny GPT: 14-16 ms a step vs 12 ms naive). CUDA: unmeasured here; the memory is
-# the point there (naive needs 16 GB at N = 16k, V = 128k), so the same rule. mps: untested, so naive. naive stays
-# the reference the tests compare fused against, and evaluation, which needs the logits, uses it.
+# The chunk: on CPU 512 tokens (small chunks rewrite ∇W once per chunk, large ones stream (c, V) buffers through
+# memory several times; 512 was fastest in the README's measurements). On CUDA, as many tokens as fit a budget of
+# one chunk's (c, V) buffers: each matmul stays large enough to run near peak at any V.
+FUSED_CPU_CHUNK = 512
+FUSED_CUDA_BYTES = 2**31  # one fp32 (c, V) softmax plus its compute-dtype copy, at most
+
+
+def fused_chunk(device_type, vocab_size):
+    if device_type != 'cuda':
+        return FUSED_CPU_CHUNK
+    return max(256, FUSED_CUDA_BYTES // (6 * vocab_size) // 256 * 256)
+
+
+# Default --loss (train.py's 'auto'): fused from V = 8,192 up, where it needs a fraction of the naive memory and
+# was no slower on CPU; below, its loop's fixed cost lost to the naive loss (README, Speed and memory). mps is
+# untested, so naive there. naive stays the reference that the tests compare fused against; evaluation, which
+# needs the logits, uses it.
 FUSED_MIN_VOCAB = 8192
 
 
@@ -214,14 +220,14 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     incoming gradient. Outputs: loss, gsq (N,) = ‖softmax − onehot‖² per token (0 where ignored), and ∇h."""
 
     @staticmethod
-    def forward(ctx, h, W, targets, chunk_size, need_dh, need_dW):
+    def forward(ctx, h, W, targets, chunk_size, need_dh, need_dW, need_gsq):
         # h (N, D) and W (V, D) in the compute dtype (fp32 or bf16), targets (N,) long with -1 = ignored
         N, D = h.shape
         V = W.size(0)
         valid = targets >= 0                                          # (N,)
         n_valid = valid.sum()                                         # a tensor: no device sync
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        gsq = torch.empty(N, dtype=torch.float32, device=h.device)   # ‖g_i‖², for the live meter
+        gsq = torch.zeros(N if need_gsq else 0, dtype=torch.float32, device=h.device)  # ‖g_i‖², for the meter
         dh = torch.empty_like(h) if need_dh else h.new_empty(0)      # (N, D)
         dW = torch.zeros(V, D, dtype=torch.float32, device=h.device) if need_dW else None  # fp32 accumulator
         for s in range(0, N, chunk_size):
@@ -232,9 +238,10 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             loss += ((lse - logits.gather(1, y0).squeeze(1)) * ok).sum()
             p = logits.sub_(lse.unsqueeze(1)).exp_()                  # (c, V) softmax, in place of the logits
             py = p.gather(1, y0).squeeze(1)                           # (c,)
-            # ‖p − e_y‖² = Σp² − 2p_y + 1, from one reduction over the chunk already in hand
-            gsq[s:s + chunk_size] = (torch.linalg.vector_norm(p, dim=1).square() - 2 * py + 1) * ok
+            if need_gsq:  # ‖p − e_y‖² = Σp² − 2p_y + 1, from one reduction over the chunk already in hand
+                gsq[s:s + chunk_size] = (torch.linalg.vector_norm(p, dim=1).square() - 2 * py + 1) * ok
             if not (need_dh or need_dW):
+                del logits, p
                 continue
             p.scatter_add_(1, y0, -ok.float().unsqueeze(1))           # G_c = p − onehot (ignored rows: w = 0)
             w = (ok / n_valid).unsqueeze(1).to(h.dtype)               # (c, 1) row scale, 1/n_valid or 0
@@ -246,6 +253,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                     dW.addmm_(G.t(), hc * w)                          # (V, D) += (V, c) @ (c, D)
                 else:
                     dW += G.t() @ (hc * w)
+            del logits, p, G  # before the next chunk's logits are allocated: one (c, V) chunk live at a time
         ctx.save_for_backward(dh, dW)
         ctx.W_dtype = W.dtype
         ctx.mark_non_differentiable(gsq, dh)
@@ -254,9 +262,10 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_gsq, grad_dh):
         dh, dW = ctx.saved_tensors
-        gh = dh * grad_loss.to(dh.dtype) if ctx.needs_input_grad[0] else None
+        # scale in fp32, then cast: a GradScaler's 65,536 is not an fp16 number (its largest is 65,504)
+        gh = (dh.float() * grad_loss).to(dh.dtype) if ctx.needs_input_grad[0] else None
         gW = (dW * grad_loss).to(ctx.W_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gW, None, None, None, None
+        return gh, gW, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
@@ -271,15 +280,16 @@ def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
     h, targets = h.reshape(-1, D), targets.reshape(-1)
     dev = h.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, W.dtype)
-    chunk_size = chunk_size or FUSED_CHUNK.get(dev, FUSED_CHUNK['cuda'])
+    chunk_size = chunk_size or fused_chunk(dev, W.size(0))
     grad = torch.is_grad_enabled()
     need_dh = (grad and h.requires_grad) or stats is not None
     need_dW = grad and W.requires_grad
     with torch.autocast(dev, enabled=False):
-        loss, gsq, dh = FusedLinearCrossEntropy.apply(h.to(dtype), W.to(dtype), targets, chunk_size, need_dh, need_dW)
-    if stats is not None:
+        loss, gsq, dh = FusedLinearCrossEntropy.apply(h.to(dtype), W.to(dtype), targets, chunk_size, need_dh, need_dW,
+                                                      stats is not None)
+    if stats is not None:  # n_valid stays a tensor: no device sync, no graph break under torch.compile
         n_valid = (targets >= 0).sum()
-        stats.update(gsq=gsq, gW=dh.float() * n_valid, n_valid=int(n_valid))
+        stats.update(gsq=gsq, gW=dh.float() * n_valid, n_valid=n_valid)
     return loss
 
 
@@ -364,9 +374,31 @@ class GPT(nn.Module):
         fused = device_type == 'cuda'
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
-    def flops_per_token(self):  # forward + backward, PaLM appendix B: 6N + 12·L·T·D
+    def flops_per_token(self):
+        """Forward + backward FLOPs per token (PaLM, appendix B): 6 per weight that takes part in a matmul (the
+        blocks and the head; not the embedding lookups, which are reads) + 12·L·T·D for attention."""
         cfg = self.config
-        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+        blocks = sum(p.numel() for p in self.transformer.h.parameters() if p.dim() == 2)
+        rank = getattr(self.lm_head, 'rank', None)
+        head = cfg.vocab_size * cfg.n_embd if rank is None else rank * (cfg.n_embd + cfg.vocab_size)
+        return 6 * (blocks + head) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Continue idx (B, T) by max_new_tokens sampled tokens, each from softmax(logits / temperature) cut to
+        the top_k most likely (temperature 0: greedy). Returns (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size:])[0][:, -1, :].float()  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.size(-1):
+                    kth = torch.topk(logits, top_k).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float('-inf'))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
 
 
 if __name__ == '__main__':

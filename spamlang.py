@@ -1,5 +1,5 @@
 """
-SpamLang (PAPER.md §3): each sequence repeats one symbol, drawn uniformly from the vocabulary, for its whole
+SpamLang (Godey & Artzi 2026, arXiv 2603.10145): each sequence repeats one symbol, drawn uniformly from the vocabulary, for its whole
 length ("AAAA…"). A width D ≥ 2 can express a perfect solution for any V, so failing to learn it is an
 optimization failure: the gradient bottleneck of the LM head.
 
@@ -8,8 +8,7 @@ never a symbol, so the V − 1 symbols are 1..V−1. Position 0 (predicting the 
 unpredictable, with loss log(V − 1) at best; every later position is determined. We report loss and top-1
 accuracy on positions ≥ 1 separately from position 0.
 
-    python spamlang.py                      # a few sequences and the statistics
-    python spamlang.py --vocab_size=16384 --batch_size=32 --steps=1000
+    python spamlang.py      # a few sequences, and how often each symbol is seen at V = 1,024 and 16,384
 """
 import math
 import sys
@@ -49,7 +48,7 @@ def metrics(logits, y):
 
 
 def exposures_per_symbol(sequences_seen, vocab_size):
-    """Expected number of sequences per symbol so far: the exposure control of PAPER.md §6."""
+    """Expected number of sequences per symbol so far: the control for comparing vocabularies."""
     return sequences_seen / (vocab_size - 1)
 
 
@@ -57,29 +56,21 @@ def optimal_loss_pos0(vocab_size):
     return math.log(vocab_size - 1)
 
 
-if __name__ == '__main__':
-    cfg = dict(vocab_size=1024, block_size=12, batch_size=32, steps=1000, seed=0)
-    if {'-h', '--help'} & set(sys.argv[1:]):
-        sys.exit(print(__doc__ + f"options (--key=INT): {cfg}"))
-    for arg in sys.argv[1:]:
-        key, _, val = arg.removeprefix('--').partition('=')
-        if key not in cfg or not val.lstrip('-').isdigit():
-            sys.exit(f"error: bad argument {arg!r}; use --key=INT with key in {', '.join(cfg)}")
-        cfg[key] = int(val)
-    g = make_generator(cfg['seed'])
-    x, y = get_batch(4, cfg['block_size'], cfg['vocab_size'], g)
-    print(f"SpamLang, V = {cfg['vocab_size']} (BOS = {BOS}, symbols 1..{cfg['vocab_size'] - 1}), T = {cfg['block_size']}")
+if __name__ == '__main__':  # a few sequences, and the exposure statistics that experiments must control
+    if sys.argv[1:]:
+        sys.exit(print(__doc__))
+    V, T, B, steps = 1024, 12, 32, 1000
+    g = make_generator(0)
+    x, y = get_batch(4, T, V, g)
+    print(f"SpamLang, V = {V} (BOS = {BOS}, symbols 1..{V - 1}), T = {T}")
     for i in range(4):
         print(f"  x = {x[i].tolist()}\n  y = {y[i].tolist()}")
-    counts = torch.zeros(cfg['vocab_size'])
-    for _ in range(cfg['steps']):
-        x, _ = get_batch(cfg['batch_size'], 2, cfg['vocab_size'], g)
-        counts += torch.bincount(x[:, 1], minlength=cfg['vocab_size'])
-    seen = counts[1:]
-    n = cfg['steps'] * cfg['batch_size']
-    print(f"after {cfg['steps']} steps of {cfg['batch_size']} sequences: "
-          f"{exposures_per_symbol(n, cfg['vocab_size']):.2f} expected exposures per symbol, "
-          f"observed min {seen.min():.0f} / mean {seen.mean():.2f} / max {seen.max():.0f}, "
-          f"{(seen == 0).sum():.0f} symbols never seen")
-    print(f"best possible loss at position 0: log(V - 1) = {optimal_loss_pos0(cfg['vocab_size']):.3f}; "
-          f"at positions ≥ 1: 0")
+    for V in (1024, 16384):
+        counts = torch.zeros(V)
+        for _ in range(steps):
+            counts += torch.bincount(get_batch(B, 1, V, g)[1][:, 0], minlength=V)
+        seen = counts[1:]
+        print(f"V = {V:,}, {steps} steps of {B} sequences: {exposures_per_symbol(steps * B, V):.2f} expected exposures "
+              f"per symbol, observed min {seen.min():.0f} / mean {seen.mean():.2f} / max {seen.max():.0f}, "
+              f"{(seen == 0).sum():.0f} symbols never seen; best loss at position 0: log(V - 1) = "
+              f"{optimal_loss_pos0(V):.3f}, at positions ≥ 1: 0")
