@@ -223,23 +223,26 @@ def peak_flops(device_name):
     return PEAK_FLOPS[k], k
 
 # -----------------------------------------------------------------------------
-# token files: a 1 KiB header (magic, then JSON: version, dtype, vocab_size, n_tokens, encoding, source) and
-# the ids as uint16 (V ≤ 65,536) or uint32. The ids are checked against V on every load.
+# token files: a 1 KiB header (magic, then JSON: version, dtype, vocab_size, n_tokens, encoding, source, n_map),
+# the ids as uint16 (V ≤ 65,536) or uint32, then for a compacted vocabulary n_map uint32s: the tokenizer's id of
+# each compact id (the map back, for decoding). The ids are checked against V on every load.
 
 TOKEN_MAGIC, TOKEN_HEADER_BYTES, TOKEN_VERSION = b'GBTOKENS', 1024, 1
 
 
-def write_tokens(path, ids, vocab_size, encoding, source=None):
-    """Atomic: a temp file, fsynced, renamed into place."""
+def write_tokens(path, ids, vocab_size, encoding, source=None, id_map=None):
+    """Atomic: a temp file, fsynced, renamed into place. id_map: the tokenizer's id of each id (compacted)."""
     ids = np.asarray(ids)
+    id_map = np.asarray([] if id_map is None else id_map, dtype=np.uint32)
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
     header = json.dumps(dict(version=TOKEN_VERSION, dtype=np.dtype(dtype).name, vocab_size=vocab_size,
-                             n_tokens=int(ids.size), encoding=encoding, source=source)).encode()
+                             n_tokens=int(ids.size), encoding=encoding, source=source, n_map=int(id_map.size))).encode()
     assert len(header) <= TOKEN_HEADER_BYTES - len(TOKEN_MAGIC), 'token header too long'
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, 'wb') as f:
         f.write(TOKEN_MAGIC + header.ljust(TOKEN_HEADER_BYTES - len(TOKEN_MAGIC)))
         f.write(ids.astype(dtype).tobytes())
+        f.write(id_map.tobytes())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -264,7 +267,8 @@ def load_tokens(path):
     """Memory-map a token file and check it: size matches the header, every id < vocab_size."""
     meta = read_token_header(path)
     itemsize = np.dtype(meta['dtype']).itemsize
-    size = os.path.getsize(path) - TOKEN_HEADER_BYTES
+    n_map = meta.get('n_map', 0)
+    size = os.path.getsize(path) - TOKEN_HEADER_BYTES - 4 * n_map
     if size != meta['n_tokens'] * itemsize:
         raise ConfigError(f"{path}: header says {meta['n_tokens']:,} tokens but the file holds "
                           f"{size / itemsize:,.1f}: truncated or corrupt; delete it and tokenize again")
@@ -274,6 +278,7 @@ def load_tokens(path):
         top = max(top, int(ids[i:i + 2**24].max()))
         sha.update(ids[i:i + 2**24].tobytes())
     meta['fingerprint'] = sha.hexdigest()[:16]
+    meta['id_map'] = np.fromfile(path, np.uint32, n_map, offset=TOKEN_HEADER_BYTES + size) if n_map else None
     if top >= meta['vocab_size']:
         raise ConfigError(f"{path}: token id {top} ≥ vocab_size {meta['vocab_size']}: the file does not "
                           f"match its tokenizer; tokenize the text again")
@@ -307,13 +312,14 @@ def read_text(path):
     return text
 
 
-def tokenize_text(path, encoding, cache_dir=None):
+def tokenize_text(path, encoding, cache_dir=None, compact=False):
     """Tokenize a .txt once into `<name>.<encoding>.tok` beside it (or in cache_dir); reused while the text is
-    unchanged. Returns the token file's path."""
+    unchanged. Returns the token file's path. compact: the ids that occur, renumbered 0..K−1 in the tokenizer's
+    order (V = K, `<name>.<encoding>.compact.tok`), with the map back stored in the file."""
     st = os.stat(path)
     source = dict(path=os.path.basename(path), bytes=st.st_size, mtime_ns=st.st_mtime_ns)
     stem = os.path.splitext(os.path.basename(path))[0]
-    cache = os.path.join(cache_dir or os.path.dirname(path), f"{stem}.{encoding}.tok")
+    cache = os.path.join(cache_dir or os.path.dirname(path), f"{stem}.{encoding}{'.compact' * compact}.tok")
     if os.path.exists(cache):
         try:
             meta = read_token_header(cache)
@@ -323,9 +329,12 @@ def tokenize_text(path, encoding, cache_dir=None):
             pass  # a stale or broken cache is rebuilt
     text = read_text(path)
     enc = get_encoding(encoding)
-    ids = enc.encode_ordinary(text)
-    write_tokens(cache, ids, enc.n_vocab, encoding, source)
-    print(f"tokenized {path}: {len(ids):,} tokens with {encoding} (V = {enc.n_vocab:,}) -> {cache}")
+    ids, V, id_map = np.asarray(enc.encode_ordinary(text)), enc.n_vocab, None
+    if compact:
+        id_map, ids = np.unique(ids, return_inverse=True)
+        V = len(id_map)
+    write_tokens(cache, ids, V, encoding, source, id_map)
+    print(f"tokenized {path}: {len(ids):,} tokens with {encoding} (V = {V:,}{' compacted' * compact}) -> {cache}")
     return cache
 
 
@@ -340,7 +349,7 @@ def load_data(c, cache_dir=None):
     if os.path.getsize(path) == 0:
         raise ConfigError(f"data file {path} is empty: give a text with content")
     if path.endswith('.txt'):
-        path = tokenize_text(path, c.get('encoding', 'cl100k_base'), cache_dir)
+        path = tokenize_text(path, c.get('encoding', 'cl100k_base'), cache_dir, c.get('compact_vocab', False))
     ids, meta = load_tokens(path)
     n = int(0.9 * len(ids))
     train, val = ids[:n], ids[n:]
@@ -348,7 +357,17 @@ def load_data(c, cache_dir=None):
         raise ConfigError(f"{c['data']} is too short: {len(ids):,} tokens leave {len(val):,} for validation, "
                           f"fewer than block_size + 1 = {c['block_size'] + 1}; use a longer text or a smaller --block_size")
     return dict(kind='text', vocab_size=meta['vocab_size'], encoding=meta['encoding'], path=path,
-                fingerprint=meta['fingerprint'], train=train, val=val)
+                fingerprint=meta['fingerprint'], id_map=meta['id_map'], train=train, val=val)
+
+
+def val_windows(data, block_size, max_windows=0):
+    """The validation split as fixed non-overlapping windows x, y: (n, T), all of them or the first max_windows."""
+    ids = data['val']
+    n = (len(ids) - 1) // block_size
+    n = min(n, max_windows) if max_windows else n
+    x = torch.from_numpy(np.asarray(ids[:n * block_size], dtype=np.int64).reshape(n, block_size))
+    y = torch.from_numpy(np.asarray(ids[1:n * block_size + 1], dtype=np.int64).reshape(n, block_size))
+    return x, y
 
 
 def get_batch(data, split, batch_size, block_size, generator, device):
@@ -412,12 +431,12 @@ def save_checkpoint(path, state):
                 os.remove(leftover)
 
 
-def load_checkpoint(path, fallback=False):
+def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py run"):
     """Load and verify a checkpoint of this project; with fallback, a corrupt one gives way to prev_ckpt.pt."""
     if os.path.isdir(path):
         raise ConfigError(f"{path} is a folder: give the checkpoint file inside it, e.g. {os.path.join(path, 'ckpt.pt')}")
     if not os.path.isfile(path):
-        raise ConfigError(f"{path} does not exist: start with --init_from=scratch or point --out_dir at a run")
+        raise ConfigError(f"checkpoint {path} not found: {hint}")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:

@@ -117,12 +117,14 @@ def head_factor(W, rtol=RANK_RTOL):
     return U[:, keep] / lam[keep].sqrt()                                         # (D, k)
 
 
-def live_ratio(gW, g_sq, F):
-    """r and c over a batch from the rows of G·W (n, D) and ‖g‖² (n,): the live meter's formula."""
+def live_ratio(gW, g_sq, F, V):
+    """r and c over a batch from the rows of G·W (n, D) and ‖g‖² (n,): the live meter's formula; and the visible
+    energy relative to chance, c²·V/rank(W) (1 for a random subspace of W's dimension, in expectation)."""
     visible = (gW.double() @ F).pow(2).sum()
     total = g_sq.double().sum()
     frac = (visible / total).clamp(0, 1).item()  # ‖P_col g‖²/‖g‖² over the batch
-    return {'grad_destroyed': math.sqrt(1 - frac), 'grad_cosine': math.sqrt(frac)}
+    return {'grad_destroyed': math.sqrt(1 - frac), 'grad_cosine': math.sqrt(frac),
+            'visible_over_chance': frac * V / F.size(1)}
 
 
 @torch.no_grad()
@@ -137,7 +139,7 @@ def live_meter(logits, targets, W):
     g_sq = p.double().pow(2).sum(1) - 2 * p_y.double() + 1                       # (n,)
     Wf = W.detach().float()
     gW = p @ Wf - Wf[y]                                                          # (n, D)
-    return live_ratio(gW, g_sq, head_factor(W))
+    return live_ratio(gW, g_sq, head_factor(W), V)
 
 
 class StepMeter:
@@ -168,7 +170,8 @@ class StepMeter:
     def read(self):
         if self.stats.get('gW') is None or self.stats.get('gsq') is None:
             return None
-        out = live_ratio(self.stats['gW'], self.stats['gsq'], head_factor(self.head.effective_weight()))
+        out = live_ratio(self.stats['gW'], self.stats['gsq'], head_factor(self.head.effective_weight()),
+                         self.head.vocab_size)
         self.stats.clear()
         return out
 
@@ -224,8 +227,10 @@ def spectrum(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
     return torch.linalg.eigvalsh(K).flip(0).clamp(min=0)
 
 
-def spectrum_stats(sig2, D, top_k=1000, rtol=RANK_RTOL):
-    """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending)."""
+def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
+    """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending). A first-order update of the
+    hidden states and a head of rank r changes the logits by at most rank 2r, so by Eckart–Young the energy beyond
+    the top k = 2r components is out of reach of any such update: the floor."""
     sig2 = sig2.double()
     energy = sig2.cumsum(0) / sig2.sum()
     s = sig2.sqrt()
@@ -234,41 +239,55 @@ def spectrum_stats(sig2, D, top_k=1000, rtol=RANK_RTOL):
     at = lambda k: energy[min(k, len(energy)) - 1].item()  # energy held by the top k components
     out = {'numerical_rank': int((s > rtol * s[0]).sum()),
            'effective_rank': math.exp(-(p * p.log()).sum().item()),  # Roy & Vetterli: exp(entropy of σ/Σσ), ours
-           'energy_top_D': at(D), 'energy_top_2D': at(2 * D), 'energy_top_k': at(top_k), 'top_k': top_k,
-           'eckart_young_floor': max(0.0, 1 - at(2 * D))}
+           'energy_top_r': at(rank_W), 'energy_top_2r': at(2 * rank_W), 'energy_top_k': at(top_k), 'top_k': top_k,
+           'ey_k': 2 * rank_W, 'ey_floor': max(0.0, 1 - at(2 * rank_W))}
     for level in ENERGY_LEVELS:
-        out[f'components_{level:g}'] = int(torch.searchsorted(energy, torch.tensor(level - 1e-12, dtype=energy.dtype, device=energy.device)).item()) + 1
+        level_t = torch.tensor(level - 1e-12, dtype=energy.dtype, device=energy.device)
+        out[f'components_{level:g}'] = int(torch.searchsorted(energy, level_t).item()) + 1
     return out
 
 
+def head_update(S, factors=None):
+    """The change of the effective matrix W that a gradient step on the head's own parameters makes, for the
+    gradient S = ∂L/∂W (V, D): S itself for a plain head; for W = B·A, ΔW = (S Aᵀ) A + B (Bᵀ S), first order."""
+    if factors is None:
+        return S
+    B, A = (f.to(S) for f in factors)
+    return (S @ A.T) @ A + B @ (B.T @ S)
+
+
 @torch.no_grad()
-def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES):
+def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES, factors=None):
     """Loss decrease of equal-norm logit steps Z − ε√N·u/‖u‖ (ours) along
         u = G                   the direct logit gradient,
-        u = G W Wᵀ              what a gradient step on the hidden states H realizes (ΔH = −η G W),
-        u = G W Wᵀ + H ΔWᵀ      hidden states plus head, ΔW = Gᵀ H (rank ≤ 2D).
-    ε is the per-token RMS size of the step. Two passes: D×D statistics, then the losses."""
+        u = G W Wᵀ              what a gradient step on each token's hidden state realizes (Δh_i = −η g_i W),
+        u = G W Wᵀ + H ΔWᵀ      hidden states plus the head's own step, ΔW = head_update(Gᵀ H / N).
+    Each hidden state is a per-token input and takes its own token's gradient; the head is shared, so its step is
+    that of the mean loss, Gᵀ H / N, made through the head's own parameters (factors = (B, A) when W = B·A). The
+    hidden-state figure does not depend on N; the head's does, as a shared update must: the more distinct targets a
+    batch holds, the smaller each row's share (compare models at equal N; the N used is reported). ε is the
+    per-token RMS size of the step. Three passes over G: the head's gradient, the directions' norms, the losses."""
     N, dt = len(H), dtype
     Wd, Hd = W.to(dt), H.to(dt)
-    dW = torch.zeros_like(Wd)                                                    # (V, D), Gᵀ H
-    S_GW = torch.zeros(W.size(1), W.size(1), dtype=dt, device=H.device)           # (D, D), (GW)ᵀ(GW)
-    g2, loss0 = 0.0, 0.0
+    S, loss0 = torch.zeros_like(Wd), 0.0                                         # (V, D), Gᵀ H / N
     for i, j in _chunks(N, chunk):
         logits, G = _grad_block(H, targets, W, bias, i, j, dt)
-        GW = G @ Wd                                                              # (n, D)
-        dW += G.T @ Hd[i:j]
-        S_GW += GW.T @ GW
-        g2 += G.pow(2).sum().item()
+        S += G.T @ Hd[i:j] / N
         loss0 += F.cross_entropy(logits.double(), targets[i:j], reduction='sum').item()
-    WtW, WtdW = Wd.T @ Wd, Wd.T @ dW                                             # (D, D)
-    h2 = (S_GW * WtW).sum().item()                                               # ‖G W Wᵀ‖²
-    hw2 = h2 + 2 * WtdW.pow(2).sum().item() + ((Hd.T @ Hd) * (dW.T @ dW)).sum().item()  # ‖GWWᵀ + HΔWᵀ‖²
-    norms = {'G': math.sqrt(g2), 'H': math.sqrt(h2), 'H+W': math.sqrt(hw2)}
-    losses = {u: [0.0] * len(step_sizes) for u in norms}
-    for i, j in _chunks(N, chunk):
+    dW = head_update(S, factors)                                                 # (V, D)
+
+    def directions(i, j):
         logits, G = _grad_block(H, targets, W, bias, i, j, dt)
         uH = (G @ Wd) @ Wd.T                                                     # (n, V)
-        dirs = {'G': G, 'H': uH, 'H+W': uH + Hd[i:j] @ dW.T}
+        return logits, {'G': G, 'H': uH, 'H+W': uH + Hd[i:j] @ dW.T}
+    norms = dict.fromkeys(('G', 'H', 'H+W'), 0.0)
+    for i, j in _chunks(N, chunk):
+        for u, d in directions(i, j)[1].items():
+            norms[u] += d.pow(2).sum().item()
+    norms = {u: math.sqrt(v) for u, v in norms.items()}
+    losses = {u: [0.0] * len(step_sizes) for u in norms}
+    for i, j in _chunks(N, chunk):
+        logits, dirs = directions(i, j)
         for u, d in dirs.items():
             for e, eps in enumerate(step_sizes):
                 z = logits.to(dt) - (eps * math.sqrt(N) / norms[u]) * d
@@ -277,32 +296,38 @@ def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, ste
     for e, eps in enumerate(step_sizes):
         dec = {u: loss0 / N - losses[u][e] / N for u in norms}
         rows.append({'step': eps, 'decrease_G': dec['G'], 'decrease_H': dec['H'], 'decrease_HW': dec['H+W'],
-                     'ratio_H': dec['H'] / dec['G'], 'ratio_HW': dec['H+W'] / dec['G']})
+                     'ratio_hidden': dec['H'] / dec['G'], 'ratio_hidden_head': dec['H+W'] / dec['G']})
     return rows
 
 
 def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction_tokens=1024, top_k=1000,
-            dtype=torch.float64):
-    """Everything, from final hidden states H (N, D), targets (N,) and the effective output matrix W (V, D)."""
+            dtype=torch.float64, factors=None):
+    """Everything, from final hidden states H (N, D), targets (N,) and the effective output matrix W (V, D);
+    factors = (B, A) when W = B·A (a factorized head: its own update enters the direction test)."""
     H, W = H.float(), W.detach().float()
     bias = None if bias is None else bias.detach().float()
+    factors = None if factors is None else tuple(f.detach().float() for f in factors)
     V, D = W.shape
     total, visible, loss, rank = per_token(H, targets, W, bias, chunk, dtype)
     frac = (visible.sum() / total.sum()).clamp(0, 1).item()
     r_tok = (1 - visible / total).clamp(0, 1).sqrt()
     out = {'n_tokens': len(H), 'V': V, 'D': D, 'rank_W': rank, 'loss': loss,
            'destroyed_ratio': math.sqrt(1 - frac), 'visible_cosine': math.sqrt(frac),
-           'random_baseline': math.sqrt(1 - rank / V),
+           'random_baseline': math.sqrt(1 - rank / V), 'visible_over_chance': frac * V / rank,
            'per_token': {'mean': r_tok.mean().item(),
                          **{f'q{int(100 * q):02d}': r_tok.quantile(q).item() for q in QUANTILES}}}
     if spectrum_tokens > 0:
         n = min(spectrum_tokens, len(H))
         sig2 = spectrum(H[:n], targets[:n], W, bias, chunk, dtype)
-        out['spectrum'] = {'n_tokens': n, **spectrum_stats(sig2, D, top_k)}
+        out['spectrum'] = {'n_tokens': n, **spectrum_stats(sig2, rank, top_k)}
+        out.update(ey_floor=out['spectrum']['ey_floor'], ey_k=out['spectrum']['ey_k'])
         out['_sig2'] = sig2  # for --plot; not written to JSON
     if direction_tokens > 0:
         n = min(direction_tokens, len(H))
-        out['direction'] = {'n_tokens': n, 'steps': direction_test(H[:n], targets[:n], W, bias, chunk, dtype)}
+        out['direction'] = {'n_tokens': n, 'steps': direction_test(H[:n], targets[:n], W, bias, chunk, dtype,
+                                                                   factors=factors)}
+        first = out['direction']['steps'][0]  # the smallest step: the first-order figure
+        out['direction'].update(ratio_hidden=first['ratio_hidden'], ratio_hidden_head=first['ratio_hidden_head'])
     return out
 
 # -----------------------------------------------------------------------------
@@ -313,6 +338,11 @@ def batches_from(data_cfg, c, n_batches, block, device):
     data = common.load_data(data_cfg)
     gen = spamlang.make_generator(c['seed'] + 12345)
     return data, [common.get_batch(data, 'val', c['batch_size'], block, gen, device) for _ in range(n_batches)]
+
+
+def head_factors(lm_head):
+    """(B, A) of a factorized head (its real rows only), None for a plain one."""
+    return (lm_head.B[:lm_head.vocab_size], lm_head.A) if hasattr(lm_head, 'A') else None
 
 
 @torch.no_grad()
@@ -343,7 +373,7 @@ def source_ckpt(c, device):
         raise ConfigError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
     H, Y = hidden_of_gpt(model, batches)
     desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
-    return H, Y, model.lm_head.effective_weight(), None, desc
+    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), desc
 
 
 def source_init(c, device):
@@ -364,7 +394,7 @@ def source_init(c, device):
     H, Y = hidden_of_gpt(model, batches)
     rank = getattr(model.lm_head, 'rank', None)
     desc = f"fresh init, {c['head']} head{f' (r = {rank})' if rank else ''}, data {data_cfg['data']}"
-    return H, Y, model.lm_head.effective_weight(), None, desc
+    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), desc
 
 
 def load_hf(name, device='cpu'):
@@ -436,7 +466,7 @@ def source_hf(c, device):
         Y.append(y.reshape(-1))
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     desc = f"{c['hf']} ({type(model).__name__}, {'tied' if tied else 'untied'} head), data {what}"
-    return torch.cat(H), torch.cat(Y), W, bias, desc
+    return torch.cat(H), torch.cat(Y), W, bias, None, desc
 
 # -----------------------------------------------------------------------------
 # command line
@@ -467,25 +497,27 @@ def report(m, desc, seconds):
           f"loss {m['loss']:.4f}, {seconds:.1f} s")
     print(f"  destroyed ratio r    {m['destroyed_ratio']:.4f}    (random {m['rank_W']}-dim subspace: "
           f"√(1 − rank/V) = {m['random_baseline']:.4f})")
-    print(f"  visible cosine c     {m['visible_cosine']:.4f}")
+    print(f"  visible cosine c     {m['visible_cosine']:.4f}    (visible energy c² = {m['visible_over_chance']:.2f}× "
+          f"chance, rank/V)")
     pt = m['per_token']
     print("  per-token r          mean {:.4f}, quantiles 5/25/50/75/95%: {}".format(
         pt['mean'], ' / '.join(f"{pt[f'q{int(100 * q):02d}']:.4f}" for q in QUANTILES)))
     if 'spectrum' in m:
-        s, D = m['spectrum'], m['D']
+        s, r = m['spectrum'], m['rank_W']
         print(f"  spectrum of G ({s['n_tokens']:,} tokens): numerical rank {s['numerical_rank']:,}, "
               f"effective rank {s['effective_rank']:.1f}")
-        print(f"    energy in top D = {D}: {s['energy_top_D']:.4f}, top 2D = {2 * D}: {s['energy_top_2D']:.4f}, "
-              f"top k = {s['top_k']}: {s['energy_top_k']:.4f}")
+        print(f"    energy in top r = {r}: {s['energy_top_r']:.4f}, top 2r = {2 * r}: {s['energy_top_2r']:.4f}, "
+              f"top k = {s['top_k']}: {s['energy_top_k']:.4f}  (r = rank(W))")
         print("    components for {}".format(', '.join(f"{100 * l:g}%: {s[f'components_{l:g}']:,}" for l in ENERGY_LEVELS)))
-        print(f"    Eckart–Young floor Σ_(i>2D) σ² / Σ σ² = {s['eckart_young_floor']:.4f}")
+        print(f"    Eckart–Young floor Σ_(i>k) σ² / Σ σ² at k = 2r = {s['ey_k']}: {s['ey_floor']:.4f}")
     if 'direction' in m:
         d = m['direction']
         print(f"  direction test ({d['n_tokens']:,} tokens): loss decrease of equal-norm logit steps")
         print(f"    {'step ε':>8s} {'along G':>11s} {'hidden':>11s} {'hidden+head':>11s} {'ratio H':>9s} {'ratio H+W':>9s}")
+        print("    (ratio = decrease / decrease along G; hidden+head: each head's own parameter step)")
         for row in d['steps']:
             print(f"    {row['step']:8g} {row['decrease_G']:11.3e} {row['decrease_H']:11.3e} {row['decrease_HW']:11.3e} "
-                  f"{row['ratio_H']:9.4f} {row['ratio_HW']:9.4f}")
+                  f"{row['ratio_hidden']:9.4f} {row['ratio_hidden_head']:9.4f}")
 
 
 def draw(m, path):
@@ -495,14 +527,14 @@ def draw(m, path):
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install matplotlib")
-    sig2, D = m['_sig2'], m['D']
+    sig2, D, r = m['_sig2'], m['D'], m['rank_W']
     energy = (sig2.cumsum(0) / sig2.sum()).cpu().numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(range(1, len(energy) + 1), energy, label='cumulative σ² of G')
-    for k, style, name in ((D, '--', 'D'), (2 * D, ':', '2D')):
+    for k, style, name in ((r, '--', 'r = rank(W)'), (2 * r, ':', '2r')):
         ax.axvline(k, color='k', ls=style, lw=1, label=f'{name} = {k}')
-    floor = m['spectrum']['eckart_young_floor']
-    ax.axhline(1 - floor, color='r', lw=1, label=f'top-2D energy = 1 − floor ({floor:.3f})')
+    floor = m['spectrum']['ey_floor']
+    ax.axhline(1 - floor, color='r', lw=1, label=f'top-2r energy = 1 − floor ({floor:.3f})')
     ax.set(xscale='log', xlabel='components', ylabel='energy fraction', ylim=(0, 1.01),
            title=f"V = {m['V']:,}, D = {D}, N = {m['spectrum']['n_tokens']:,}")
     ax.legend(loc='lower right')
@@ -514,11 +546,11 @@ def main(argv):
     c = parse_args(argv)
     t0 = time.time()
     source = source_ckpt if c['ckpt'] else source_hf if c['hf'] else source_init
-    H, Y, W, bias, desc = source(c, c['device'])
+    H, Y, W, bias, factors, desc = source(c, c['device'])
     n = min(c['n_tokens'], len(H))
     keep = Y[:n] >= 0
     m = measure(H[:n][keep], Y[:n][keep], W, bias, c['chunk'], c['spectrum_tokens'], c['direction_tokens'],
-                c['top_k'], getattr(torch, c['dtype']))
+                c['top_k'], getattr(torch, c['dtype']), factors)
     report(m, desc, time.time() - t0)
     if c['json']:
         with open(c['json'], 'w') as f:

@@ -14,10 +14,13 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import common
+import measure
 import spamlang
-import train
-from model import FACTORIZED, GPT, GPTConfig, HEADS
+from common import ConfigError
+from model import FACTORIZED, GPT, GPTConfig, HEADS, fused_linear_cross_entropy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # one thread per child process: tiny models gain nothing from more, and oversubscribed cores run many times slower
@@ -35,14 +38,18 @@ def run_train(*args, timeout=300):
     return p.returncode, p.stdout, p.stderr
 
 
-def train_inproc(tmp_path, name, **overrides):
-    cfg = {**train.DEFAULTS, 'out_dir': str(tmp_path / name), 'log_interval': 10**9, **overrides}
-    return train.train(cfg, set(overrides))
+def train_run(tmp_path, name, **overrides):
+    """`python train.py` with these options into tmp_path/name; returns its last evaluation record."""
+    args = [f'--{k}={v}' for k, v in {'out_dir': tmp_path / name, 'log_interval': 10**9, **overrides}.items()]
+    code, out, err = run_train(*args)
+    assert code == 0, err
+    return [r for r in read_log(tmp_path / name) if r['type'] == 'eval'][-1]
 
 
-def read_log(out_dir):
+def read_log(out_dir, kind=None):
     with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if kind is None or r['type'] == kind]
 
 # -----------------------------------------------------------------------------
 # heads
@@ -145,25 +152,50 @@ def test_spamlang_metrics_split_position_zero():
 # -----------------------------------------------------------------------------
 # the --key=value parser
 
-def test_parser_good_values():
-    c, given = train.parse_args(['--head=wide', '--learning_rate=1', '--max_iters=7', '--compile=False',
-                                 '--head_rank=12', '--bias=true', '--data=123'])
+OPTIONS = dict(head='linear', learning_rate=1e-3, max_iters=2000, compile=None, head_rank=None, bias=False,
+               data='spamlang')
+TYPES = dict(compile=bool, head_rank=int)
+
+
+def test_parser_types_values_like_their_defaults():
+    c, given = common.parse_args(['--head=wide', '--learning_rate=1', '--max_iters=7', '--compile=False',
+                                  '--head_rank=12', '--bias', '--data=123'], OPTIONS, __file__, TYPES)
     assert c['head'] == 'wide' and c['learning_rate'] == 1.0 and type(c['learning_rate']) is float
     assert c['max_iters'] == 7 and c['compile'] is False and c['head_rank'] == 12 and c['bias'] is True
     assert c['data'] == '123' and given == {'head', 'learning_rate', 'max_iters', 'compile', 'head_rank', 'bias', 'data'}
-    assert train.parse_args(['--head_rank=None'])[0]['head_rank'] is None
+    assert common.parse_args(['--head_rank=None'], OPTIONS, __file__, TYPES)[0]['head_rank'] is None
 
 
-@pytest.mark.parametrize('args,msg', [(['--nope=1'], 'unknown option --nope; allowed: out_dir'),
+def test_parser_config_file_then_command_line(tmp_path):
+    cfg = tmp_path / 'my.py'
+    cfg.write_text("max_iters = 50\nhead = 'narrow'\n")
+    c, given = common.parse_args([str(cfg), '--head=wide'], OPTIONS, __file__, TYPES)
+    assert c['max_iters'] == 50 and c['head'] == 'wide' and given == {'max_iters', 'head'}
+    cfg.write_text("max_itres = 50\n")
+    with pytest.raises(ConfigError, match='unknown option --max_itres in .*did you mean --max_iters'):
+        common.parse_args([str(cfg)], OPTIONS, __file__, TYPES)
+
+
+@pytest.mark.parametrize('args,msg', [(['--nope=1'], 'unknown option --nope'),
+                                      (['--max_iter=1'], 'did you mean --max_iters?'),
                                       (['--max_iters=1.5'], '--max_iters expects int'),
                                       (['--max_iters=abc'], '--max_iters expects int'),
                                       (['--learning_rate=fast'], 'expects float'),
                                       (['--compile=maybe'], 'expects bool'),
                                       (['--head_rank=2.5'], 'expects int'),
+                                      (['--max_iters'], '--max_iters needs a value'),
                                       (['head=wide'], 'use --key=value')])
 def test_parser_rejects(args, msg):
-    with pytest.raises(train.ConfigError, match=msg.replace('.', r'\.')):
-        train.parse_args(args)
+    with pytest.raises(ConfigError, match=msg.replace('.', r'\.').replace('?', r'\?')):
+        common.parse_args(args, OPTIONS, __file__, TYPES)
+
+
+def test_every_script_prints_its_options_with_help():
+    for script in ('train.py', 'measure.py', 'bench.py'):
+        p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True, env=CHILD_ENV)
+        assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
+    p = subprocess.run([sys.executable, 'train.py', '--help'], cwd=HERE, capture_output=True, text=True, env=CHILD_ENV)
+    assert '--head=linear' in p.stdout and 'one of linear, tied, narrow, wide' in p.stdout
 
 # -----------------------------------------------------------------------------
 # training: the paper's effect, text, resume, bad input
@@ -174,8 +206,8 @@ SMALL = dict(vocab_size=256, n_embd=32, n_head=2, block_size=8, batch_size=32, m
 
 def test_wide_learns_spamlang_and_narrow_does_not(tmp_path):
     torch.set_num_threads(2)
-    wide = train_inproc(tmp_path, 'wide', **SMALL, head='wide')
-    narrow = train_inproc(tmp_path, 'narrow', **SMALL, head='narrow')  # default r = n_embd // 16 = 2
+    wide = train_run(tmp_path, 'wide', **SMALL, head='wide')
+    narrow = train_run(tmp_path, 'narrow', **SMALL, head='narrow')  # default r = n_embd // 16 = 2
     assert wide['val_acc'] > 0.95, wide  # measured: 100%
     assert narrow['val_acc'] < 0.3, narrow  # measured: 3-6%
     log = read_log(tmp_path / 'wide')
@@ -190,21 +222,21 @@ def test_text_run_and_tokenization_cache(tmp_path):
     path.write_text(text)
     args = dict(data=str(path), head='wide', n_embd=32, n_head=2, block_size=16, batch_size=8, max_iters=30, learning_rate=1e-2,
                 warmup_iters=5, eval_interval=30, eval_iters=2)
-    last = train_inproc(tmp_path, 'text', **args)
+    last = train_run(tmp_path, 'text', **args)
     cache = tmp_path / 'small.cl100k_base.tok'
     assert cache.exists()
-    ids, meta = train.load_tokens(str(cache))
+    ids, meta = common.load_tokens(str(cache))
     assert meta['vocab_size'] == 100_277 and meta['dtype'] == 'uint32' and ids.max() < 100_277
     assert ckpt_config(tmp_path / 'text')['vocab_size'] == 100_277
     assert last['val_loss'] < math.log(100_277) - 3  # it learned the 16-word language
     mtime = cache.stat().st_mtime_ns
     one_step = {**args, 'max_iters': 1, 'eval_iters': 1}
-    train_inproc(tmp_path, 'text2', **one_step)
+    train_run(tmp_path, 'text2', **one_step)
     assert cache.stat().st_mtime_ns == mtime  # reused, not re-tokenized
     path.write_text(text + '\nmore')
-    train_inproc(tmp_path, 'text3', **one_step)
+    train_run(tmp_path, 'text3', **one_step)
     assert cache.stat().st_mtime_ns != mtime  # the text changed, so the cache was rebuilt
-    last_tok = train_inproc(tmp_path, 'text4', **{**one_step, 'data': str(cache)})  # a token file is used directly
+    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache)})  # a token file is used directly
     assert math.isfinite(last_tok['val_loss'])
 
 
@@ -226,7 +258,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == train.REQUEUE_EXIT, err
+    assert p.returncode == common.REQUEUE_EXIT, err
     stopped = torch.load(os.path.join(part, 'ckpt.pt'), weights_only=False)['iter_num']
     assert 20 <= stopped < 600 and 'saved' in out
     code, out, err = run_train(*args, f'--out_dir={part}', '--init_from=resume')
@@ -236,7 +268,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     assert a['iter_num'] == b['iter_num'] == 600
     for k in a['model']:
         assert torch.equal(a['model'][k], b['model'][k]), k
-    iters = [r['iter'] for r in read_log(part) if 'loss' in r]
+    iters = [r['iter'] for r in read_log(part, 'train')]
     assert iters == sorted(set(iters))  # each logged step once, across the interruption
 
 
@@ -246,14 +278,14 @@ def test_bad_input_is_one_clear_line(tmp_path):
     short = tmp_path / 'short.txt'
     short.write_text('just a few words')
     bad_ids = tmp_path / 'bad.tok'
-    train.write_tokens(str(bad_ids), np.array([1, 2, 150, 3] * 100), vocab_size=100, encoding='test')
+    common.write_tokens(str(bad_ids), np.array([1, 2, 150, 3] * 100), vocab_size=100, encoding='test')
     truncated = tmp_path / 'trunc.tok'
-    train.write_tokens(str(truncated), np.arange(100), vocab_size=100, encoding='test')
+    common.write_tokens(str(truncated), np.arange(100), vocab_size=100, encoding='test')
     with open(truncated, 'r+b') as f:
         f.truncate(os.path.getsize(truncated) - 3)
     raw = tmp_path / 'raw.bin'
     raw.write_bytes(np.arange(100, dtype=np.uint16).tobytes())
-    cases = [(['--head=mlp'], 'unknown head'),
+    cases = [(['--head=mlp'], '--head must be one of linear, tied, narrow, wide'),
              (['--head=narrow', '--head_rank=0'], 'head_rank must be a positive integer'),
              (['--head=wide', '--head_rank=-2'], 'head_rank must be a positive integer'),
              (['--vocab_size=1'], 'vocab_size must be at least 2'),
@@ -264,7 +296,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
              ([f'--data={truncated}'], 'truncated'),
              ([f'--data={raw}'], 'no GBTOKENS header'),
              (['--max_iters=ten'], 'expects int'),
-             (['--init_from=resume'], 'does not exist')]
+             (['--init_from=resume'], 'not found: start with --init_from=scratch')]
     for args, msg in cases:
         code, out, err = run_train(*args, f'--out_dir={tmp_path}/run', '--max_iters=1')
         assert code != 0, args
@@ -275,7 +307,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
 
 def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
     out = str(tmp_path / 'run')
-    train_inproc(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=5, eval_interval=5)
+    train_run(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=5, eval_interval=5)
     before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
     for args in (['--head=wide'], ['--init_from=resume', '--n_embd=32'], ['--init_from=resume', '--head_rank=0']):
         code, _, err = run_train(*args, f'--out_dir={out}')
@@ -301,16 +333,16 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     time.sleep(np.random.default_rng().uniform(0, 0.5))
     p.kill()
     p.wait()
-    ckpt = train.load_checkpoint(os.path.join(out, 'ckpt.pt'))  # verified: complete and unchanged
+    ckpt = common.load_checkpoint(os.path.join(out, 'ckpt.pt'))  # verified: complete and unchanged
     assert ckpt['iter_num'] >= 1
-    train.load_checkpoint(os.path.join(out, 'prev_ckpt.pt'))
+    common.load_checkpoint(os.path.join(out, 'prev_ckpt.pt'))
 
 
 def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
     out = tmp_path / 'run'
     assert run_train(*TINY_RUN, '--max_iters=4', '--eval_interval=2', f'--out_dir={out}')[0] == 0
     ckpt, prev = out / 'ckpt.pt', out / 'prev_ckpt.pt'
-    assert train.load_checkpoint(str(prev))['iter_num'] == 2
+    assert common.load_checkpoint(str(prev))['iter_num'] == 2
     good = ckpt.read_bytes()
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # torch.load reads this silently; the digest does not
@@ -324,18 +356,18 @@ def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
                                 '--allow_changes=True', f'--out_dir={out}')
     assert code == 0, err
     assert 'resuming from the previous one' in outp and 'at iter 2' in outp
-    assert train.load_checkpoint(str(ckpt))['iter_num'] == 6
+    assert common.load_checkpoint(str(ckpt))['iter_num'] == 6
 
 
 def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     tok_a, tok_b = str(tmp_path / 'a.tok'), str(tmp_path / 'b.tok')
     rng = np.random.default_rng(0)
-    train.write_tokens(tok_a, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
-    train.write_tokens(tok_b, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
+    common.write_tokens(tok_a, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
+    common.write_tokens(tok_b, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
     out = str(tmp_path / 'run')
     base = [a for a in TINY_RUN if not a.startswith('--vocab_size')]
     assert run_train(*base, f'--data={tok_a}', '--max_iters=2', '--eval_interval=2', f'--out_dir={out}')[0] == 0
-    saved = train.load_checkpoint(os.path.join(out, 'ckpt.pt'))['config']
+    saved = common.load_checkpoint(os.path.join(out, 'ckpt.pt'))['config']
     assert saved['encoding'] == 'enc-a' and saved['vocab_size'] == 50 and saved['head'] == 'linear'
     assert len(saved['data_fingerprint']) == 16 and saved['code_version']
     before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
@@ -354,7 +386,7 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     assert code == 1 and 'was tokenized with enc-a' in err, err  # a token file from another tokenizer
     code, _, err = run_train('--init_from=resume', '--max_iters=4', '--allow_changes=True', f'--out_dir={out}')
     assert code == 0, err  # intended changes (new data, more steps) are allowed when said so
-    assert train.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
+    assert common.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -363,7 +395,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                              '--max_iters=50', '--eval_interval=1000', f'--out_dir={out}')
     assert code == 1 and ('loss is nan' in err or 'loss is inf' in err), err
     assert len(err.strip().splitlines()) == 1 and 'nonfinite_batch.pt' in err
-    ckpt = train.load_checkpoint(str(out / 'ckpt.pt'))
+    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))
     assert all(torch.isfinite(v).all() for v in ckpt['model'].values())
     assert f"(iter {ckpt['iter_num']})" in err
     assert set(torch.load(out / 'nonfinite_batch.pt')) == {'x', 'y'}
@@ -385,14 +417,14 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_save_checkpoints_false_writes_no_checkpoint(tmp_path):
-    last = train_inproc(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=4, eval_interval=2,
+    last = train_run(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=4, eval_interval=2,
                         save_checkpoints=False)
     assert last['iter'] == 4 and read_log(tmp_path / 'run')[-1]['iter'] == 4
     assert not [f for f in os.listdir(tmp_path / 'run') if f.endswith('.pt')]
 
 
-# ---- measure.py (issue 3)
-import measure
+# -----------------------------------------------------------------------------
+# measure.py
 
 
 def _qr_ratio(G, W):
@@ -418,7 +450,7 @@ def test_measure_zero_when_G_lies_in_col_W():
     W = torch.randn(300, 16, generator=g)
     G = torch.randn(50, 16, generator=g, dtype=torch.float64) @ W.double().T  # rows in col(W)
     assert measure.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
-    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W))
+    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert live['grad_destroyed'] < 1e-5 and abs(live['grad_cosine'] - 1) < 1e-10
 
 
@@ -482,7 +514,7 @@ def test_measure_live_factor_on_ill_conditioned_and_singular_W(cond):
     Q = U if math.isfinite(cond) else U[:, :D - 5]
     G = torch.randn(64, V, generator=g, dtype=torch.float64) + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
     ref = ((G - G @ Q @ Q.T).norm() / G.norm()).item()
-    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W))
+    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5, (live, ref)
 
 
@@ -529,7 +561,7 @@ def test_measure_spectrum_rank_and_gram_paths():
                                rtol=1e-5, atol=1e-9)  # fp32 logits, summed in another order
     s = measure.spectrum_stats(sig2, 4, top_k=10)
     energy = sig2.cumsum(0) / sig2.sum()
-    assert abs(s['eckart_young_floor'] - (1 - energy[7].item())) < 1e-12 and abs(s['energy_top_k'] - energy[9].item()) < 1e-12
+    assert s['ey_k'] == 8 and abs(s['ey_floor'] - (1 - energy[7].item())) < 1e-12 and abs(s['energy_top_k'] - energy[9].item()) < 1e-12
     assert energy[s['components_0.7'] - 1] >= 0.7 > energy[s['components_0.7'] - 2]
 
 
@@ -543,7 +575,7 @@ def test_measure_direction_test_matches_brute_force():
     Z = Hd @ Wd.T
     G = measure.logit_grad(Z, y)
     uH = G @ Wd @ Wd.T
-    dirs = {'G': G, 'H': uH, 'HW': uH + Hd @ (G.T @ Hd).T}
+    dirs = {'G': G, 'H': uH, 'HW': uH + Hd @ (G.T @ Hd / N).T}  # the head's step of the mean loss
     loss = lambda z: torch.nn.functional.cross_entropy(z, y).item()
     for row in rows:
         for name, u in dirs.items():
@@ -566,7 +598,7 @@ def test_measure_destroyed_grows_as_head_rank_shrinks():
 
 
 def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
-    train_inproc(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30, eval_interval=30,
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30, eval_interval=30,
                  eval_iters=1)
     ckpt = str(tmp_path / 'run' / 'ckpt.pt')
     out = tmp_path / 'm.json'
@@ -578,12 +610,12 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
         assert key in res, key
     assert res['n_tokens'] == 300 and res['V'] == 128 and res['D'] == 16 and 'iter 30' in res['source']
     assert abs(res['random_baseline'] - math.sqrt(1 - 16 / 128)) < 1e-12
-    for key in ('numerical_rank', 'effective_rank', 'energy_top_D', 'energy_top_2D', 'energy_top_k',
-                'components_0.7', 'components_0.99', 'components_0.999', 'eckart_young_floor'):
+    for key in ('numerical_rank', 'effective_rank', 'energy_top_r', 'energy_top_2r', 'energy_top_k',
+                'components_0.7', 'components_0.99', 'components_0.999', 'ey_floor', 'ey_k'):
         assert key in res['spectrum'], key
     assert res['per_token']['q05'] <= res['per_token']['q50'] <= res['per_token']['q95'] <= 1
     # the same tokens, from the checkpoint's model by hand: the QR reference; and chunking changes nothing
-    H, Y, W, _, _ = measure.source_ckpt(measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
+    H, Y, W, _, _, _ = measure.source_ckpt(measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
     H, Y = H[:300], Y[:300]
     ref = _qr_ratio(measure.logit_grad(H @ W.detach().T, Y), W)
     assert abs(m['destroyed_ratio'] / ref - 1) < 1e-9
@@ -591,7 +623,7 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
     m300 = measure.measure(H, Y, W, chunk=300, spectrum_tokens=100, direction_tokens=50)
     assert abs(m7['destroyed_ratio'] - m300['destroyed_ratio']) < 1e-12
     assert m7['spectrum']['numerical_rank'] == m300['spectrum']['numerical_rank']
-    assert abs(m7['direction']['steps'][2]['ratio_H'] - m300['direction']['steps'][2]['ratio_H']) < 1e-9
+    assert abs(m7['direction']['steps'][2]['ratio_hidden_head'] - m300['direction']['steps'][2]['ratio_hidden_head']) < 1e-9
 
 
 def test_measure_plot(tmp_path):
@@ -601,21 +633,21 @@ def test_measure_plot(tmp_path):
 
 
 def test_measure_live_meter_in_train_log(tmp_path):
-    train_inproc(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20, eval_interval=10,
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20, eval_interval=10,
                  eval_iters=1, log_interval=5, meter_every_step=True)
     log = read_log(tmp_path / 'run')
-    evals = [r for r in log if 'val_loss' in r]
-    steps = [r for r in log if 'val_loss' not in r]
+    evals = [r for r in log if r['type'] == 'eval']
+    steps = [r for r in log if r['type'] in ('train', 'meter')]
     assert [r['iter'] for r in evals] == [0, 10, 20]
     assert [r['iter'] for r in steps] == list(range(1, 21))  # every step metered
     for r in evals + steps:
         assert 0 < r['grad_destroyed'] < 1 and abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
     assert 'loss' in steps[4] and 'loss' not in steps[0]  # log_interval steps keep their full record
-    train_inproc(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4, eval_interval=4,
+    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4, eval_interval=4,
                  eval_iters=1, log_interval=2)
     log = read_log(tmp_path / 'plain')
-    assert all('grad_destroyed' in r for r in log if 'val_loss' in r)  # evals always carry the meter
-    assert not any('grad_destroyed' in r for r in log if 'val_loss' not in r)  # steps only when asked
+    assert all('grad_destroyed' in r for r in log if r['type'] == 'eval')  # evals always carry the meter
+    assert not any('grad_destroyed' in r for r in log if r['type'] == 'train')  # steps only when asked
 
 
 def _tiny_hf(path, arch):
@@ -660,7 +692,7 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     assert tied == (arch == 'gpt2')
     c = measure.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32', '--n_tokens=256',
                             '--batch_size=4'])
-    H, Y, W, bias, desc = measure.source_hf(c, 'cpu')
+    H, Y, W, bias, _, desc = measure.source_hf(c, 'cpu')
     ids = tok(open(tmp_path / 'text.txt').read(), return_tensors='pt')['input_ids'][0]
     xs = torch.stack([ids[k * 32:(k + 1) * 32] for k in range(8)])
     ys = torch.stack([ids[k * 32 + 1:(k + 1) * 32 + 1] for k in range(8)])
@@ -683,14 +715,17 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
 def test_measure_bad_input_is_one_clear_line(tmp_path):
     garbage = tmp_path / 'bad.pt'
     garbage.write_bytes(b'not a checkpoint')
-    for args, msg in [([f'--ckpt={garbage}'], 'not a readable'),
+    nanogpt = tmp_path / 'nanogpt.pt'
+    torch.save({'model_args': {}, 'iter_num': 3}, nanogpt)  # another project's checkpoint
+    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'), ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
+                      ([f'--ckpt={tmp_path}'], 'is a folder'),
                       (['--init', '--nope=1'], 'unknown option --nope'),
                       ([], 'exactly one of'),
                       (['--init', '--hf=gpt2'], 'exactly one of'),
                       (['--init', '--head=mlp'], 'unknown head'),
                       (['--init', '--n_tokens=lots'], 'expects int'),
                       (['--init', '--data=/nonexistent.txt'], 'not found')]:
-        with pytest.raises(measure.MeasureError, match=msg):
+        with pytest.raises(ConfigError, match=msg):
             measure.main(args)
     # the command line: one line on stderr, no traceback, exit status 1; --hf without transformers installed
     no_tf = ("import sys, runpy; sys.modules['transformers'] = None; sys.argv = ['measure.py', '--hf=gpt2']; "
@@ -701,10 +736,9 @@ def test_measure_bad_input_is_one_clear_line(tmp_path):
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(lines) == 1 and 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
 
-# ---- fused loss, compile, DDP (issue 4)
-import torch.nn.functional as F
+# -----------------------------------------------------------------------------
+# the fused loss, compile, DDP
 
-from model import fused_linear_cross_entropy
 
 
 def _naive_vs_fused(model, idx, y, chunk):
@@ -786,7 +820,7 @@ def test_fused_stats_feed_the_live_meter(head):
     torch.testing.assert_close(stats['gsq'], G.square().sum(1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stats['gW'], G @ W, rtol=1e-4, atol=1e-6)
     assert stats['n_valid'] == 29
-    r = measure.live_ratio(stats['gW'], stats['gsq'], measure.head_factor(W))['grad_destroyed']
+    r = measure.live_ratio(stats['gW'], stats['gsq'], measure.head_factor(W), W.size(0))['grad_destroyed']
     assert abs(r - measure.live_meter(logits, y, W)['grad_destroyed']) < 1e-5
     # a training step with the meter reads the same stats from the fused path, at no extra pass
     meter = measure.StepMeter(model.lm_head)
@@ -795,17 +829,17 @@ def test_fused_stats_feed_the_live_meter(head):
 
 
 def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
-    with pytest.raises(train.ConfigError, match='--loss must be auto, naive or fused'):
-        train.resolve(*train.parse_args(['--loss=exact']))
-    assert train.prepare(*train.parse_args(['--vocab_size=64', f'--out_dir={tmp_path}/a']))[0]['loss'] == 'naive'
-    assert train.prepare(*train.parse_args(['--vocab_size=8192', f'--out_dir={tmp_path}/a']))[0]['loss'] == 'fused'
-    torch.set_num_threads(2)
+    code, _, err = run_train('--loss=exact', f'--out_dir={tmp_path}/a')
+    assert code == 1 and '--loss must be one of auto, naive, fused' in err
+    for V, want in ((64, 'naive'), (8192, 'fused')):
+        train_run(tmp_path, f'V{V}', vocab_size=V, max_iters=1, eval_iters=1, n_layer=1)
+        assert read_log(tmp_path / f'V{V}', 'config')[0]['loss'] == want
     args = dict(vocab_size=70, n_embd=32, n_head=2, block_size=8, batch_size=8, max_iters=3, warmup_iters=1,
                 eval_interval=3, eval_iters=2, log_interval=1, head='wide')
-    runs = {name: (train_inproc(tmp_path, name, **args, **kw), read_log(tmp_path / name))
+    runs = {name: (train_run(tmp_path, name, **args, **kw), read_log(tmp_path / name))
             for name, kw in [('eager', dict(loss='naive')), ('fused', dict(loss='fused')),
                              ('compiled', dict(loss='fused', compile=True))]}
-    losses = {name: [r['loss'] for r in log if 'loss' in r] for name, (_, log) in runs.items()}
+    losses = {name: [r['loss'] for r in log if r['type'] == 'train'] for name, (_, log) in runs.items()}
     # step 0's loss precedes any update: equal to fp32 rounding; later steps see Adam's updates, still close
     for name in ('fused', 'compiled'):
         assert abs(losses[name][0] - losses['eager'][0]) < 1e-5, losses
@@ -813,7 +847,7 @@ def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
         assert abs(runs[name][0]['val_loss'] - runs['eager'][0]['val_loss']) < 1e-3
     state = torch.load(tmp_path / 'compiled' / 'ckpt.pt', weights_only=False)['model']
     assert not any(k.startswith('_orig_mod') for k in state)  # the eager module is saved, loadable as is
-    GPT(GPTConfig(**{k: args.get(k, getattr(GPTConfig, k)) for k in train.MODEL_KEYS})).load_state_dict(state)
+    GPT(GPTConfig(**{k: args.get(k, getattr(GPTConfig, k)) for k in common.MODEL_KEYS})).load_state_dict(state)
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
@@ -838,148 +872,3 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert abs(la[-1]['val_loss'] - lb[-1]['val_loss']) < 1e-4
     assert len(la) == len(lb)
 
-# ---- reproduce.py (issue 5)
-import contextlib
-import csv
-import io
-import re
-
-import reproduce
-
-
-def _csv_rows(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope='module')
-def tiny_repro(tmp_path_factory):
-    """The whole pipeline on the 'tiny' preset (2 seeds, every experiment, a small self-written text)."""
-    root = tmp_path_factory.mktemp('repro')
-    text = root / 'story.txt'
-    words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'then', 'it', 'ran', 'far', 'away', 'home']
-    text.write_text(' '.join(words[(i * 7 + i // 13) % len(words)] for i in range(3000)) + '\n')
-    torch.set_num_threads(2)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        reproduce.main(['--preset=tiny', '--seeds=2', f'--out={root}/a', f'--text={text}', '--device=cpu'])
-    return root, text, buf.getvalue()
-
-
-def test_reproduce_tiny_grid_writes_tables_and_figures(tiny_repro):
-    root, _, printed = tiny_repro
-    out = root / 'a'
-    for png in reproduce.FIGURES.values():
-        assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
-    # experiment 1: one row per (head, lr), one best lr per head, both seeds named; one row per run in *_runs.csv
-    rows = _csv_rows(out / 'exp1_head_rank.csv')
-    assert [(r['head'], float(r['lr'])) for r in rows] == [('r2', 1e-3), ('r2', 3e-3), ('wide', 1e-3), ('wide', 3e-3)]
-    assert all(r['seeds'] == '1337;1338' and r['reached'].endswith('/2') for r in rows)
-    assert sorted(r['head'] for r in rows if r['best_lr'] == 'True') == ['r2', 'wide']
-    assert {'final_acc', 'steps_to_target', 'acc_mean', 'acc_std'} <= set(rows[0])
-    for r in rows:
-        assert 0 <= float(r['acc_min']) <= float(r['acc_mean']) <= float(r['acc_max']) <= 1
-        assert r['steps_to_target'] == 'not reached' or float(r['steps_to_target'].split()[0]) > 0
-    runs = _csv_rows(out / 'exp1_runs.csv')
-    assert len(runs) == 8 and sorted({r['seed'] for r in runs}) == ['1337', '1338']
-    table = json.load(open(out / 'exp1_head_rank.json'))
-    assert table['controls']['vocab_size'] == 32 and len(table['rows']) == 4 and len(table['runs']) == 8
-    # experiment 2: the (D, V) grid at equal exposures per symbol
-    rows = _csv_rows(out / 'exp2_vd_grid.csv')
-    assert sorted((int(r['D']), int(r['V']), float(r['lr'])) for r in rows) == [
-        (D, V, lr) for D in (8, 16) for V in (16, 32) for lr in (1e-3, 3e-3)]
-    best = [r for r in rows if r['best_lr'] == 'True']  # one lr per cell, the one with the best accuracy
-    assert sorted((int(r['D']), int(r['V'])) for r in best) == [(8, 16), (8, 32), (16, 16), (16, 32)]
-    for r in best:
-        other = next(o for o in rows if (o['D'], o['V']) == (r['D'], r['V']) and o is not r)
-        assert round(float(r['acc_mean']), 3) >= round(float(other['acc_mean']), 3)
-    for r in rows:
-        assert 2.0 <= float(r['exposures']) < 2.0 + int(r['steps']) / (int(r['V']) - 1) + 1e-9
-        assert int(r['steps']) == 4 and int(r['batch_size']) == math.ceil(2.0 * (int(r['V']) - 1) / 4)
-        # at least e2_eval_sequences = 8 held-out sequences whatever the batch, in whole batches
-        assert 8 <= int(r['eval_sequences']) < 8 + int(r['batch_size'])
-        assert int(r['eval_sequences']) % int(r['batch_size']) == 0
-    # experiment 3: the narrowest head against itself, the wider one against it
-    rows = _csv_rows(out / 'exp3_text.csv')
-    assert [r['head'] for r in rows] == ['r2', 'wide'] and all(r['seeds'] == '1337;1338' for r in rows)
-    assert float(rows[0]['fold_mean']) >= 1.0
-    assert rows[1]['fold'] == 'not reached' or float(rows[1]['fold_mean']) > 0
-    controls = json.load(open(out / 'exp3_text.json'))['controls']
-    assert controls['vocab_size'] == 100277 and controls['encoding'] == 'cl100k_base'
-    # experiment 4: one row per head of experiments 1 (best lr) and 3, with the random baseline
-    rows = _csv_rows(out / 'exp4_meter.csv')
-    assert [(r['data'], r['head']) for r in rows] == [('SpamLang', 'r2'), ('SpamLang', 'wide'), ('text', 'r2'),
-                                                      ('text', 'wide')]
-    assert float(rows[0]['random_baseline']) == round(math.sqrt(1 - 2 / 32), 6)
-    meta = json.load(open(out / 'meta.json'))
-    assert set(meta['wall_s']) == {'1', '2', '3', '4', 'total'} and meta['commit'] and meta['torch']
-    assert meta['runs']['trained'] == 8 + 16 + 4 and meta['runs']['cached'] == 0
-    assert (out / 'summary.md').read_text().count('## Experiment') == 4
-    assert printed.count('exp1 ') == 8 and 'ckpt.pt' not in os.listdir(out / 'exp1' / 'r2_lr0.001_s1337')
-
-
-def test_reproduce_seeds_reproducible_and_independent(tiny_repro):
-    root, text, _ = tiny_repro
-    first = {r['name']: r for r in json.load(open(root / 'a' / 'exp1_head_rank.json'))['runs']}
-    a, b = first['wide_lr0.001_s1337'], first['wide_lr0.001_s1338']
-    assert a['final_loss'] != b['final_loss']  # different seeds: different init and data
-    with contextlib.redirect_stdout(io.StringIO()):
-        reproduce.main(['--preset=tiny', '--experiments=1', '--seeds=1', '--e1_heads=wide', '--e1_lrs=1e-3',
-                        f'--out={root}/b', '--device=cpu'])
-    again = json.load(open(root / 'b' / 'exp1_head_rank.json'))['runs']
-    assert len(again) == 1 and again[0]['name'] == 'wide_lr0.001_s1337'
-    assert again[0]['final_loss'] == a['final_loss'] and again[0]['final_acc'] == a['final_acc']
-    logs = [json.load(open(root / d / 'exp1' / 'wide_lr0.001_s1337' / 'run.json'))['evals'] for d in 'ab']
-    assert [e['val_loss'] for e in logs[0]] == [e['val_loss'] for e in logs[1]]
-    # --reuse takes a finished run with the same config from its folder instead of training it again
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        reproduce.main(['--preset=tiny', '--experiments=1', '--seeds=1', '--e1_heads=wide', '--e1_lrs=1e-3',
-                        f'--out={root}/b', '--device=cpu', '--reuse'])
-    assert '(cached)' in buf.getvalue()
-    assert json.load(open(root / 'b' / 'meta.json'))['runs'] == {'trained': 0, 'cached': 1, 'train_seconds': 0.0}
-
-
-@pytest.mark.parametrize('preset', sorted(reproduce.PRESETS))
-def test_reproduce_every_preset_validates_with_the_same_keys(preset):
-    # the gpu preset cannot be run here; its sizes must still be consistent (heads divide D, lists parse)
-    c = reproduce.parse_args([f'--preset={preset}', '--device=cpu'])
-    assert c['preset'] == preset and c['_lists']['e2_lrs'] and c['_lists']['e1_heads']
-    keys = lambda p: set(reproduce.PRESETS[p]) - {'experiments'}
-    assert keys(preset) == keys('cpu')
-
-
-def test_reproduce_without_text_skips_experiment_3(tmp_path):
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        done = reproduce.main(['--preset=tiny', '--experiments=3', f'--out={tmp_path}', '--device=cpu'])
-    assert done == {} and 'exp3: skipped: no text given' in buf.getvalue()
-    assert not (tmp_path / 'exp3_text.csv').exists()
-
-
-@pytest.mark.parametrize('args, msg', [
-    (['--bogus=1'], 'unknown option --bogus'),
-    (['--seeds=0'], '--seeds must be at least 1'),
-    (['--seeds=two'], '--seeds expects int'),
-    (['--experiments=1,5'], '--experiments must be'),
-    (['--e1_heads=r0,wide'], "bad item 'r0'"),
-    (['--e1_lrs=fast'], "bad item 'fast'"),
-    (['--preset=huge'], '--preset must be one of'),
-    (['--quick=maybe'], '--quick expects bool'),
-    (['--text=/no/such/file.txt'], 'not found'),
-    (['--e2_scale=both'], '--e2_scale must be'),
-    (['--e1_n_head=3'], 'must divide the width'),
-    (['--seeds'], '--seeds needs a value'),
-    (['quick'], 'use --key=value'),
-])
-def test_reproduce_bad_flags(args, msg):
-    with pytest.raises(reproduce.ReproError, match=re.escape(msg)):
-        reproduce.parse_args(args)
-
-
-def test_reproduce_bad_flag_is_one_line_exit_1(tmp_path):
-    p = subprocess.run([sys.executable, os.path.join(HERE, 'reproduce.py'), '--quick', '--bogus=1',
-                        f'--out={tmp_path}/r'], capture_output=True, text=True, timeout=60, cwd=HERE, env=CHILD_ENV)
-    assert p.returncode == 1 and p.stdout == ''
-    assert p.stderr.count('\n') == 1 and p.stderr.startswith('error: unknown option --bogus')
-    assert not (tmp_path / 'r').exists()

@@ -37,11 +37,12 @@ resume_fallback = False    # resume from out_dir/prev_ckpt.pt when ckpt.pt is co
 save_checkpoints = True    # False: never write ckpt.pt (sweeps whose runs are never resumed; log.jsonl is kept)
 log_interval = 100         # steps between training-loss lines
 eval_interval = 500        # steps between evaluations (and checkpoints)
-eval_iters = 10            # held-out batches per evaluation
+eval_iters = 10            # held-out batches per evaluation (text: 0 = every window of the validation split)
 meter_every_step = False   # the live meter (grad_destroyed, grad_cosine) on every step, not only at evals
 # data
 data = 'spamlang'          # spamlang, a .txt file (tokenized once, cached beside it) or a token file
 encoding = 'cl100k_base'   # tiktoken encoding for .txt data
+compact_vocab = False      # .txt data: keep only the token ids that occur (V = their count; decoded through a map)
 vocab_size = 1024          # SpamLang only; text takes V from its tokenizer
 batch_size = 32            # sequences per micro-batch
 block_size = 32            # sequence length T
@@ -86,8 +87,9 @@ c = common.apply_preset(c, given, 'train', c['preset'])
 c['device'] = device
 c['dtype'] = c['dtype'] if c['dtype'] != 'auto' else 'bfloat16' if device_type == 'cuda' else 'float32'
 c['compile'] = device_type == 'cuda' if c['compile'] is None else c['compile']
-common.positive(c, 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'eval_iters',
-                'learning_rate')
+common.positive(c, 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'learning_rate')
+if c['eval_iters'] < 0 or (c['eval_iters'] == 0 and c['data'] == 'spamlang'):
+    raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {c['eval_iters']}")
 if not 0 <= c['dropout'] < 1 or c['min_lr'] < 0:
     raise ConfigError(f"--dropout must be in [0, 1) and --min_lr ≥ 0, got {c['dropout']} and {c['min_lr']}")
 dataset = 'spamlang' if c['data'] == 'spamlang' else os.path.splitext(os.path.basename(c['data']))[0].split('.')[0]
@@ -100,18 +102,19 @@ except (KeyError, IndexError, ValueError) as e:
 ckpt_path, log_path = os.path.join(c['out_dir'], 'ckpt.pt'), os.path.join(c['out_dir'], 'log.jsonl')
 ckpt = None
 if c['init_from'] == 'resume':
-    ckpt = common.load_checkpoint(ckpt_path, fallback=c['resume_fallback'])
+    ckpt = common.load_checkpoint(ckpt_path, c['resume_fallback'], 'start with --init_from=scratch, or point '
+                                  '--out_dir at a run')
     c = common.resume_config(c, given, ckpt['config'], RUN_KEYS, c['allow_changes'])
-    if ckpt['iter_num'] >= c['max_iters']:
-        print(f"{ckpt_path} is already at max_iters = {c['max_iters']}: nothing to do; to train further, resume "
-              f"with a larger --max_iters and --allow_changes=True")
-        sys.exit(0)
 elif os.path.exists(ckpt_path) and not c['overwrite']:
     raise ConfigError(f"{ckpt_path} already exists: continue it with --init_from=resume, replace it with "
                       f"--overwrite=True, or choose another --out_dir")
 data = common.load_data(c)
 common.check_data(c, given, data, ckpt and ckpt['config'])  # text sets V and the encoding; a resume keeps its data
 c['data_fingerprint'], c['code_version'] = data['fingerprint'], common.code_version()
+if ckpt is not None and ckpt['iter_num'] >= c['max_iters']:
+    print(f"{ckpt_path} is already at max_iters = {c['max_iters']}: nothing to do; to train further, resume "
+          f"with a larger --max_iters and --allow_changes=True")
+    sys.exit(0)
 c['loss'] = default_loss(device_type, c['vocab_size']) if c['loss'] == 'auto' else c['loss']
 gptconf = GPTConfig(**{k: c[k] for k in common.MODEL_KEYS})
 try:
@@ -148,6 +151,7 @@ if ckpt is not None:
     optimizer.load_state_dict(ckpt['optimizer'])
     iter_num = saved_iter = ckpt['iter_num']
     common.set_rng_state(ckpt['rng'], train_gen, device_type)
+    print(f"resuming {ckpt_path} at iter {iter_num}") if master else None
 if rank > 0:  # dropout masks differ between processes; the model init above is the same on all of them
     torch.manual_seed(c['seed'] + rank + world * iter_num)
 step_model = model
@@ -189,20 +193,30 @@ def get_lr(it):
 
 @torch.no_grad()
 def evaluate():
-    """Loss on fixed held-out batches (SpamLang: loss and accuracy on positions ≥ 1 and at position 0) and the
-    gradient-bottleneck meter on the first of them."""
+    """Loss on fixed held-out data (SpamLang: loss and accuracy on positions ≥ 1 and at position 0; text: fixed
+    non-overlapping windows of the validation split) and the gradient-bottleneck meter on the first batch."""
     model.eval()
-    gen = spamlang.make_generator(c['seed'] + 1)  # the same held-out batches at every evaluation
-    out = []
-    for i in range(c['eval_iters']):
-        x, y = common.get_batch(data, 'val', c['batch_size'], c['block_size'], gen, device)
+    if data['kind'] == 'spamlang':
+        gen = spamlang.make_generator(c['seed'] + 1)  # the same held-out batches at every evaluation
+        batches = [common.get_batch(data, 'val', c['batch_size'], c['block_size'], gen, device)
+                   for _ in range(c['eval_iters'])]
+    else:
+        xs, ys = common.val_windows(data, c['block_size'], c['eval_iters'] * c['batch_size'])
+        batches = [(x.to(device), y.to(device)) for x, y in zip(xs.split(c['batch_size']), ys.split(c['batch_size']))]
+    out, W, first = [], model.lm_head.effective_weight(), None
+    for x, y in batches:
         with ctx:
             logits, loss = model(x, y)
         out.append(spamlang.metrics(logits, y) if data['kind'] == 'spamlang' else {'loss': loss.item()})
-        first = (logits, y) if i == 0 else first
-    m = {k: sum(o[k] for o in out) / len(out) for k in out[0]}
-    if math.isfinite(m['loss']):
-        m.update(measure.live_meter(*first, model.lm_head.effective_weight()))
+        out[-1]['n'] = y.numel()
+        first = first or (logits, y)
+    m = {k: sum(o[k] * o['n'] for o in out) / sum(o['n'] for o in out) for k in out[0] if k != 'n'}
+    if math.isfinite(m['loss']):  # the meter on the first batch; SpamLang: positions ≥ 1, and position 0 apart
+        logits, y = first
+        if data['kind'] == 'spamlang':
+            m['grad_destroyed_pos0'] = measure.live_meter(logits[:, :1], y[:, :1], W)['grad_destroyed']
+            logits, y = logits[:, 1:], y[:, 1:]
+        m.update(measure.live_meter(logits, y, W))
     model.train()
     return m
 
@@ -233,8 +247,8 @@ def eval_and_save():
     m = evaluate()
     if not math.isfinite(m['loss']):
         raise diverged(f"loss is {m['loss']}", "on the held-out batches")
-    rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'], 'grad_destroyed': m['grad_destroyed'],
-           'grad_cosine': m['grad_cosine']}
+    rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'],
+           **{k: m[k] for k in ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_destroyed_pos0') if k in m}}
     line = f"eval {iter_num}: val loss {m['loss']:.4f}"
     if data['kind'] == 'spamlang':  # positions ≥ 1 are determined; position 0 is a uniform guess
         sequences = iter_num * c['batch_size'] * c['gradient_accumulation_steps']
@@ -242,7 +256,8 @@ def eval_and_save():
                    exposures_per_symbol=spamlang.exposures_per_symbol(sequences, c['vocab_size']))
         line = (f"eval {iter_num}: val loss {m['loss']:.4f}, acc {100 * m['acc']:.2f}% (positions ≥ 1; "
                 f"position 0 loss {m['loss_pos0']:.2f}), {rec['exposures_per_symbol']:.1f} exposures/symbol")
-    log('eval', rec, line + f", grad destroyed {m['grad_destroyed']:.4f} (cos {m['grad_cosine']:.4f})")
+    log('eval', rec, line + f", grad destroyed {m['grad_destroyed']:.4f} (cos {m['grad_cosine']:.4f}, "
+                           f"{m['visible_over_chance']:.2f}× chance)")
     save()
 
 
@@ -282,7 +297,7 @@ while iter_num < c['max_iters']:
     optimizer.zero_grad(set_to_none=True)
     iter_num, timed = iter_num + 1, timed + 1
 
-    if timed == 1 and first_step:  # it paid for compilation and allocation: not charged to the interval
+    if first_step and iter_num % c['log_interval']:  # it paid for compilation and allocation: not charged
         torch.cuda.synchronize(device) if device_type == 'cuda' else None
         t0, timed, first_step = time.time(), 0, False
     if master and iter_num % c['log_interval'] == 0:
