@@ -354,6 +354,8 @@ def load_data(c, cache_dir=None):
     n = int(0.9 * len(ids))
     train, val = ids[:n], ids[n:]
     if len(val) < c['block_size'] + 1:
+        if path != c['data']:  # a token file derived from this text is of no use: leave nothing behind
+            os.remove(path)
         raise ConfigError(f"{c['data']} is too short: {len(ids):,} tokens leave {len(val):,} for validation, "
                           f"fewer than block_size + 1 = {c['block_size'] + 1}; use a longer text or a smaller --block_size")
     return dict(kind='text', vocab_size=meta['vocab_size'], encoding=meta['encoding'], path=path,
