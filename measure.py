@@ -373,6 +373,7 @@ def source_ckpt(c, device):
         raise ConfigError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
     H, Y = hidden_of_gpt(model, batches)
     desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
+    c['_about'] = dict(head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'])
     return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), desc
 
 
@@ -394,6 +395,7 @@ def source_init(c, device):
     H, Y = hidden_of_gpt(model, batches)
     rank = getattr(model.lm_head, 'rank', None)
     desc = f"fresh init, {c['head']} head{f' (r = {rank})' if rank else ''}, data {data_cfg['data']}"
+    c['_about'] = dict(head=c['head'], iter=0, data=data_cfg['data'])
     return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), desc
 
 
@@ -466,6 +468,7 @@ def source_hf(c, device):
         Y.append(y.reshape(-1))
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     desc = f"{c['hf']} ({type(model).__name__}, {'tied' if tied else 'untied'} head), data {what}"
+    c['_about'] = dict(head='tied' if tied else 'untied', iter=None, data=what)
     return torch.cat(H), torch.cat(Y), W, bias, None, desc
 
 # -----------------------------------------------------------------------------
@@ -554,7 +557,8 @@ def main(argv):
     report(m, desc, time.time() - t0)
     if c['json']:
         with open(c['json'], 'w') as f:
-            json_dump({'source': desc, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)
+            json_dump({'source': desc, **c['_about'], **{k: v for k, v in m.items() if not k.startswith('_')}}, f,
+                      indent=1)  # with V, D and rank_W among m's keys
         print(f"wrote {c['json']}")
     if c['plot'] and 'spectrum' in m:
         draw(m, c['plot'])

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 import common
@@ -138,6 +139,7 @@ master = rank == 0  # only rank 0 prints, logs, evaluates and saves
 accum = c['gradient_accumulation_steps'] // world  # micro-steps per process
 tokens_per_iter = c['batch_size'] * c['block_size'] * c['gradient_accumulation_steps']  # over all processes
 os.makedirs(c['out_dir'], exist_ok=True)
+id_map = None if data.get('id_map') is None else torch.from_numpy(data['id_map'].astype(np.int64))  # for decoding
 
 # model, optimizer, data streams (training and evaluation have separate generators: evaluating never shifts the
 # training data; all are on the CPU, so a checkpoint resumes on any device)
@@ -226,7 +228,7 @@ def save():
     if not c['save_checkpoints']:
         return
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=c, iter_num=iter_num,
-                 rng=common.get_rng_state(train_gen, device_type))
+                 rng=common.get_rng_state(train_gen, device_type), id_map=id_map)
     try:
         common.save_checkpoint(ckpt_path, state)
     except OSError as e:
