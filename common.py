@@ -51,6 +51,9 @@ def one_line_errors():
             print(f"error: {err}", file=sys.stderr, flush=True)
         else:
             default(kind, err, tb)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sys.stderr.flush()  # exit at once: torchrun then stops the other processes, which would otherwise
+            os._exit(1)         # wait in their next all-reduce for this one until the collective's timeout
     sys.excepthook = hook
 
 # -----------------------------------------------------------------------------
