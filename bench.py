@@ -27,7 +27,9 @@ Times are the best of `--reps` calls (the first also gives the memory); ratios b
 what to compare, since a shared machine's absolute speed drifts.
 """
 import os
+import inspect
 import subprocess
+import tempfile
 import sys
 import time
 from json import dump as json_dump, dumps, loads
@@ -46,6 +48,8 @@ HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (819
 # it is run only up to this many N·V·D: at the target point it alone would take longer than the rest of the bench
 TORCH_CPU_MAX_NVD = 2**33
 QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
+CUDA_SHAPES = [(8192, 32768, 768), (8192, 131072, 768), (8192, 131072, 4096), (16384, 131072, 4096)]
+VARIANTS = ('bare', 'naive', 'fused', 'torch', 'liger', 'cce', 'cce_exact')
 TARGET = (8192, 131072, 256)  # our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
 
 
@@ -76,7 +80,10 @@ def reset_cpu_peak():
 
 
 def measure_call(fn, device, reps):
-    """(best time in s, peak extra bytes of the first call) of fn()."""
+    """(best time in s, peak extra bytes of the first timed call) of fn(). On CUDA one untimed call comes first:
+    Triton kernels (Liger, cut-cross-entropy, torch.compile) are compiled and autotuned then, not in the timing."""
+    if device == 'cuda':
+        fn()
     sync(device)
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -147,14 +154,19 @@ def head_fn(variant, h, W, y):
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         except ImportError:
             return None
-        loss = LigerFusedLinearCrossEntropyLoss()
+        # like ours, accumulate the head's weight gradient in fp32 (Liger's default is the input dtype, bf16)
+        fp32 = 'accum_dtype' in inspect.signature(LigerFusedLinearCrossEntropyLoss).parameters
+        loss = LigerFusedLinearCrossEntropyLoss(**({'accum_dtype': torch.float32} if fp32 else {}))
+        if not fp32:
+            print('NOTE liger: this version accumulates the weight gradient in bf16 (no accum_dtype option)')
         return run(lambda: loss(W, h, y))
-    if variant == 'cce':
+    if variant in ('cce', 'cce_exact'):  # cut-cross-entropy: its default (gradient filtering) and its exact mode
         try:
             from cut_cross_entropy import linear_cross_entropy
         except ImportError:
             return None
-        return run(lambda: linear_cross_entropy(h, W, y, impl='cce_exact'))
+        kw = {'impl': 'cce_exact'} if variant == 'cce_exact' else {}
+        return run(lambda: linear_cross_entropy(h, W, y, **kw))
     raise ValueError(variant)
 
 
@@ -276,41 +288,102 @@ sections = '123'         # which sections to run: any of 1 (head + loss), 2 (tra
 quick = False            # small shapes only: a smoke test (2 CPU cores: about a minute)
 reps = 2                 # timed calls per row; the best is reported
 device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
-json = ''                # --json=FILE: the rows for machines
+json = ''                # --json=FILE: the rows for machines (gpu_check: default gpu_check.json)
+gpu_check = False        # verify the GPU path in ≤ 8 minutes (one CUDA GPU): training, measure.py, head + loss
+gpu_check_iters = 300    # training steps of each gpu_check run
 # -----------------------------------------------------------------------------
+
+
+def head_rows(shapes, device, reps, add):
+    """Section 1: every head-and-loss variant at every shape, with its fraction of the bare matmuls' FLOP/s."""
+    for N, V, D in shapes:
+        bare = None
+        for variant in VARIANTS:
+            if variant == 'torch' and device == 'cpu' and N * V * D > TORCH_CPU_MAX_NVD:
+                continue
+            res = run_worker(dict(kind='head', variant=variant, device=device, N=N, V=V, D=D, reps=reps))
+            if res is None:
+                continue  # not available on this machine
+            row = dict(section='head', variant=variant, N=N, V=V, D=D, **res)
+            if 'time_s' in res:
+                bare = res['time_s'] if variant == 'bare' else bare
+                row['flops_frac'] = bare / res['time_s'] if bare else None
+            add(row)
+
+
+def run_script(*args, timeout=600):
+    p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=timeout)
+    if p.returncode:
+        raise common.TrainingError(f"{' '.join(args)} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    return p.stdout
+
+
+def check_gpu(opts, add):
+    """The GPU path end to end in a few minutes: train.py --head=wide (gpu preset, bf16) compiled + fused, eager +
+    fused and eager + naive; measure.py on the compiled run's checkpoint; the head + loss at V = 131,072."""
+    out, runs = tempfile.mkdtemp(prefix='gpu_check_'), {}
+    for name, extra in (('compiled_fused', ['--compile=True', '--loss=fused']),
+                        ('eager_fused', ['--compile=False', '--loss=fused']),
+                        ('eager_naive', ['--compile=False', '--loss=naive'])):
+        t0 = time.time()
+        run_script('train.py', '--head=wide', f'--max_iters={opts["gpu_check_iters"]}', '--log_interval=50',
+                   f'--eval_interval={opts["gpu_check_iters"]}', f'--out_dir={out}/{name}', *extra)
+        with open(f'{out}/{name}/log.jsonl') as f:
+            log = [loads(line) for line in f]
+        train = [r for r in log if r['type'] == 'train'][1:]  # the first interval holds the warm-up
+        last = [r for r in log if r['type'] == 'eval'][-1]
+        cfg = log[0]
+        runs[name] = dict(wall_s=round(time.time() - t0, 1), dtype=cfg['dtype'], compile=cfg['compile'], loss=cfg['loss'],
+                          V=cfg['vocab_size'], D=cfg['n_embd'], n_layer=cfg['n_layer'], tokens_per_step=
+                          cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps'],
+                          tok_per_s=max(r['tok_per_s'] for r in train), mfu=max((r.get('mfu') or 0) for r in train),
+                          peak_mem_gb=max(r['peak_mem_gb'] for r in train), final_val_loss=last['val_loss'],
+                          final_val_acc=last.get('val_acc'), grad_destroyed=last['grad_destroyed'])
+        print(f"gpu_check {name}: {runs[name]}", flush=True)
+    run_script('measure.py', f'--ckpt={out}/compiled_fused/ckpt.pt', f'--json={out}/measure.json')
+    with open(f'{out}/measure.json') as f:
+        m = loads(f.read())
+    runs['measure'] = {k: m[k] for k in ('destroyed_ratio', 'visible_cosine', 'random_baseline',
+                                         'visible_over_chance', 'ey_floor', 'ey_k')}
+    print(f"gpu_check measure.py: {runs['measure']}", flush=True)
+    head_rows([(8192, 131072, 768), (8192, 131072, 4096)], 'cuda', opts['reps'], add)
+    return runs
+
+
 
 
 def main(argv):
     opts, _ = common.parse_args(argv, common.defaults_of(globals()), __file__)
     if not opts['sections'] or set(opts['sections']) - set('123'):
         raise common.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 (e.g. --sections=13)")
-    common.positive(opts, 'reps')
+    common.positive(opts, 'reps', 'gpu_check_iters')
+    if opts['gpu_check'] and not torch.cuda.is_available():
+        raise common.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; on a CPU run `python bench.py`")
     opts['device'] = common.pick_device(opts['device'], auto=('cuda', 'cpu'))[1]
     device = opts['device']
     rows = []
     print(f"bench.py: torch {torch.__version__}, device {device}"
           f" ({torch.cuda.get_device_name() if device == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+          f"{time.strftime('%Y-%m-%d %H:%M')}, commit {common.code_version()}")
     print(f"{'section':<8} {'variant':<16} {'N':>6} {'V':>7} {'D':>5} {'time_s':>9} {'peak_mem':>11} {'flops':>6}")
 
     def add(row):
         rows.append(row)
         print_row(row)
 
+    if opts['gpu_check']:
+        t0 = time.time()
+        runs = check_gpu(opts, add)
+        path = opts['json'] or 'gpu_check.json'
+        with open(path, 'w') as f:
+            json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(), commit=common.code_version(),
+                           date=time.strftime('%Y-%m-%d %H:%M'), wall_s=round(time.time() - t0, 1), runs=runs,
+                           head_rows=rows), f, indent=1)
+        print(f"gpu_check done in {time.time() - t0:.0f} s: wrote {path}")
+        return
     if '1' in opts['sections']:
-        for N, V, D in (QUICK_SHAPES if opts['quick'] else HEAD_SHAPES):
-            bare = None
-            for variant in ('bare', 'naive', 'fused', 'torch', 'liger', 'cce'):
-                if variant == 'torch' and device == 'cpu' and N * V * D > TORCH_CPU_MAX_NVD:
-                    continue
-                res = run_worker(dict(kind='head', variant=variant, device=device, N=N, V=V, D=D, reps=opts['reps']))
-                if res is None:
-                    continue  # not available on this machine
-                row = dict(section='head', variant=variant, N=N, V=V, D=D, **res)
-                if 'time_s' in res:
-                    bare = res['time_s'] if variant == 'bare' else bare
-                    row['flops_frac'] = bare / res['time_s'] if bare else None
-                add(row)
+        head_rows(QUICK_SHAPES if opts['quick'] else CUDA_SHAPES if device == 'cuda' else HEAD_SHAPES, device,
+                  opts['reps'], add)
     step_cfg = dict(V=4096, D=64, n_layer=2, n_head=2, T=32, B=16) if opts['quick'] else \
         dict(V=32768, D=256, n_layer=2, n_head=4, T=64, B=32)
     steps = dict(warmup=2, steps=3) if opts['quick'] else dict(warmup=3, steps=5)
@@ -336,7 +409,7 @@ def main(argv):
         print(f"target N={TARGET[0]}, V={TARGET[1]}, D={TARGET[2]}: fused/naive memory "
               f"{fused['peak_mem_bytes'] / naive['peak_mem_bytes']:.3f} (≤ 0.25), time "
               f"{fused['time_s'] / naive['time_s']:.2f} (≤ 1.1), fused at {fused['flops_frac']:.2f} of bare-matmul "
-              f"FLOP/s (≥ 0.60)")
+              f"FLOP/s (≥ 0.80)")
     if opts['json']:
         with open(opts['json'], 'w') as f:
             json_dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),
