@@ -230,18 +230,23 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         gsq = torch.zeros(N if need_gsq else 0, dtype=torch.float32, device=h.device)  # ‖g_i‖², for the meter
         dh = torch.empty_like(h) if need_dh else h.new_empty(0)      # (N, D)
         dW = torch.zeros(V, D, dtype=torch.float32, device=h.device) if need_dW else None  # fp32 accumulator
+        buf = torch.empty(min(chunk_size, N), V, dtype=torch.float32, device=h.device)  # reused by every chunk
         for s in range(0, N, chunk_size):
             hc, yc, ok = h[s:s + chunk_size], targets[s:s + chunk_size], valid[s:s + chunk_size]
             y0 = yc.clamp(min=0).unsqueeze(1)                         # (c, 1), ignored rows point at 0
-            logits = (hc @ W.t()).float()                             # (c, V), fp32 like the naive path
-            lse = torch.logsumexp(logits, dim=1)                      # (c,)
-            loss += ((lse - logits.gather(1, y0).squeeze(1)) * ok).sum()
-            p = logits.sub_(lse.unsqueeze(1)).exp_()                  # (c, V) softmax, in place of the logits
-            py = p.gather(1, y0).squeeze(1)                           # (c,)
+            p = buf[:len(hc)]                                         # (c, V): the logits, then the softmax
+            if h.dtype == torch.float32:
+                torch.mm(hc, W.t(), out=p)
+            else:
+                p.copy_(hc @ W.t())                                   # matmul in the compute dtype, softmax in fp32
+            p.sub_(p.amax(1, keepdim=True))                           # in place: no (c, V) buffer is allocated
+            logit_y = p.gather(1, y0).squeeze(1)                      # (c,), shifted like the row
+            z = p.exp_().sum(1)                                       # (c,)
+            p.div_(z.unsqueeze(1))
+            loss += ((z.log() - logit_y) * ok).sum()                  # −log p_y = log Σ exp − logit_y
             if need_gsq:  # ‖p − e_y‖² = Σp² − 2p_y + 1, from one reduction over the chunk already in hand
-                gsq[s:s + chunk_size] = (torch.linalg.vector_norm(p, dim=1).square() - 2 * py + 1) * ok
+                gsq[s:s + chunk_size] = (torch.linalg.vector_norm(p, dim=1).square() - 2 * logit_y.exp() / z + 1) * ok
             if not (need_dh or need_dW):
-                del logits, p
                 continue
             p.scatter_add_(1, y0, -ok.float().unsqueeze(1))           # G_c = p − onehot (ignored rows: w = 0)
             w = (ok / n_valid).unsqueeze(1).to(h.dtype)               # (c, 1) row scale, 1/n_valid or 0
@@ -253,7 +258,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                     dW.addmm_(G.t(), hc * w)                          # (V, D) += (V, c) @ (c, D)
                 else:
                     dW += G.t() @ (hc * w)
-            del logits, p, G  # before the next chunk's logits are allocated: one (c, V) chunk live at a time
+            del G  # the compute-dtype copy, before the next chunk: one chunk's (c, V) buffers live at a time
         ctx.save_for_backward(dh, dW)
         ctx.W_dtype = W.dtype
         ctx.mark_non_differentiable(gsq, dh)
