@@ -12,7 +12,8 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
    when installed). flops_frac = the time of a bare matmul of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated
    outputs: 6·N·V·D FLOPs, measured in the same run: this machine's roofline) / the variant's time.
 2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused vs compiled; MFU on CUDA.
-3. The live meter's overhead on a training step (stats from the fused loss, or hooks on the naive path), and
+3. The live meter's overhead on a training step (its stats from the fused loss's own loop, or one more pass over
+   the naive path's logits), and
    measure.py's cost per token.
 
 How memory is measured. Every (variant, shape) runs in a fresh subprocess, so nothing one variant allocated or
@@ -182,8 +183,8 @@ def worker_head(spec):
 
 
 def step_setup(spec):
-    """A GPT, its AdamW and one batch; returns (model, step function). step(meter=True) runs the live meter: its
-    hooks are attached for that step only, so metered and plain steps can share one model."""
+    """A GPT, its AdamW and one batch; returns (model, step function). step(meter=True) runs the live meter on
+    that step only, so metered and plain steps can share one model."""
     device = spec['device']
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=spec['V'], n_embd=spec['D'], n_layer=spec['n_layer'], n_head=spec['n_head'],
@@ -197,13 +198,12 @@ def step_setup(spec):
     def step(meter=False):
         if meter:
             meter = measure.StepMeter(model.lm_head)
-        stats = meter.stats if meter and spec['loss'] == 'fused' else None
+        stats = meter.stats if meter else None
         with ctx:
             _, loss = step_model(x, x, loss=spec['loss'], stats=stats)
         loss.backward()
         if meter:
             assert meter.read() is not None
-            meter.handle.remove()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return model, step

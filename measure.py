@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import common
 import spamlang
 from common import ConfigError
-from model import GPT, GPTConfig, check_config
+from model import GPT, GPTConfig, check_config, logit_grad_stats
 
 RANK_RTOL = 1e-5  # ours: a singular value of W (or G) below RANK_RTOL·σ_max counts as zero (W is stored in fp32)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -129,54 +129,29 @@ def live_ratio(gW, g_sq, F, V):
 
 @torch.no_grad()
 def live_meter(logits, targets, W):
-    """r and c of one batch from its logits (…, V) and targets (…): ‖g‖² = Σp² − 2p_y + 1, G·W = P·W − W[y]."""
-    V = logits.size(-1)
-    p = torch.softmax(logits.reshape(-1, V).float(), dim=-1)                     # (n, V)
-    y = targets.reshape(-1)
-    keep = y >= 0                                                                # targets of -1 are ignored
-    p, y = p[keep], y[keep]
-    p_y = p.gather(1, y[:, None]).squeeze(1)
-    g_sq = p.double().pow(2).sum(1) - 2 * p_y.double() + 1                       # (n,)
-    Wf = W.detach().float()
-    gW = p @ Wf - Wf[y]                                                          # (n, D)
-    return live_ratio(gW, g_sq, head_factor(W), V)
+    """r and c of one batch from its logits (…, V) and targets (…) (−1: ignored), through model.logit_grad_stats."""
+    gsq, gW = logit_grad_stats(logits, targets, W.detach())
+    keep = targets.reshape(-1) >= 0
+    return live_ratio(gW[keep], gsq[keep], head_factor(W), logits.size(-1))
 
 
 class StepMeter:
-    """The live meter on every training step (train.py --meter_every_step=True); call read() after backward and
-    before the optimizer step, so W is the matrix that produced this G. Returns {'grad_destroyed', 'grad_cosine'}
-    of the latest micro-batch, or None.
-
-    Two sources, neither needing an extra pass over N×V: hooks on the head's logits (‖g‖² per row, one read) and on
-    its input h, whose gradient is G·W / N, computed by backward anyway (the scale cancels in the ratio); or, for
-    a loss that never forms logits, the dict `stats` passed to it, filled with 'gW' (N, D) and 'gsq' (N,)."""
+    """The live meter on every training step (train.py --meter_every_step=True). Pass `stats` to the model's
+    forward (either loss fills it with 'gsq' (N,) and 'gW' (N, D); the fused loss from its own loop, at no extra
+    pass) and call read() before the optimizer step, so W is the matrix that produced this G. Returns
+    {'grad_destroyed', 'grad_cosine', 'visible_over_chance'} of the latest micro-batch, or None."""
 
     def __init__(self, lm_head):
         self.head, self.stats = lm_head, {}
-        self.handle = lm_head.register_forward_hook(self._forward)
-
-    def _forward(self, module, args, logits):
-        if torch.is_grad_enabled() and logits.requires_grad and args[0].requires_grad:
-            logits.register_hook(self._logit_grad)
-            args[0].register_hook(self._hidden_grad)
-
-    def _logit_grad(self, g):  # (B, T, V) = G / N
-        self.stats['gsq'] = torch.linalg.vector_norm(g.reshape(-1, g.size(-1)), dim=1, dtype=torch.float32).pow(2)
-
-    def _hidden_grad(self, gh):  # (B, T, D) = G·W / N
-        self.stats['gW'] = gh.detach().reshape(-1, gh.size(-1))
 
     @torch.no_grad()
     def read(self):
         if self.stats.get('gW') is None or self.stats.get('gsq') is None:
             return None
         out = live_ratio(self.stats['gW'], self.stats['gsq'], head_factor(self.head.effective_weight()),
-                         self.head.vocab_size)
+                         self.head.vocab_size)  # ignored targets hold zeros: they add to neither sum
         self.stats.clear()
         return out
-
-    def remove(self):
-        self.handle.remove()
 
 # -----------------------------------------------------------------------------
 # the full measurement, chunk by chunk: never N×V at once

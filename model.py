@@ -244,11 +244,11 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             z = p.exp_().sum(1)                                       # (c,)
             p.div_(z.unsqueeze(1))
             loss += ((z.log() - logit_y) * ok).sum()                  # −log p_y = log Σ exp − logit_y
-            if need_gsq:  # ‖p − e_y‖² = Σp² − 2p_y + 1, from one reduction over the chunk already in hand
-                gsq[s:s + chunk_size] = (torch.linalg.vector_norm(p, dim=1).square() - 2 * logit_y.exp() / z + 1) * ok
-            if not (need_dh or need_dW):
+            if not (need_dh or need_dW or need_gsq):
                 continue
             p.scatter_add_(1, y0, -ok.float().unsqueeze(1))           # G_c = p − onehot (ignored rows: w = 0)
+            if need_gsq:  # ‖g‖² from G itself: p_y − 1 is exact in fp32, so confident tokens keep their digits
+                gsq[s:s + chunk_size] = torch.linalg.vector_norm(p, dim=1).square() * ok
             w = (ok / n_valid).unsqueeze(1).to(h.dtype)               # (c, 1) row scale, 1/n_valid or 0
             G = p if p.dtype == h.dtype else p.to(h.dtype)            # matmuls in the compute dtype
             if need_dh:
@@ -296,6 +296,20 @@ def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
         n_valid = (targets >= 0).sum()
         stats.update(gsq=gsq, gW=dh.float() * n_valid, n_valid=n_valid)
     return loss
+
+
+@torch.no_grad()
+def logit_grad_stats(logits, targets, W):
+    """For the live meter, per token: ‖g‖² and g·W with g = softmax(logits) − onehot(target), from the logits
+    (…, V), targets (…) and W (V, D); 0 for targets of −1. ‖g‖² comes from g itself (p_y − 1 is exact in fp32),
+    not from Σp² − 2p_y + 1, which cancels to noise once a token is predicted with confidence. (N,), (N, D)"""
+    V = logits.size(-1)
+    y = targets.reshape(-1)
+    ok = (y >= 0).float().unsqueeze(1)                                # (N, 1)
+    g = torch.softmax(logits.reshape(-1, V).float(), dim=-1)          # (N, V)
+    g.scatter_add_(1, y.clamp(min=0).unsqueeze(1), -ok)
+    g.mul_(ok)
+    return torch.linalg.vector_norm(g, dim=1).square(), g @ W.float()
 
 
 def check_config(config):
@@ -367,6 +381,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden(idx))  # (B, T, V)
         if targets is None:
             return logits, None
+        if stats is not None:  # the live meter's per-token quantities; the fused path has them from its own loop
+            gsq, gW = logit_grad_stats(logits.detach(), targets, self.lm_head.effective_weight().detach())
+            stats.update(gsq=gsq, gW=gW)
         # the loss: fp32 logits even under bf16 autocast; targets of -1 are ignored
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

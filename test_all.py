@@ -483,9 +483,9 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     live = measure.live_meter(logits, y, W)  # the eval path: Σp² − 2p_y + 1 and P·W − W[y]
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5
     assert abs(live['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
-    meter = measure.StepMeter(model.lm_head)  # the per-step path: gradients of a real backward
-    logits, loss = model(idx, y)
-    (loss * 7.0).backward()  # a loss scale cancels
+    meter = measure.StepMeter(model.lm_head)  # the per-step path: the naive loss fills the meter's dict
+    logits, loss = model(idx, y, stats=meter.stats)
+    (loss * 7.0).backward()
     step = meter.read()
     assert abs(step['grad_destroyed'] / ref - 1) < 1e-5
     assert abs(step['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5

@@ -266,7 +266,7 @@ def eval_and_save():
 # -----------------------------------------------------------------------------
 # the training loop
 preemption = common.Preemption()
-step_meter = measure.StepMeter(model.lm_head) if c['meter_every_step'] else None  # hooks: no extra pass
+step_meter = measure.StepMeter(model.lm_head) if c['meter_every_step'] else None
 if iter_num == 0 and master:
     eval_and_save()
 t0, timed, first_step = time.time(), 0, True
@@ -283,7 +283,7 @@ while iter_num < c['max_iters']:
                 x, y = (t.to(device) for t in batch)
         if ddp:  # all-reduce the gradients only on the last micro-step
             step_model.require_backward_grad_sync = micro == accum - 1
-        stats = step_meter.stats if step_meter and c['loss'] == 'fused' else None  # the fused loss fills it
+        stats = step_meter.stats if step_meter else None  # the loss fills it: no hooks, no graph break
         with ctx:
             _, loss = step_model(x, y, loss=c['loss'], stats=stats)
         if not torch.isfinite(loss).item():  # one sync per micro-step, so no NaN ever reaches the weights
