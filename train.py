@@ -153,7 +153,8 @@ if ckpt is not None:
     optimizer.load_state_dict(ckpt['optimizer'])
     iter_num = saved_iter = ckpt['iter_num']
     common.set_rng_state(ckpt['rng'], train_gen, device_type)
-    print(f"resuming {ckpt_path} at iter {iter_num}") if master else None
+    if master:
+        print(f"resuming {ckpt_path} at iter {iter_num}")
 if rank > 0:  # dropout masks differ between processes; the model init above is the same on all of them
     torch.manual_seed(c['seed'] + rank + world * iter_num)
 step_model = model
@@ -300,7 +301,8 @@ while iter_num < c['max_iters']:
     iter_num, timed = iter_num + 1, timed + 1
 
     if first_step and iter_num % c['log_interval']:  # it paid for compilation and allocation: not charged
-        torch.cuda.synchronize(device) if device_type == 'cuda' else None
+        if device_type == 'cuda':
+            torch.cuda.synchronize(device)
         t0, timed, first_step = time.time(), 0, False
     if master and iter_num % c['log_interval'] == 0:
         lossf = loss.item()  # syncs the device, so the timing is real
