@@ -1,0 +1,20 @@
+# The quick preset of reproduce.py (ours; `--quick`): experiments 1, 3 and 4 at small sizes in ≤ 5 min on 2 CPU cores
+# (experiment 3 ≤ 2 min). A smoke test of the whole pipeline: experiment 3 stays near the unigram stage here, so its
+# stage gate fails and it concludes nothing; the CPU preset (the defaults of reproduce.py) is the real run.
+experiments = '1,3,4'
+seeds = 2
+e1_heads = 'narrow:2,narrow:8,wide,linear'
+e1_lrs = '3e-3,1e-2'
+e1_vocab_size = 256
+e1_n_embd = 32
+e1_block_size = 8
+e1_max_iters = 300
+e1_eval_interval = 25
+e3_heads = 'narrow:2,narrow:8,wide'
+e3_lrs = '1e-2'
+e3_n_embd = 32
+e3_block_size = 32
+e3_max_iters = 200
+e3_eval_interval = 50
+e3_probe_steps = 50
+e3_spectrum_tokens = 1024

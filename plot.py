@@ -1,0 +1,279 @@
+"""
+Figures: any training run's log.jsonl, and the figures of reproduce.py's experiments.
+
+    python plot.py out/spamlang_wide/log.jsonl              # writes out/spamlang_wide/log.png and prints its path
+    python plot.py out/spamlang_wide/log.jsonl --out=wide.png
+
+A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
+grad_destroyed (positions ≥ 1 on SpamLang, position 0 dashed) beside the random baseline √(1 − rank(W)/V).
+reproduce.py calls exp1, grid, exp3 and exp4 with the numbers of its tables.
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+import common
+
+# -----------------------------------------------------------------------------
+out = ''                   # the PNG to write; '' = beside the log, with the log's name and .png
+# -----------------------------------------------------------------------------
+DEFAULTS = common.defaults_of(globals())
+EDGE = {'low edge': 'lr at the grid\'s low edge', 'high edge': 'lr at the grid\'s high edge', 'one lr': 'one lr, not swept'}
+
+
+def sci(x):
+    """3e-3 rather than 0.003."""
+    m, e = f"{x:e}".split('e')
+    return f"{float(m):g}e{int(e)}"
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def colors(n):
+    """n distinct colours: tab10, then tab20's light shades."""
+    plt = pyplot()
+    return [plt.cm.tab10(i) if i < 10 else plt.cm.tab20(2 * (i - 10) + 1) for i in range(n)]
+
+
+def band(ax, x, ys, color, label=None, style='-', scale=1.0):
+    """The mean of the rows of ys (one per seed) as a line, their min–max as a band."""
+    ys = scale * np.asarray(ys, dtype=float)
+    ax.plot(x, np.nanmean(ys, 0), style, color=color, label=label, lw=1.5)
+    if len(ys) > 1:
+        ax.fill_between(x, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=0.15, lw=0)
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=110, bbox_inches='tight')
+    pyplot().close(fig)
+    return path
+
+
+def rank_of(cfg):
+    """rank(W) of a train.py config: r of a factorized head (narrow's default D // 16), else D."""
+    D, r = cfg['n_embd'], cfg.get('head_rank')
+    return min(D, r or (max(1, D // 16) if cfg['head'] == 'narrow' else D))
+
+# -----------------------------------------------------------------------------
+# one run: python plot.py out/RUN/log.jsonl
+
+
+def log(path, png=''):
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except ValueError:  # not JSON lines
+        rows = []
+    if not rows or not isinstance(rows[0], dict) or rows[0].get('type') != 'config':
+        raise common.ConfigError(f"{path} is not a train.py log.jsonl (its first line is not the config row)")
+    cfg, evals = rows[0], [r for r in rows if r.get('type') == 'eval']
+    train = [r for r in rows if r.get('type') == 'train']
+    spam = any('val_acc' in r for r in evals)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3 if spam else 2, figsize=(15 if spam else 10, 4))
+    ax = axes[0]
+    if train:
+        ax.plot([r['iter'] for r in train], [r['loss'] for r in train], color='C0', label='train loss')
+    ax.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], 'o-', ms=3, color='C1',
+            label='validation loss' + (' (positions ≥ 1)' if spam else ''))
+    if spam:
+        ax.plot([r['iter'] for r in evals], [r['val_loss_pos0'] for r in evals], '--', color='C2',
+                label='validation loss, position 0')
+    ax.set(xlabel='step', ylabel='loss (nats per token)', title='loss')
+    ax.legend(fontsize=8)
+    if spam:
+        axes[1].plot([r['iter'] for r in evals], [100 * r['val_acc'] for r in evals], 'o-', ms=3, color='C1')
+        axes[1].set(xlabel='step', ylabel='accuracy on positions ≥ 1 (%)', ylim=(-2, 102), title='SpamLang accuracy')
+    bx = axes[-1]
+    V, r = cfg['vocab_size'], rank_of(cfg)
+    bx.plot([e['iter'] for e in evals], [e['grad_destroyed'] for e in evals], 'o-', ms=3, color='C3',
+            label='grad_destroyed' + (' (positions ≥ 1)' if spam else ''))
+    if spam and any('grad_destroyed_pos0' in e for e in evals):
+        bx.plot([e['iter'] for e in evals], [e.get('grad_destroyed_pos0', np.nan) for e in evals], '--', color='C4',
+                label='grad_destroyed, position 0')
+    bx.axhline(math.sqrt(1 - r / V), color='k', ls=':', lw=1, label=f'random baseline √(1 − {r}/{V:,})')
+    bx.set_yscale('logit')
+    bx.set(xlabel='step', ylabel='‖P_ker(Wᵀ) G‖ / ‖G‖', title='the meter: destroyed fraction of the logit gradient')
+    bx.legend(fontsize=8)
+    fig.suptitle(f"{cfg['head']} head (rank {r}), V = {V:,}, D = {cfg['n_embd']}, data "
+                 f"{os.path.basename(str(cfg['data']))}, lr {sci(cfg['learning_rate'])}, seed {cfg['seed']}", fontsize=10)
+    fig.tight_layout()
+    return save(fig, png or os.path.splitext(path)[0] + '.png')
+
+# -----------------------------------------------------------------------------
+# reproduce.py's figures
+
+
+def exp1(path, heads, V, D, subtitle):
+    """heads: dicts with label, rank, plain (a plain head), runs (the best lr's run records) and rows (one per lr:
+    lr, best, edge, acc_mean, acc_min, acc_max)."""
+    plt = pyplot()
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.6))
+    for color, h in zip(colors(len(heads)), heads):
+        best = next(r for r in h['rows'] if r['best'])
+        flag = f", {EDGE[best['edge']]}" if best['edge'] else ''
+        band(ax, [e['iter'] for e in h['runs'][0]['evals']], [[e['val_acc'] for e in r['evals']] for r in h['runs']],
+             color, f"{h['label']}: lr {sci(best['lr'])}{flag}", '--' if h['plain'] else '-', 100)
+        x = h['rank'] * (1.12 if h['plain'] else 1.0) ** (1 + h['label'].startswith('tied'))  # plain heads beside r = D
+        m, lo, hi = (100 * best[k] for k in ('acc_mean', 'acc_min', 'acc_max'))
+        bx.errorbar(x, m, yerr=[[m - lo], [hi - m]], fmt='o', color=color, mfc='none' if h['plain'] else color,
+                    capsize=3, ms=6)
+        cx.plot([r['lr'] for r in h['rows']], [100 * r['acc_mean'] for r in h['rows']], 's--' if h['plain'] else 'o-',
+                color=color, ms=4)
+        cx.plot([best['lr']], [m], '*', color=color, ms=13, mec='k', mew=0.6)
+    ax.set(xlabel='training step', ylabel='accuracy on positions ≥ 1 (%)', ylim=(-2, 102),
+           title=f'SpamLang V = {V:,}, D = {D}: best lr per head\nmean, band: min–max over seeds')
+    bx.set_xscale('log', base=2)
+    ranks = sorted({h['rank'] for h in heads})
+    bx.set_xticks(ranks, [str(r) for r in ranks])
+    bx.set(xlabel='rank of the head r (plain heads hollow, beside r = D)', ylabel='final accuracy, positions ≥ 1 (%)',
+           ylim=(-2, 102), title='final accuracy at the best lr\nmean, bar: min–max over seeds')
+    cx.set_xscale('log')
+    cx.set(xlabel='learning rate', ylabel='final accuracy, positions ≥ 1 (%)', ylim=(-2, 102),
+           title='the lr sweep (sweep seeds), ★ = the best lr\na ★ at either end: the best lr is at the grid\'s edge')
+    fig.legend(*ax.get_legend_handles_labels(), loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title=subtitle, title_fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def grid(path, cells, x, xs, Vs, subtitle):
+    """Heat maps of a (x, V) grid (cells[x, V]: dicts with acc, loss_over_logV per seed, lr, edge), x = D or r:
+    accuracy and the loss relative to log(V − 1), best lr per cell; the
+    diagonals of constant V/x are labelled outside the axes, so no label covers a cell."""
+    plt = pyplot()
+    from matplotlib.colors import BoundaryNorm
+    table = lambda f: np.array([[f(cells[v, V]) for V in Vs] for v in xs], dtype=float)
+    acc = table(lambda d: 100 * np.mean(d['acc']))
+    std = table(lambda d: 100 * np.std(d['acc'], ddof=1) if len(d['acc']) > 1 else np.nan)
+    rel = table(lambda d: np.mean(d['loss_over_logV']))
+    mids = lambda a: np.sqrt(a[1:] * a[:-1])  # cell edges halfway between the values on a log scale
+    edges = lambda a: np.log2(np.concatenate([[a[0] / 2], mids(a), [a[-1] * 2]]) if len(a) == 1 else
+                              np.concatenate([[a[0] ** 1.5 / a[1] ** .5], mids(a), [a[-1] ** 1.5 / a[-2] ** .5]]))
+    xe, ye = edges(np.array(Vs, float)), edges(np.array(xs, float))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
+    levels = [0, 20, 40, 60, 80, 90, 95, 98, 99, 99.5, 100]  # 90–100% gets half of the colours
+    norms = [BoundaryNorm(levels, 256), BoundaryNorm([0, .05, .1, .2, .3, .4, .5, .6, .8, 1, 1.2], 256)]
+    for ax, vals, cmap, norm, name in zip(axes, (acc, rel), ('viridis', 'magma_r'), norms,
+                                          ('accuracy on positions ≥ 1 (%)', 'loss on positions ≥ 1 / log(V − 1)')):
+        mesh = ax.pcolormesh(xe, ye, vals, cmap=cmap, norm=norm, shading='flat')
+        fig.colorbar(mesh, ax=ax, label=name, ticks=norm.boundaries, shrink=0.85, pad=0.12)
+        for i, v in enumerate(xs):
+            for j, V in enumerate(Vs):
+                d = cells[v, V]
+                flag = {'low edge': ' ↓', 'high edge': ' ↑'}.get(d['edge'], '')
+                txt = (f"{acc[i, j]:.1f}" + ('' if np.isnan(std[i, j]) else f" ± {std[i, j]:.1f}") +
+                       f"\nlr {sci(d['lr'])}{flag}") if vals is acc else f"{rel[i, j]:.2f}"
+                dark = norm(vals[i, j]) < 128 if cmap == 'viridis' else norm(vals[i, j]) > 128
+                ax.text(math.log2(V), math.log2(v), txt, ha='center', va='center', fontsize=8, zorder=3,
+                        color='white' if dark else 'black',  # a box of the cell's colour keeps the diagonals off it
+                        bbox=dict(boxstyle='round,pad=0.25', fc=mesh.cmap(norm(vals[i, j])), ec='none'))
+        for k in range(-4, 20):  # V/x = 2^k: a diagonal in (log2 V, log2 x), labelled where it leaves the box
+            lo, hi = max(xe[0], ye[0] + k), min(xe[-1], ye[-1] + k)
+            if hi - lo > 0.3 and any(math.log2(V / v) == k for v in xs for V in Vs):
+                ax.plot([lo, hi], [lo - k, hi - k], color='0.6', ls='--', lw=0.8, zorder=2)
+                top = hi - k >= ye[-1] - 1e-9  # it leaves through the top (label above) or the right side
+                ax.annotate(f"V/{x} = {2 ** k:g}", (hi, hi - k), xytext=(2, 3) if top else (4, 0),
+                            textcoords='offset points', fontsize=7, color='0.35', rotation=30 if top else 0,
+                            ha='left', va='bottom' if top else 'center', annotation_clip=False)
+        ax.set_xticks([math.log2(V) for V in Vs], [f"{V:,}" for V in Vs])
+        ax.set_yticks([math.log2(v) for v in xs], [str(v) for v in xs])
+        ax.set(xlabel='vocabulary V', ylabel='width D' if x == 'D' else 'head rank r', xlim=(xe[0], xe[-1]),
+               ylim=(ye[0], ye[-1]))
+        ax.set_title(name + ', best lr per cell' + ('\n↓/↑: the best lr is at the low/high edge of the grid'
+                                                    if vals is acc else '\n1 = the uniform guess'), fontsize=9, pad=34)
+    fig.suptitle(f"SpamLang at equal exposures per symbol: {subtitle}", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def exp3(path, heads, runs, base, bins, subtitle):
+    """heads {head: dict with label, best_lr, edge, final_val_loss, probe_loss, loss_by_frequency {bin: per seed},
+    spectrum {key: per seed}}, narrowest first; runs {head: {seed: the best lr's run record}}."""
+    plt = pyplot()
+    fig, ((ax, bx), (cx, dx)) = plt.subplots(2, 2, figsize=(13, 9))
+    cs = colors(len(heads))
+    widest = list(heads)[-1]
+    curve = lambda r: [e['val_loss'] for e in r['evals']]
+    for color, (k, h) in zip(cs, heads.items()):
+        flag = f", {EDGE[h['edge']]}" if h['edge'] else ''
+        tokens = [e['tokens'] for e in next(iter(runs[k].values()))['evals']]
+        band(ax, tokens, [curve(r) for r in runs[k].values()], color, f"{h['label']}: lr {sci(h['best_lr'])}{flag}")
+        band(bx, tokens, [np.subtract(curve(r), curve(runs[widest][s])) for s, r in runs[k].items() if s in runs[widest]],
+             color)
+    for name, ls in (('unigram', ':'), ('bigram', '--')):
+        ax.axhline(base[name], color='k', ls=ls, lw=1, label=f"{name} baseline {base[name]:.3f}")
+    lo = min(min(curve(r)) for rs in runs.values() for r in rs.values())
+    ax.set_ylim(min(lo, base['bigram'], base['unigram']) - 0.2, max(base['unigram'], base['bigram']) + 1.5)
+    ax.set(xlabel='training tokens', ylabel='validation loss (nats per token)',
+           title='validation loss, best lr per head\nmean, band: min–max over seeds')
+    bx.axhline(0, color='k', lw=0.7)
+    bx.set(xlabel='training tokens', ylabel=f"val loss − {heads[widest]['label']}'s, same seed",
+           title=f"paired difference to the widest head\nabove 0: behind {heads[widest]['label']}")
+    w = 0.8 / len(heads)
+    for k, (color, h) in enumerate(zip(cs, heads.values())):
+        for j, b in enumerate(bins):
+            ys = np.array(h['loss_by_frequency'][b], dtype=float)
+            cx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color,
+                   yerr=[[ys.mean() - ys.min()], [ys.max() - ys.mean()]] if len(ys) > 1 else None, capsize=2)
+        for j, (key, hatch) in enumerate((('final_val_loss', None), ('probe_loss', '//'))):
+            ys = np.array(h[key], dtype=float)
+            dx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
+                   yerr=[[ys.mean() - ys.min()], [ys.max() - ys.mean()]] if len(ys) > 1 else None, capsize=2)
+    cx.set_xticks(range(len(bins)), [f"{b} types" if b != 'the rest' else 'the rest' for b in bins])
+    cx.set(ylabel='validation loss (nats per token)', title='loss by frequency of the target type (train split)\n'
+                                                             'final checkpoint, bar: min–max over seeds')
+    dx.set_xticks([0, 1], ['its own head', 'a fresh full-rank probe\n(frozen backbone)'])
+    for name, ls in (('unigram', ':'), ('bigram', '--')):
+        dx.axhline(base[name], color='k', ls=ls, lw=1)
+    dx.set_ylim(base['bigram'] - 1, base['unigram'] + 0.5)
+    floors = ', '.join(f"{h['label']}: {np.mean(h['spectrum']['ey_floor']):.2f}" for h in heads.values())
+    dx.set(ylabel='final validation loss (nats per token)', title='each backbone under a fresh full-rank probe\n'
+           f'(Eckart–Young floor of G at 2·rank(W), mean over seeds:\n{floors})')
+    fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+    fig.suptitle(subtitle, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def exp4(path, panels):
+    """panels: dicts with title, V, heads [dicts with label, rank, runs (run records: their eval rows)]."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8.5), squeeze=False)
+    for j, p in enumerate(panels):
+        ax, bx = axes[0, j], axes[1, j]
+        for color, h in zip(colors(len(p['heads'])), p['heads']):
+            x = [e['iter'] for e in h['runs'][0]['evals']]
+            band(ax, x, [[e['grad_destroyed'] for e in r['evals']] for r in h['runs']], color, h['label'])
+            ax.axhline(math.sqrt(1 - h['rank'] / p['V']), color=color, ls=':', lw=1)
+            band(bx, x, [[e.get('visible_over_chance', np.nan) for e in r['evals']] for r in h['runs']], color)
+        ax.set_yscale('logit')
+        ax.set(xlabel='training step', ylabel='destroyed ratio ‖P_ker(Wᵀ) G‖ / ‖G‖',
+               title=f"{p['title']}\ndotted: random baseline √(1 − r/V); mean, band: min–max over seeds")
+        bx.axhline(1, color='k', ls=':', lw=1)
+        bx.set(xlabel='training step', ylabel='visible / chance = c²·V / r', title='visible fraction over chance')
+        bx.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def main(argv):
+    logs = [a for a in argv if not a.startswith('-')]
+    c, _ = common.parse_args([a for a in argv if a.startswith('-')], DEFAULTS, __file__)
+    if len(logs) != 1 or not os.path.isfile(logs[0]):
+        raise common.ConfigError(f"give one log.jsonl written by train.py (got {' '.join(logs) or 'none'}): "
+                                 f"python plot.py out/RUN/log.jsonl [--out=FILE.png]")
+    print(log(logs[0], c['out']))
+
+
+if __name__ == '__main__':
+    common.one_line_errors()
+    main(sys.argv[1:])
