@@ -275,7 +275,7 @@ def run_one(c, s, spent):
         reader.join()
         log.writelines(err)
     if p.returncode:
-        last = next((x.strip() for x in reversed(err) if x.strip()), 'nothing on stderr')
+        last = next((x.strip() for x in reversed(err) if x.strip()), 'nothing on stderr').removeprefix('error: ')
         raise TrainingError(f"run {d} failed (exit status {p.returncode}): {last} (output: {d}/stdout.txt)")
     with open(os.path.join(d, 'log.jsonl')) as f:
         rows = [json.loads(line) for line in f]

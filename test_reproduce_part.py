@@ -102,6 +102,14 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny, tmp_path):
     assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 2
 
 
+def test_a_failing_run_stops_with_one_line_naming_it(tmp_path):
+    text = tmp_path / 'short.txt'
+    text.write_text('to be or not to be, that is the question ' * 4)
+    p = repro('--preset=tiny', '--experiments=3', f'--text={text}', f'--out={tmp_path}/out', '--e3_block_size=64')
+    assert p.returncode == 1 and p.stderr.count('\n') == 1
+    assert re.match(r"error: run \S+narrow2_lr0.001_s1337 failed \(exit status 1\): \S+ is too short", p.stderr)
+
+
 def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (tmp_path / 'exp1').mkdir()
     for f in ('meta.json', 'exp1_head_rank.png', 'notes.txt'):
