@@ -1,7 +1,14 @@
 """
-The test suite: real behaviour on CPU, no GPU and no network needed. Under 5 minutes on 2 cores.
+The test suite, and the project's specification: what each module is for, checked against independent references
+(hand-built cases, float64 QR, explicit softmax, autograd) on CPU, with no GPU and no network.
 
-    python -m pytest -q test_all.py
+    python -m pytest -q test_all.py                  # everything: 2.5 minutes on 2 idle cores
+    python -m pytest -q test_all.py -m "not slow"    # the in-process tests only: under 10 seconds
+
+Tests marked `slow` run train.py, measure.py, bench.py, sample.py or torchrun in subprocesses. Sections, in order:
+model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), measure.py, the fused loss / autocast /
+compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding (≈ 1e-7 relative, 1e-5 after
+the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard error of a random quantity.
 """
 import json
 import math
@@ -10,12 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
+import matplotlib  # noqa: F401  (requirements.txt: a missing one fails the suite, it is never skipped)
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers  # requirements.txt, as matplotlib
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import bench
 import common
 import measure
 import spamlang
@@ -23,8 +35,27 @@ from common import ConfigError
 from model import FACTORIZED, GPT, GPTConfig, HEADS, fused_linear_cross_entropy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# one thread per child process: tiny models gain nothing from more, and oversubscribed cores run many times slower
-CHILD_ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+# torchrun's variables: a stray one in the test's environment would turn every child into a DDP process
+DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK',
+            'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def child_env(environ):
+    """The environment of a child process: without torchrun's variables, one thread (tiny models gain nothing from
+    more, and oversubscribed cores run many times slower)."""
+    env = {k: v for k, v in environ.items() if k not in DDP_VARS and not k.startswith('TORCHELASTIC_')}
+    return {**env, 'OMP_NUM_THREADS': '1'}
+
+
+CHILD_ENV = child_env(os.environ)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """No test leaves the process-wide thread count changed."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny(head='linear', **kw):
@@ -33,8 +64,8 @@ def tiny(head='linear', **kw):
 
 def run_train(*args, timeout=300):
     """`python train.py args` in a real process; returns (exit status, stdout, stderr)."""
-    p = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=HERE, env=CHILD_ENV)
+    p = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, cwd=HERE, env=CHILD_ENV)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -51,8 +82,61 @@ def read_log(out_dir, kind=None):
         rows = [json.loads(line) for line in f]
     return [r for r in rows if kind is None or r['type'] == kind]
 
+
+def rows_written(out_dir):
+    """Lines of a log.jsonl that a running process is still writing (a last partial line is not parsed)."""
+    path = os.path.join(out_dir, 'log.jsonl')
+    return sum(1 for _ in open(path)) if os.path.exists(path) else 0
+
+
+def softmax_minus_onehot(logits, targets):
+    """G = softmax(z) − onehot(y) in float64, written out: the reference for measure.logit_grad and the meters."""
+    z = logits.detach().double().reshape(-1, logits.size(-1))
+    y = targets.reshape(-1)
+    p = torch.exp(z - z.max(1, keepdim=True).values)
+    p = p / p.sum(1, keepdim=True)
+    p[torch.arange(len(y)), y] -= 1
+    return p
+
+
+def cross_entropy_ref(logits, targets):
+    """Per-token −log softmax(z)_y in float64, written out. (n,)"""
+    z = logits.detach().double().reshape(-1, logits.size(-1))
+    y = targets.reshape(-1)
+    m = z.max(1).values
+    return m + torch.log(torch.exp(z - m[:, None]).sum(1)) - z[torch.arange(len(y)), y]
+
+
+def qr_ratio(G, basis):
+    """Reference r = ‖G − P G‖/‖G‖ with P from a float64 QR of `basis` (full column rank, spanning col(W)),
+    independent of measure.column_basis and head_factor."""
+    Q, _ = torch.linalg.qr(basis.detach().double())
+    G = G.double()
+    return ((G - G @ Q @ Q.T).norm() / G.norm()).item()
+
+
+def col_basis(lm_head):
+    """A full-column-rank matrix spanning col(W): W itself, or B for a factorized W = B·A of rank r < D."""
+    if hasattr(lm_head, 'B') and lm_head.rank < lm_head.n_embd:
+        return lm_head.B[:lm_head.vocab_size]
+    return lm_head.effective_weight()
+
+
+def rel_err(a, b):
+    """Norm-wise relative error ‖a − b‖/‖b‖ in float64."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_child_processes_get_no_stray_torchrun_variables():
+    env = child_env({'PATH': '/bin', 'RANK': '3', 'WORLD_SIZE': '8', 'LOCAL_RANK': '3', 'MASTER_ADDR': 'x',
+                     'MASTER_PORT': '29500', 'TORCHELASTIC_RUN_ID': 'r', 'OMP_NUM_THREADS': '8'})
+    assert env == {'PATH': '/bin', 'OMP_NUM_THREADS': '1'}
+    assert not set(DDP_VARS) & set(CHILD_ENV)
+
 # -----------------------------------------------------------------------------
-# heads
+# model: the heads, the init, the optimizer groups, the FLOP count
+
 
 @pytest.mark.parametrize('head', list(HEADS))
 def test_head_shapes_and_effective_matrix(head):
@@ -113,6 +197,64 @@ def test_factorized_init_scale_matches_linear(rank):
     assert abs((h @ W.T).std() / (h @ ref.T).std() - 1) < 0.1
 
 
+@pytest.mark.parametrize('n_layer', [1, 4])
+def test_init_std_residual_projections_scaled(n_layer):
+    """GPT-2 init: N(0, 0.02) for every matrix and embedding, 0.02/√(2·n_layer) for the residual projections
+    (c_proj), LayerNorm gains 1 and biases 0."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=256, n_embd=128, n_head=2, n_layer=n_layer, block_size=16, bias=True))
+    seen = set()
+    for name, p in model.named_parameters():
+        p = p.detach()
+        if 'ln_' in name:
+            assert (p == (1.0 if name.endswith('weight') else 0.0)).all(), name
+            continue
+        if name.endswith('.bias'):
+            assert (p == 0).all(), name
+            continue
+        want = 0.02 / math.sqrt(2 * n_layer) if name.endswith('c_proj.weight') else 0.02
+        # the sample std of n draws of N(0, σ²) has relative std 1/√(2n): 6 of them is far in the tail
+        assert abs(p.std().item() / want - 1) < 6 / math.sqrt(2 * p.numel()), (name, p.std().item(), want)
+        assert abs(p.mean().item()) < 6 * want / math.sqrt(p.numel()), name
+        seen.add(name.split('.')[-2])
+    assert {'c_proj', 'c_attn', 'c_fc', 'wte', 'wpe', 'lm_head'} <= seen
+
+
+@pytest.mark.parametrize('head', list(HEADS))
+def test_weight_decay_on_matrices_only(head):
+    """configure_optimizers: every parameter exactly once; weight decay on the matrices (attention and MLP weights,
+    embeddings, the head's matrix or factors), none on LayerNorm gains and biases."""
+    model = GPT(tiny(head, bias=True, head_rank=3 if head in FACTORIZED else None))
+    opt = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), 'cpu')
+    by_decay = {}
+    for group in opt.param_groups:
+        assert group['lr'] == 3e-4 and group['betas'] == (0.9, 0.95)
+        by_decay.setdefault(group['weight_decay'], []).extend(group['params'])
+    assert set(by_decay) == {0.1, 0.0}
+    names = {id(p): n for n, p in model.named_parameters()}
+    listed = [id(p) for ps in by_decay.values() for p in ps]
+    assert sorted(listed) == sorted(names) and len(listed) == len(set(listed))  # all, once (tied: wte once)
+    decayed = {names[id(p)] for p in by_decay[0.1]}
+    plain = {names[id(p)] for p in by_decay[0.0]}
+    assert all('ln_' in n or n.endswith('.bias') for n in plain), plain
+    assert all(n.endswith(('weight', '.A', '.B')) and 'ln_' not in n for n in decayed), decayed
+    assert {'transformer.wte.weight', 'transformer.wpe.weight', 'transformer.h.0.attn.c_attn.weight'} <= decayed
+    head_params = {'linear': {'lm_head.weight'}, 'tied': set(), 'narrow': {'lm_head.A', 'lm_head.B'},
+                   'wide': {'lm_head.A', 'lm_head.B'}}[head]
+    assert head_params <= decayed
+    assert any(n.endswith('.bias') for n in plain) and any('ln_' in n for n in plain)
+
+
+@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None), ('wide', 48)])
+def test_flops_per_token_hand_count(head, rank):
+    """6 × (matmul weights: the blocks' 12·D² per layer, the head's V·D or r·(D + V); no embeddings) + 12·L·T·D."""
+    L, D, V, T = 3, 32, 100, 8
+    model = GPT(tiny(head, head_rank=rank, n_layer=L, n_embd=D, vocab_size=V, block_size=T, bias=True))
+    r = model.lm_head.rank if head in FACTORIZED else None
+    head_weights = V * D if r is None else r * (D + V)
+    assert model.flops_per_token() == 6 * (L * 12 * D * D + head_weights) + 12 * L * T * D
+
+
 def test_bad_head_config():
     for bad, msg in [(dict(head='mlp'), 'unknown head'), (dict(head='narrow', head_rank=0), 'positive'),
                      (dict(head='wide', head_rank=-3), 'positive'), (dict(head='linear', head_rank=8), 'only'),
@@ -120,8 +262,30 @@ def test_bad_head_config():
         with pytest.raises(ValueError, match=msg):
             GPT(tiny(**bad))
 
+
+def test_generate_is_deterministic_under_a_seed_and_respects_top_k():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    x = torch.zeros(4, 3, dtype=torch.long)
+    run = lambda seed, **kw: model.generate(x, 12, generator=torch.Generator().manual_seed(seed), **kw)
+    a, b = run(1), run(1)
+    assert torch.equal(a, b) and a.shape == (4, 15) and torch.equal(a[:, :3], x)
+    assert not torch.equal(run(1), run(2))  # another seed, other samples
+    # top_k = 1 is greedy whatever the seed and temperature; temperature 0 is greedy too
+    greedy = run(1, temperature=0)
+    assert torch.equal(run(3, top_k=1, temperature=5.0), greedy)
+    # every token drawn with top_k = 3 is among the 3 most likely at its step (teacher-forced check)
+    out = run(4, top_k=3, temperature=2.0)
+    for t in range(3, out.size(1)):
+        logits = model(out[:, max(0, t - 8):t])[0][:, -1]
+        top3 = torch.topk(logits, 3).indices
+        assert (top3 == out[:, t:t + 1]).any(1).all(), t
+    # the context is cut to block_size: generating past it works
+    assert model.generate(x, 10, temperature=0).shape == (4, 13)
+
 # -----------------------------------------------------------------------------
 # SpamLang
+
 
 def test_spamlang_structure_and_determinism():
     x, y = spamlang.get_batch(64, 10, 50, spamlang.make_generator(3))
@@ -140,6 +304,7 @@ def test_spamlang_uniform_symbols():
     chi2 = (((counts - n / (V - 1)) ** 2) / (n / (V - 1))).sum().item()
     assert chi2 < 62 + 4 * math.sqrt(2 * 62)  # χ² with 62 degrees of freedom, far from its tail
     assert spamlang.exposures_per_symbol(n, V) == 400
+    assert spamlang.optimal_loss_pos0(V) == math.log(63)
 
 
 def test_spamlang_metrics_split_position_zero():
@@ -149,8 +314,29 @@ def test_spamlang_metrics_split_position_zero():
     m = spamlang.metrics(logits, y)
     assert m['acc'] == 1.0 and m['acc_pos0'] == 1.0 and m['loss'] < 1e-6
 
+
+def test_spamlang_metrics_hand_built_values():
+    """Position 0 and positions ≥ 1 each get their own loss and accuracy: a batch whose four numbers differ."""
+    V, T = 10, 4
+    y = torch.tensor([[3] * T, [7] * T, [7] * T, [5] * T])
+    logits = torch.zeros(4, T, V)
+    logits[:, 0, 7] = 2.0                      # position 0: a bias towards 7, right for rows 1 and 2 only
+    for b, s in enumerate([3, 7, 7, 5]):
+        logits[b, 1:, s] = 4.0                 # positions ≥ 1: the symbol, except in row 3 ...
+    logits[3, 1:, 5], logits[3, 1:, 2] = 0.0, 1.0  # ... which predicts 2 instead of 5
+    lse0, lse1 = math.log(V - 1 + math.exp(2)), math.log(V - 1 + math.exp(4))
+    lse3 = math.log(V - 1 + math.exp(1))
+    loss_pos0 = (2 * lse0 + 2 * (lse0 - 2)) / 4                 # rows 0, 3 miss the bias; rows 1, 2 hit it
+    loss = (3 * (lse1 - 4) + lse3) / 4                          # per row, positions 1..3 alike
+    m = spamlang.metrics(logits, y)
+    assert m['loss_pos0'] == pytest.approx(loss_pos0, rel=1e-6) and m['acc_pos0'] == 0.5
+    assert m['loss'] == pytest.approx(loss, rel=1e-6) and m['acc'] == 0.75
+    only0 = spamlang.metrics(logits[:, :1], y[:, :1])  # T = 1: position 0 alone, nothing on positions ≥ 1
+    assert set(only0) == {'loss_pos0', 'acc_pos0'} and only0['acc_pos0'] == 0.5
+
 # -----------------------------------------------------------------------------
-# the --key=value parser
+# common: the --key=value parser
+
 
 OPTIONS = dict(head='linear', learning_rate=1e-3, max_iters=2000, compile=None, head_rank=None, bias=False,
                data='spamlang')
@@ -190,45 +376,353 @@ def test_parser_rejects(args, msg):
         common.parse_args(args, OPTIONS, __file__, TYPES)
 
 
+@pytest.mark.slow
 def test_every_script_prints_its_options_with_help():
     for script in ('train.py', 'measure.py', 'bench.py'):
         p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True, env=CHILD_ENV)
         assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
-    p = subprocess.run([sys.executable, 'train.py', '--help'], cwd=HERE, capture_output=True, text=True, env=CHILD_ENV)
-    assert '--head=linear' in p.stdout and 'one of linear, tied, narrow, wide' in p.stdout
+        if script == 'train.py':
+            assert '--head=linear' in p.stdout and 'one of linear, tied, narrow, wide' in p.stdout
+
+
+def test_peak_flops_matches_whole_names():
+    """MFU's denominator: the longest table key that is a whole word of the GPU's name (A100 is not A10, L40S
+    is not L40); an unknown GPU gives (None, None)."""
+    table = common.PEAK_FLOPS
+    for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'), ('NVIDIA A10', 'A10'),
+                      ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'), ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'),
+                      ('NVIDIA H100 80GB HBM3', 'H100'), ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
+                      ('NVIDIA GeForce RTX 4090', 'RTX 4090')]:
+        assert common.peak_flops(name) == (table[key], key), name
+    assert common.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
+    for unknown in ('Tesla T4', 'NVIDIA A1000', 'cpu', ''):
+        assert common.peak_flops(unknown) == (None, None), unknown
 
 # -----------------------------------------------------------------------------
-# training: the paper's effect, text, resume, bad input
+# common: data (token files, tokenizing, batches)
+
+
+def text_data(ids, split=0.9):
+    ids = np.asarray(ids)
+    n = int(split * len(ids))
+    return dict(kind='text', train=ids[:n], val=ids[n:], vocab_size=int(ids.max()) + 1)
+
+
+def test_text_batches_are_shifted_by_one():
+    """Next-token prediction: y is x moved one token on, both from the same window of the split asked for."""
+    data = text_data(np.arange(2000, dtype=np.uint16))
+    g = torch.Generator().manual_seed(0)
+    for split, lo, hi in (('train', 0, 1800), ('val', 1800, 2000)):
+        x, y = common.get_batch(data, split, 64, 16, g, 'cpu')
+        assert x.shape == y.shape == (64, 16) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(y, x + 1)                                   # the ids are consecutive, so y = x + 1
+        assert torch.equal(x[:, 1:], x[:, :1] + torch.arange(1, 16))  # contiguous windows
+        assert x.min() >= lo and y.max() < hi                          # inside its split
+    x2, _ = common.get_batch(data, 'train', 64, 16, torch.Generator().manual_seed(0), 'cpu')
+    x3, _ = common.get_batch(data, 'train', 64, 16, torch.Generator().manual_seed(0), 'cpu')
+    assert torch.equal(x2, x3)  # the generator alone decides the windows
+
+
+def test_validation_windows_are_fixed_and_shifted():
+    data = text_data(np.arange(1000, dtype=np.uint16))  # val = ids 900..999: 99 targets → 12 windows of 8
+    x, y = common.val_windows(data, 8)
+    assert x.shape == (12, 8) and torch.equal(x.reshape(-1), torch.arange(900, 996)) and torch.equal(y, x + 1)
+    x5, y5 = common.val_windows(data, 8, max_windows=5)
+    assert torch.equal(x5, x[:5]) and torch.equal(y5, y[:5])
+
+
+def test_token_file_round_trip_and_checks(tmp_path):
+    path = str(tmp_path / 'a.tok')
+    ids = np.array([0, 5, 99, 3, 3, 7])
+    common.write_tokens(path, ids, vocab_size=100, encoding='enc', source={'path': 'a.txt'})
+    got, meta = common.load_tokens(path)
+    assert np.array_equal(got, ids) and meta['dtype'] == 'uint16' and meta['vocab_size'] == 100
+    assert meta['encoding'] == 'enc' and meta['n_tokens'] == 6 and meta['id_map'] is None
+    assert len(meta['fingerprint']) == 16
+    common.write_tokens(str(tmp_path / 'b.tok'), ids[::-1], vocab_size=100, encoding='enc')
+    assert common.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']  # content, not name
+    big = str(tmp_path / 'big.tok')
+    common.write_tokens(big, np.array([70_000, 1]), vocab_size=100_277, encoding='enc')
+    assert common.load_tokens(big)[1]['dtype'] == 'uint32' and common.load_tokens(big)[0][0] == 70_000
+    common.write_tokens(path, np.array([1, 2, 100]), vocab_size=100, encoding='enc')  # an id equal to V
+    with pytest.raises(ConfigError, match='token id 100 ≥ vocab_size 100'):
+        common.load_tokens(path)
+    (tmp_path / 'raw.bin').write_bytes(b'\x00\x01' * 600)
+    with pytest.raises(ConfigError, match='no GBTOKENS header'):
+        common.load_tokens(str(tmp_path / 'raw.bin'))
+
+
+SAMPLE_TEXT = ('The head of a language model passes back only part of the gradient to its body.\n'
+               'Everything outside the column space of the output matrix is lost in backpropagation.\n') * 8
+
+
+def test_compacted_vocabulary_round_trips(tmp_path):
+    """compact=True keeps the K token ids that occur, renumbered 0..K−1 in the tokenizer's order, with the map back:
+    id_map[compact ids] are the tokenizer's ids."""
+    text = tmp_path / 'text.txt'
+    text.write_text(SAMPLE_TEXT)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    full_path = common.tokenize_text(str(text), 'cl100k_base', str(cache))
+    compact_path = common.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True)
+    assert full_path != compact_path and os.path.dirname(compact_path) == str(cache)
+    full, meta_full = common.load_tokens(full_path)
+    ids, meta = common.load_tokens(compact_path)
+    K = len(np.unique(full))
+    assert meta_full['vocab_size'] == 100_277 and meta_full['id_map'] is None
+    assert meta['vocab_size'] == K and len(meta['id_map']) == K and len(ids) == len(full)
+    assert ids.min() == 0 and ids.max() == K - 1 and len(np.unique(ids)) == K
+    assert np.array_equal(meta['id_map'][ids], full)
+    assert np.all(np.diff(meta['id_map'].astype(np.int64)) > 0)  # the tokenizer's order
+    enc = common.get_encoding('cl100k_base')
+    assert enc.decode(meta['id_map'][ids].tolist()) == SAMPLE_TEXT
+    mtime = os.stat(compact_path).st_mtime_ns
+    assert common.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True) == compact_path
+    assert os.stat(compact_path).st_mtime_ns == mtime  # reused while the text is unchanged
+    data = common.load_data(dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True), str(cache))
+    assert data['vocab_size'] == K and np.array_equal(data['id_map'], meta['id_map'])
+
+
+@pytest.mark.parametrize('content,msg', [(b'some text\x00\x01\x02 with NUL bytes', 'NUL bytes'),
+                                         (bytes(range(128, 256)) * 4, 'not UTF-8')])
+def test_binary_file_given_as_text_is_refused(tmp_path, content, msg):
+    path = tmp_path / 'model.txt'
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=msg) as e:
+        common.load_data(dict(data=str(path), block_size=8, encoding='cl100k_base'), str(tmp_path))
+    assert '\n' not in str(e.value)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith('.tok')]
+
+
+def test_too_short_text_leaves_no_token_file(tmp_path):
+    path = tmp_path / 'short.txt'
+    path.write_text('just a few words of text')
+    with pytest.raises(ConfigError, match='too short'):
+        common.load_data(dict(data=str(path), block_size=32, encoding='cl100k_base'), str(tmp_path))
+    assert not [f for f in os.listdir(tmp_path) if '.tok' in f]
+
+# -----------------------------------------------------------------------------
+# common: checkpoints, random states, resume rules
+
+
+def test_checkpoint_digest_previous_and_fallback(tmp_path):
+    path = str(tmp_path / 'ckpt.pt')
+    state = lambda it: dict(model={'w': torch.full((3, 4), float(it))}, config={'head': 'wide'}, iter_num=it)
+    common.save_checkpoint(path, state(1))
+    assert not os.path.exists(common.previous_checkpoint(path))
+    common.save_checkpoint(path, state(2))
+    assert common.load_checkpoint(path)['iter_num'] == 2
+    assert common.load_checkpoint(str(tmp_path / 'prev_ckpt.pt'))['iter_num'] == 1  # the one before, kept
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'prev_ckpt.pt']  # no temp files left
+    # a value changed inside a file torch.load still reads: only the digest notices
+    ck = torch.load(path, weights_only=False)
+    ck['model']['w'][1, 2] += 1e-3
+    torch.save(ck, path)
+    with pytest.raises(ConfigError, match='truncated or corrupt.*--resume_fallback=True'):
+        common.load_checkpoint(path)
+    assert common.load_checkpoint(path, fallback=True)['iter_num'] == 1
+    with pytest.raises(ConfigError, match='is a folder'):
+        common.load_checkpoint(str(tmp_path))
+    torch.save({'model_args': {}}, str(tmp_path / 'other.pt'))
+    with pytest.raises(ConfigError, match='not a checkpoint of this project'):
+        common.load_checkpoint(str(tmp_path / 'other.pt'))
+    a = common.state_digest(state(1)).hexdigest()
+    assert a == common.state_digest(state(1)).hexdigest() != common.state_digest(state(3)).hexdigest()
+
+
+def test_rng_state_restores_the_data_stream():
+    gen = spamlang.make_generator(5)
+    common.get_batch(dict(kind='spamlang', vocab_size=50), 'train', 4, 3, gen, 'cpu')
+    saved = common.get_rng_state(gen, 'cpu')
+    after = [spamlang.get_batch(4, 3, 50, gen)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
+    gen2 = spamlang.make_generator(99)
+    common.set_rng_state(saved, gen2, 'cpu')
+    again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
+    assert torch.equal(after[0], again[0]) and torch.equal(after[1], again[1]) and after[2:] == again[2:]
+
+
+def test_resume_config_keeps_shape_and_asks_for_changes():
+    saved = dict(head='wide', n_embd=32, learning_rate=1e-3, max_iters=10, out_dir='a', seed=1)
+    now = dict(saved, n_embd=64, learning_rate=3e-3, max_iters=20, out_dir='b')
+    run_keys = ('out_dir',)
+    with pytest.raises(ConfigError, match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
+        common.resume_config(now, {'n_embd'}, saved, run_keys, allow_changes=True)
+    with pytest.raises(ConfigError, match='--learning_rate=0.003 differs.*--allow_changes=True'):
+        common.resume_config(now, {'learning_rate'}, saved, run_keys, allow_changes=False)
+    c = common.resume_config(now, {'learning_rate', 'max_iters', 'out_dir'}, saved, run_keys, allow_changes=True)
+    assert c == dict(saved, learning_rate=3e-3, max_iters=20, out_dir='b')
+    assert common.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')  # run keys: free
+
+# -----------------------------------------------------------------------------
+# train.py, run as a script: the paper's effect, the schedule, the meter, evaluation, text, resume, signals, bad input
 
 SMALL = dict(vocab_size=256, n_embd=32, n_head=2, block_size=8, batch_size=32, max_iters=300, warmup_iters=30,
              eval_interval=300, eval_iters=4, learning_rate=3e-3, min_lr=1e-4)
+TINY_RUN = ['--vocab_size=64', '--n_embd=16', '--n_head=2', '--block_size=8', '--batch_size=8', '--warmup_iters=2',
+            '--eval_iters=1', '--log_interval=1']
 
 
+@pytest.mark.slow
 def test_wide_learns_spamlang_and_narrow_does_not(tmp_path):
-    torch.set_num_threads(2)
     wide = train_run(tmp_path, 'wide', **SMALL, head='wide')
     narrow = train_run(tmp_path, 'narrow', **SMALL, head='narrow')  # default r = n_embd // 16 = 2
     assert wide['val_acc'] > 0.95, wide  # measured: 100%
     assert narrow['val_acc'] < 0.3, narrow  # measured: 3-6%
     log = read_log(tmp_path / 'wide')
     assert {'iter', 'tokens', 'val_loss', 'val_acc'} <= set(log[-1]) and log[-1]['iter'] == 300
+    # the meter on positions ≥ 1 and at position 0 apart: at init both are rows of a uniform guess, equal within the
+    # sampling spread (r of 32 position-0 rows, rank 32 of V = 256: σ ≈ 0.003; measured 0.0001 apart); once positions
+    # ≥ 1 are learned their G no longer looks like position 0's (measured 0.9635 vs 0.9363)
+    first = read_log(tmp_path / 'wide', 'eval')[0]
+    assert abs(first['grad_destroyed'] - first['grad_destroyed_pos0']) < 0.012, first
+    assert abs(wide['grad_destroyed'] - wide['grad_destroyed_pos0']) > 0.012, wide
+    assert wide['val_loss_pos0'] > math.log(SMALL['vocab_size'] - 1) - 0.1  # position 0 stays unpredictable
 
 
+# Two short runs that log everything (every step's lr and meter, an evaluation and a checkpoint at every step), so
+# that their records can be recomputed from the checkpoints: prev_ckpt.pt holds the model and the data stream just
+# before the last step, ckpt.pt the model after it.
+METER_RUN = dict(vocab_size=96, n_embd=16, n_head=2, block_size=8, batch_size=8, max_iters=6, warmup_iters=3,
+                 learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=1, eval_iters=2, meter_every_step=True)
+METER_VARIANTS = {'naive': dict(head='linear', loss='naive'),  # V = 96: padded rows to keep out of the meter
+                  'fused_accum2': dict(head='narrow', head_rank=4, loss='fused', gradient_accumulation_steps=2)}
+
+
+@pytest.fixture(scope='module', params=list(METER_VARIANTS))
+def metered_run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    opts = {**METER_RUN, **METER_VARIANTS[request.param]}
+    code, _, err = run_train(*[f'--{k}={v}' for k, v in opts.items()], f'--out_dir={out}')
+    assert code == 0, err
+    return out, {'gradient_accumulation_steps': 1, **opts}
+
+
+def model_of(ckpt):
+    model = GPT(GPTConfig(**{k: ckpt['config'][k] for k in common.MODEL_KEYS}))
+    model.load_state_dict(ckpt['model'])
+    return model
+
+
+def lr_at(it, o):
+    """The schedule, written out: linear warmup to learning_rate, then a half cosine down to min_lr at max_iters."""
+    lr, lo, warm, top = o['learning_rate'], o['min_lr'], o['warmup_iters'], o['max_iters']
+    if it < warm:
+        return lr * (it + 1) / (warm + 1)
+    return lo + 0.5 * (1 + math.cos(math.pi * (it - warm) / (top - warm))) * (lr - lo)
+
+
+@pytest.mark.slow
+def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
+    out, o = metered_run
+    rows = read_log(out, 'train')
+    assert [r['iter'] for r in rows] == list(range(1, o['max_iters'] + 1))
+    for r in rows:  # the row of iter k logs step k − 1's learning rate
+        assert r['lr'] == pytest.approx(lr_at(r['iter'] - 1, o), rel=1e-12, abs=0), r
+    assert rows[-1]['lr'] > o['min_lr'] and min(r['lr'] for r in rows) >= o['min_lr'] * (1 - 1e-12)
+    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))  # and every parameter group stepped with it
+    assert [g['lr'] for g in ckpt['optimizer']['param_groups']] == [rows[-1]['lr']] * 2
+
+
+@pytest.mark.slow
+def test_train_step_meter_reads_W_before_the_step(metered_run):
+    """--meter_every_step: the meter of step k is G of the step's last micro-batch against the W that produced it,
+    i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data stream
+    just before the last step), for the naive loss and for the fused one with 2 micro-batches."""
+    out, o = metered_run
+    prev = common.load_checkpoint(str(out / 'prev_ckpt.pt'))
+    assert prev['iter_num'] == o['max_iters'] - 1
+    model = model_of(prev)
+    gen = torch.Generator()
+    gen.set_state(prev['rng']['train_gen'])
+    data = dict(kind='spamlang', vocab_size=o['vocab_size'])
+    micro = [common.get_batch(data, 'train', o['batch_size'], o['block_size'], gen, 'cpu')
+             for _ in range(o['gradient_accumulation_steps'])]
+    with torch.no_grad():
+        refs = [qr_ratio(softmax_minus_onehot(model(x)[0], y), col_basis(model.lm_head)) for x, y in micro]
+    row = read_log(out, 'train')[-1]
+    assert row['iter'] == o['max_iters']
+    assert abs(row['grad_destroyed'] / refs[-1] - 1) < 1e-5, (row, refs)
+    assert abs(row['grad_cosine'] / math.sqrt(1 - refs[-1] ** 2) - 1) < 1e-5
+    after = model_of(common.load_checkpoint(str(out / 'ckpt.pt')))  # the W after the step reads differently
+    with torch.no_grad():
+        x, y = micro[-1]
+        moved = qr_ratio(softmax_minus_onehot(after(x)[0], y), col_basis(after.lm_head))
+    assert abs(moved / refs[-1] - 1) > 1e-4, (moved, refs[-1])
+    if len(refs) > 1:
+        assert abs(refs[0] / refs[-1] - 1) > 1e-4  # the two micro-batches can be told apart
+
+
+@pytest.mark.slow
+def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
+    """An eval row of SpamLang: loss and accuracy on positions ≥ 1 and at position 0 over the fixed held-out batches
+    (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart, exposures and tokens:
+    each recomputed from ckpt.pt with explicit formulas."""
+    out, o = metered_run
+    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))
+    model = model_of(ckpt).eval()
+    gen = spamlang.make_generator(ckpt['config']['seed'] + 1)
+    batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen) for _ in range(o['eval_iters'])]
+    with torch.no_grad():
+        logits = torch.cat([model(x)[0] for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    ce = cross_entropy_ref(logits, y).reshape(y.shape)
+    hit = (logits.argmax(-1) == y).double()
+    row = read_log(out, 'eval')[-1]
+    assert row['iter'] == o['max_iters']
+    assert row['val_loss'] == pytest.approx(ce[:, 1:].mean().item(), rel=1e-5)
+    assert row['val_loss_pos0'] == pytest.approx(ce[:, 0].mean().item(), rel=1e-5)
+    assert row['val_acc'] == pytest.approx(hit[:, 1:].mean().item(), abs=1e-6)
+    assert row['val_acc_pos0'] == pytest.approx(hit[:, 0].mean().item(), abs=1e-6)
+    first, yb = logits[:o['batch_size']], batches[0][1]
+    basis = col_basis(model.lm_head)
+    r1 = qr_ratio(softmax_minus_onehot(first[:, 1:], yb[:, 1:]), basis)
+    r0 = qr_ratio(softmax_minus_onehot(first[:, :1], yb[:, :1]), basis)
+    assert abs(row['grad_destroyed'] / r1 - 1) < 1e-5 and abs(row['grad_destroyed_pos0'] / r0 - 1) < 1e-5, (row, r1, r0)
+    rank = model.lm_head.rank if hasattr(model.lm_head, 'rank') else o['n_embd']
+    assert row['visible_over_chance'] == pytest.approx((1 - r1 ** 2) * o['vocab_size'] / rank, rel=1e-4)
+    sequences = o['max_iters'] * o['batch_size'] * o['gradient_accumulation_steps']
+    assert row['exposures_per_symbol'] == pytest.approx(sequences / (o['vocab_size'] - 1), rel=1e-12)
+    assert row['tokens'] == sequences * o['block_size']
+    assert [r['iter'] for r in read_log(out, 'eval')] == list(range(o['max_iters'] + 1))
+
+
+@pytest.mark.slow
+def test_train_live_meter_in_log(tmp_path):
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20, eval_interval=10,
+              eval_iters=1, log_interval=5, meter_every_step=True)
+    log = read_log(tmp_path / 'run')
+    evals = [r for r in log if r['type'] == 'eval']
+    steps = [r for r in log if r['type'] in ('train', 'meter')]
+    assert [r['iter'] for r in evals] == [0, 10, 20]
+    assert [r['iter'] for r in steps] == list(range(1, 21))  # every step metered
+    for r in evals + steps:
+        assert 0 < r['grad_destroyed'] < 1 and abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
+    assert 'loss' in steps[4] and 'loss' not in steps[0]  # log_interval steps keep their full record
+    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4, eval_interval=4,
+              eval_iters=1, log_interval=2)
+    log = read_log(tmp_path / 'plain')
+    assert all('grad_destroyed' in r for r in log if r['type'] == 'eval')  # evals always carry the meter
+    assert not any('grad_destroyed' in r for r in log if r['type'] == 'train')  # steps only when asked
+
+
+@pytest.mark.slow
 def test_text_run_and_tokenization_cache(tmp_path):
     rng = np.random.default_rng(0)
     words = 'the head of a language model passes back only part of the gradient to its body'.split()
     text = '\n'.join(' '.join(rng.choice(words, 12)) for _ in range(300))
     path = tmp_path / 'small.txt'
     path.write_text(text)
-    args = dict(data=str(path), head='wide', n_embd=32, n_head=2, block_size=16, batch_size=8, max_iters=30, learning_rate=1e-2,
-                warmup_iters=5, eval_interval=30, eval_iters=2)
+    args = dict(data=str(path), head='wide', n_embd=32, n_head=2, block_size=16, batch_size=8, max_iters=30,
+                learning_rate=1e-2, warmup_iters=5, eval_interval=30, eval_iters=2)
     last = train_run(tmp_path, 'text', **args)
     cache = tmp_path / 'small.cl100k_base.tok'
     assert cache.exists()
     ids, meta = common.load_tokens(str(cache))
     assert meta['vocab_size'] == 100_277 and meta['dtype'] == 'uint32' and ids.max() < 100_277
     assert ckpt_config(tmp_path / 'text')['vocab_size'] == 100_277
-    assert last['val_loss'] < math.log(100_277) - 3  # it learned the 16-word language
+    # it predicts the next token better than a uniform guess over the K tokens that occur (measured 3.02 < log 29 =
+    # 3.37; trained on targets equal to the inputs, no shift, it ends at 3.79)
+    assert last['val_loss'] < math.log(len(np.unique(ids))), last
     mtime = cache.stat().st_mtime_ns
     one_step = {**args, 'max_iters': 1, 'eval_iters': 1}
     train_run(tmp_path, 'text2', **one_step)
@@ -244,7 +738,10 @@ def ckpt_config(out_dir):
     return torch.load(os.path.join(out_dir, 'ckpt.pt'), weights_only=False)['config']
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
+    """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's loss
+    (so the same data position) and learning rate, each step once, nothing of the first part lost."""
     args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=600',
             '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2', '--log_interval=1', '--head=wide',
             '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
@@ -252,9 +749,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     assert run_train(*args, f'--out_dir={full}')[0] == 0
     p = subprocess.Popen([sys.executable, 'train.py', *args, f'--out_dir={part}'], cwd=HERE, env=CHILD_ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log_path = os.path.join(part, 'log.jsonl')
     deadline = time.time() + 120
-    while time.time() < deadline and not (os.path.exists(log_path) and sum(1 for _ in open(log_path)) > 20):
+    while time.time() < deadline and rows_written(part) <= 20:
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
@@ -263,20 +759,45 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     assert 20 <= stopped < 600 and 'saved' in out
     code, out, err = run_train(*args, f'--out_dir={part}', '--init_from=resume')
     assert code == 0, err
+    assert f'resuming {part}/ckpt.pt at iter {stopped}' in out
     a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=False)
     b = torch.load(os.path.join(part, 'ckpt.pt'), weights_only=False)
     assert a['iter_num'] == b['iter_num'] == 600
     for k in a['model']:
         assert torch.equal(a['model'][k], b['model'][k]), k
-    iters = [r['iter'] for r in read_log(part, 'train')]
-    assert iters == sorted(set(iters))  # each logged step once, across the interruption
+    steps = lambda d: [(r['iter'], r['loss'], r['lr']) for r in read_log(d, 'train')]
+    evals = lambda d: [(r['iter'], r['val_loss'], r['val_acc']) for r in read_log(d, 'eval')]
+    assert [s[0] for s in steps(part)] == list(range(1, 601))  # each step once, the first part kept
+    assert steps(part) == steps(full) and evals(part) == evals(full)
+    assert [r['type'] for r in read_log(part)].count('config') == 1
 
 
+@pytest.mark.slow
+def test_second_signal_exits_at_once_without_saving(tmp_path):
+    out = tmp_path / 'run'
+    p = subprocess.Popen([sys.executable, 'train.py', *TINY_RUN, '--max_iters=1000000', '--eval_interval=1000000',
+                          f'--out_dir={out}'], cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and rows_written(out) < 5:  # config, eval 0, three steps: in the loop
+        time.sleep(0.01)
+    os.kill(p.pid, signal.SIGINT)  # two different signals, so the kernel cannot merge them into one
+    os.kill(p.pid, signal.SIGTERM)
+    stdout, err = p.communicate(timeout=60)
+    assert p.returncode == common.REQUEUE_EXIT, err
+    assert 'SIGINT: saving after this step' in stdout and 'second SIGTERM: exiting now, without saving' in stdout
+    assert 'saved ' not in stdout
+    assert common.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0  # the start's checkpoint, untouched
+
+
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path):
     empty = tmp_path / 'empty.txt'
     empty.write_text('')
     short = tmp_path / 'short.txt'
     short.write_text('just a few words')
+    binary = tmp_path / 'binary.txt'
+    binary.write_bytes(b'\x7fELF\x02\x01\x01\x00\x00\x00' * 50)
     bad_ids = tmp_path / 'bad.tok'
     common.write_tokens(str(bad_ids), np.array([1, 2, 150, 3] * 100), vocab_size=100, encoding='test')
     truncated = tmp_path / 'trunc.tok'
@@ -292,6 +813,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
              ([f'--data={tmp_path}/missing.txt'], 'not found'),
              ([f'--data={empty}'], 'empty'),
              ([f'--data={short}'], 'too short'),
+             ([f'--data={binary}'], 'NUL bytes'),
              ([f'--data={bad_ids}'], 'token id 150 ≥ vocab_size 100'),
              ([f'--data={truncated}'], 'truncated'),
              ([f'--data={raw}'], 'no GBTOKENS header'),
@@ -303,8 +825,10 @@ def test_bad_input_is_one_clear_line(tmp_path):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and 'Traceback' not in err and msg in lines[0], (args, err)
     assert not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
+    assert not [f for f in os.listdir(tmp_path) if '.tok' in f and f not in ('bad.tok', 'trunc.tok')]  # no cache left
 
 
+@pytest.mark.slow
 def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
     out = str(tmp_path / 'run')
     train_run(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=5, eval_interval=5)
@@ -314,30 +838,38 @@ def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
         assert code != 0 and len(err.strip().splitlines()) == 1, err
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
 
-# -----------------------------------------------------------------------------
-# checkpoints that survive preemption and bad data (issue 6): real processes, injected faults
 
-TINY_RUN = ['--vocab_size=64', '--n_embd=16', '--n_head=2', '--block_size=8', '--batch_size=8', '--warmup_iters=2',
-            '--eval_iters=1', '--log_interval=1']
-
-
+@pytest.mark.slow
 def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
-    out = str(tmp_path / 'run')  # a bigger model saved every step, so most of the time is spent writing
-    p = subprocess.Popen([sys.executable, 'train.py', '--vocab_size=8192', '--n_embd=128', '--n_head=2',
-                          '--block_size=8', '--batch_size=2', '--eval_interval=1', '--eval_iters=1',
-                          '--max_iters=10000', f'--out_dir={out}'], cwd=HERE, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=CHILD_ENV)
-    deadline = time.time() + 120
-    while time.time() < deadline and not os.path.exists(os.path.join(out, 'prev_ckpt.pt')):
-        time.sleep(0.01)
-    time.sleep(np.random.default_rng().uniform(0, 0.5))
-    p.kill()
-    p.wait()
-    ckpt = common.load_checkpoint(os.path.join(out, 'ckpt.pt'))  # verified: complete and unchanged
-    assert ckpt['iter_num'] >= 1
-    common.load_checkpoint(os.path.join(out, 'prev_ckpt.pt'))
+    """SIGKILL while a checkpoint is being written (seen by its temp file, which a killed process leaves behind):
+    ckpt.pt and prev_ckpt.pt are still complete and verified."""
+    rng = np.random.default_rng(20261201)  # a seeded schedule: the same pauses on every run
+    out = tmp_path / 'run'  # a bigger model saved every step, so most of the time is spent writing
+    args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2', '--eval_interval=1',
+            '--eval_iters=1', '--max_iters=100000', f'--out_dir={out}']
+    landed = None
+    for attempt in range(3):  # the temp file may be renamed between seeing it and the kill: then try again
+        p = subprocess.Popen([sys.executable, 'train.py', *args, *(['--init_from=resume'] if attempt else [])],
+                             cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
+        tmp = out / f'ckpt.pt.tmp{p.pid}'
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None and not (out / 'prev_ckpt.pt').exists():
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        while time.time() < deadline and p.poll() is None and not tmp.exists():
+            pass  # spin: a write lasts milliseconds
+        p.kill()
+        p.wait()
+        if tmp.exists():
+            landed = attempt
+            break
+    assert landed is not None, 'no kill landed while a checkpoint was being written'
+    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))  # verified: complete and unchanged
+    prev = common.load_checkpoint(str(out / 'prev_ckpt.pt'))
+    assert 1 <= prev['iter_num'] < ckpt['iter_num']
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
     out = tmp_path / 'run'
     assert run_train(*TINY_RUN, '--max_iters=4', '--eval_interval=2', f'--out_dir={out}')[0] == 0
@@ -359,6 +891,7 @@ def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
     assert common.load_checkpoint(str(ckpt))['iter_num'] == 6
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     tok_a, tok_b = str(tmp_path / 'a.tok'), str(tmp_path / 'b.tok')
     rng = np.random.default_rng(0)
@@ -389,6 +922,7 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     assert common.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / 'run'
     code, _, err = run_train(*TINY_RUN, '--learning_rate=1e30', '--warmup_iters=0', '--grad_clip=0',
@@ -401,6 +935,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert set(torch.load(out / 'nonfinite_batch.pt')) == {'x', 'y'}
 
 
+@pytest.mark.slow
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
     import resource
     out = tmp_path / 'run'
@@ -416,22 +951,23 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
     assert not [f for f in os.listdir(out) if '.tmp' in f]  # no half-written leftovers
 
 
+@pytest.mark.slow
 def test_save_checkpoints_false_writes_no_checkpoint(tmp_path):
     last = train_run(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=4, eval_interval=2,
-                        save_checkpoints=False)
+                     save_checkpoints=False)
     assert last['iter'] == 4 and read_log(tmp_path / 'run')[-1]['iter'] == 4
     assert not [f for f in os.listdir(tmp_path / 'run') if f.endswith('.pt')]
 
-
 # -----------------------------------------------------------------------------
-# measure.py
+# measure.py: r and c against a float64 QR, the live meter, the spectrum, the direction test, the sources
 
 
-def _qr_ratio(G, W):
-    """Reference r with P from a QR of W (full column rank), independent of measure.column_basis."""
-    Q, _ = torch.linalg.qr(W.detach().double())
-    G = G.double()
-    return ((G - G @ Q @ Q.T).norm() / G.norm()).item()
+def test_logit_grad_is_softmax_minus_onehot():
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(20, 30, generator=g) * 3, torch.randint(0, 30, (20,), generator=g)
+    G = measure.logit_grad(z, y)
+    torch.testing.assert_close(G, softmax_minus_onehot(z, y), rtol=1e-12, atol=1e-14)
+    assert G.dtype == torch.float64 and G.sum(1).abs().max() < 1e-12  # rows of G sum to 0
 
 
 def test_measure_cosine_is_sqrt_one_minus_r_squared():
@@ -442,7 +978,7 @@ def test_measure_cosine_is_sqrt_one_minus_r_squared():
         m = measure.destroyed_ratio(G, W)
         assert 0 < m['destroyed_ratio'] < 1
         assert abs(m['visible_cosine'] - math.sqrt(1 - m['destroyed_ratio'] ** 2)) < 1e-10
-        assert abs(m['destroyed_ratio'] - _qr_ratio(G, W)) < 1e-10
+        assert abs(m['destroyed_ratio'] - qr_ratio(G, W)) < 1e-10
 
 
 def test_measure_zero_when_G_lies_in_col_W():
@@ -452,6 +988,7 @@ def test_measure_zero_when_G_lies_in_col_W():
     assert measure.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
     live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert live['grad_destroyed'] < 1e-5 and abs(live['grad_cosine'] - 1) < 1e-10
+    assert live['visible_over_chance'] == pytest.approx(300 / 16, rel=1e-9)  # all of it visible: V/rank × chance
 
 
 @pytest.mark.parametrize('V,D,N', [(400, 40, 500), (1000, 10, 200), (256, 128, 100)])
@@ -465,6 +1002,26 @@ def test_measure_random_subspace_baseline(V, D, N):
         assert abs(r ** 2 - (1 - D / V)) < 5 * std, (r ** 2, 1 - D / V, std)
 
 
+def test_measure_visible_over_chance_is_one_for_random_subspaces():
+    """c²·V/rank(W): for a fixed G and W's column space uniformly random of dimension k, E[‖P g‖²] = (k/V)‖g‖², so
+    the mean over random rank-k heads is 1 (k = 8 < D = 32: the rank counts, not D). Tolerance: 5 standard errors."""
+    g = torch.Generator().manual_seed(0)
+    V, D, k, n = 512, 32, 8, 24
+    Z, y = torch.randn(256, V, generator=g) * 2, torch.randint(0, V, (256,), generator=g)
+    G = softmax_minus_onehot(Z, y)
+    live = []
+    for _ in range(n):
+        W = torch.randn(V, k, generator=g) @ torch.randn(k, D, generator=g)  # rank k
+        live.append(measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), V)['visible_over_chance'])
+        r = qr_ratio(G, torch.linalg.svd(W.double(), full_matrices=False)[0][:, :k])
+        assert live[-1] == pytest.approx((1 - r ** 2) * V / k, rel=1e-5)
+    m = measure.measure(torch.randn(64, D, generator=g), torch.randint(0, V, (64,), generator=g), W,
+                        spectrum_tokens=0, direction_tokens=0)
+    assert m['rank_W'] == k and m['visible_over_chance'] == pytest.approx(m['visible_cosine'] ** 2 * V / k, rel=1e-9)
+    mean, se = np.mean(live), np.std(live, ddof=1) / math.sqrt(n)
+    assert abs(mean - 1) < 5 * se and se < 0.05, (mean, se)
+
+
 LIVE_HEADS = [('linear', None), ('tied', None), ('wide', None), ('wide', 48), ('narrow', None), ('narrow', 1), ('narrow', 7)]
 
 
@@ -473,16 +1030,17 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     torch.manual_seed(0)
     model = GPT(tiny(head, head_rank=rank, vocab_size=300))  # padded to 320: padded rows must be excluded
     W = model.lm_head.effective_weight()
-    # QR of a matrix with W's column space: W itself, or B for W = B·A (A has full row rank when r ≤ D)
-    basis = model.lm_head.B[:300] if head in FACTORIZED and model.lm_head.rank < 32 else W
+    basis = col_basis(model.lm_head)
     idx, y = torch.randint(0, 300, (4, 8)), torch.randint(0, 300, (4, 8))
     logits, loss = model(idx, y)
-    ref = _qr_ratio(measure.logit_grad(logits.detach().reshape(-1, 300), y.reshape(-1)), basis)
-    assert abs(measure.destroyed_ratio(measure.logit_grad(logits.detach().reshape(-1, 300), y.reshape(-1)), W)
-               ['destroyed_ratio'] / ref - 1) < 1e-9
+    G = softmax_minus_onehot(logits, y)
+    ref = qr_ratio(G, basis)
+    assert abs(measure.destroyed_ratio(G, W)['destroyed_ratio'] / ref - 1) < 1e-9
     live = measure.live_meter(logits, y, W)  # the eval path: Σp² − 2p_y + 1 and P·W − W[y]
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5
     assert abs(live['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
+    k = min(getattr(model.lm_head, 'rank', 32), 32)
+    assert live['visible_over_chance'] == pytest.approx((1 - ref ** 2) * 300 / k, rel=1e-4)
     meter = measure.StepMeter(model.lm_head)  # the per-step path: the naive loss fills the meter's dict
     logits, loss = model(idx, y, stats=meter.stats)
     (loss * 7.0).backward()
@@ -493,13 +1051,53 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     with torch.no_grad():
         model(idx, y)
     assert meter.read() is None  # no gradient, no reading
-    if 'stats' in GPT.forward.__code__.co_varnames:  # the fused loss fills the meter's dict instead of hooks
-        model.zero_grad()
-        _, loss = model(idx, y, loss='fused', stats=meter.stats)
-        loss.backward()
-        fused = meter.read()
-        assert abs(fused['grad_destroyed'] / ref - 1) < 1e-5
-        assert abs(fused['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
+    model.zero_grad()  # the fused loss fills it from its own loop
+    _, loss = model(idx, y, loss='fused', stats=meter.stats)
+    loss.backward()
+    fused = meter.read()
+    assert abs(fused['grad_destroyed'] / ref - 1) < 1e-5
+    assert abs(fused['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
+
+
+def test_measure_meters_ignore_targets_of_minus_one():
+    """Tokens whose target is −1 are in no meter: not in live_meter (eval), not in the step meter's stats from either
+    loss (their rows are 0), so each reads the QR reference on the other tokens."""
+    torch.manual_seed(0)
+    model = GPT(tiny('linear', vocab_size=50))
+    idx, y = torch.randint(0, 50, (3, 8)), torch.randint(0, 50, (3, 8))
+    y[0, :3], y[2, 5] = -1, -1
+    keep = y.reshape(-1) >= 0
+    with torch.no_grad():
+        logits = model(idx)[0]
+    W = model.lm_head.effective_weight()
+    ref = qr_ratio(softmax_minus_onehot(logits.reshape(-1, 50)[keep], y.reshape(-1)[keep]), W)
+    assert abs(measure.live_meter(logits, y, W)['grad_destroyed'] / ref - 1) < 1e-5
+    for kind in ('naive', 'fused'):
+        meter = measure.StepMeter(model.lm_head)
+        model(idx, y, loss=kind, stats=meter.stats)[1].backward()
+        assert meter.stats['gsq'][~keep].abs().max() == 0 and meter.stats['gW'][~keep].abs().max() == 0, kind
+        assert abs(meter.read()['grad_destroyed'] / ref - 1) < 1e-5, kind
+
+
+def test_measure_live_meter_on_positions_after_the_first():
+    """SpamLang's meter on positions ≥ 1 is the QR reference on those rows only. Hand-built so that the two kinds of
+    rows differ: W spans the batch's symbols (one-hot columns); positions ≥ 1 favour their symbol and put little mass
+    outside the batch, position 0 is a uniform guess."""
+    V, D = 64, 16
+    x, y = spamlang.get_batch(12, 8, V, spamlang.make_generator(0))
+    symbols = y[:, 0].unique()
+    k = len(symbols)                                  # ≤ 12 < D: W has rank k
+    W = torch.zeros(V, D)
+    W[symbols, torch.arange(k)] = 1.0
+    outside = torch.ones(V)
+    outside[symbols] = 0.0
+    logits = torch.zeros(12, 8, V)
+    logits[:, 1:] += 4 * F.one_hot(y[:, 1:], V) - outside
+    rest = measure.live_meter(logits[:, 1:], y[:, 1:], W)['grad_destroyed']
+    ref = qr_ratio(softmax_minus_onehot(logits[:, 1:], y[:, 1:]), W[:, :k])
+    assert abs(rest / ref - 1) < 1e-5, (rest, ref)
+    whole = qr_ratio(softmax_minus_onehot(logits, y), W[:, :k])
+    assert abs(rest / whole - 1) > 0.05, (rest, whole)  # position 0's rows would change it
 
 
 @pytest.mark.parametrize('cond', [1.0, 30.0, 1e3, 1e5, float('inf')])
@@ -516,6 +1114,7 @@ def test_measure_live_factor_on_ill_conditioned_and_singular_W(cond):
     ref = ((G - G @ Q @ Q.T).norm() / G.norm()).item()
     live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5, (live, ref)
+    assert measure.head_factor(W).size(1) == (D if math.isfinite(cond) else D - 5)  # the rank it counts
 
 
 @pytest.mark.parametrize('head', ['linear', 'narrow'])
@@ -527,8 +1126,7 @@ def test_measure_realizable_logit_update_has_rank_at_most_2D(head):
     h = model.hidden(idx)
     h.retain_grad()
     logits = model.lm_head(h)
-    F_ = torch.nn.functional
-    F_.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction='sum').backward()
+    F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction='sum').backward()
     H, dH = h.detach().reshape(-1, D), h.grad.reshape(-1, D)
     lm = model.lm_head
     W = lm.effective_weight().detach()
@@ -538,7 +1136,7 @@ def test_measure_realizable_logit_update_has_rank_at_most_2D(head):
         dW = lm.B.grad[:V] @ lm.A.detach() + lm.B.detach()[:V] @ lm.A.grad
     H, dH, W, dW = H.double(), dH.double(), W.double(), dW.double()  # fp64 products: rank is exact
     M = dH @ W.T + H @ dW.T  # (N, V): the logit change of a joint gradient step
-    G = measure.logit_grad(logits.detach().reshape(-1, V), y.reshape(-1))
+    G = softmax_minus_onehot(logits, y)
     torch.testing.assert_close(dH, G @ W, rtol=1e-4, atol=1e-6)  # autograd's ∇h is G·W
     assert torch.linalg.matrix_rank(M).item() <= 2 * D
     assert torch.linalg.matrix_rank(G).item() > 2 * D  # so the bound bites
@@ -552,12 +1150,12 @@ def test_measure_spectrum_rank_and_gram_paths():
     sig2 = measure.spectrum(H, y, W, chunk=64)  # N > V: GᵀG
     s = measure.spectrum_stats(sig2, D)
     assert s['numerical_rank'] == V - 1  # rows of G sum to 0: rank ≤ V − 1, and reached here
-    G = measure.logit_grad(H @ W.T, y)
+    G = softmax_minus_onehot(H @ W.T, y)
     torch.testing.assert_close(sig2[:V], torch.linalg.svdvals(G).pow(2), rtol=1e-9, atol=1e-12)
     W2 = torch.randn(50, D, generator=g)
     y2 = torch.randint(0, 50, (30,), generator=g)
     sig2 = measure.spectrum(H[:30], y2, W2, chunk=8)  # N ≤ V: the N×N Gram, assembled from 4×4 blocks
-    torch.testing.assert_close(sig2, torch.linalg.svdvals(measure.logit_grad(H[:30] @ W2.T, y2)).pow(2),
+    torch.testing.assert_close(sig2, torch.linalg.svdvals(softmax_minus_onehot(H[:30] @ W2.T, y2)).pow(2),
                                rtol=1e-5, atol=1e-9)  # fp32 logits, summed in another order
     s = measure.spectrum_stats(sig2, 4, top_k=10)
     energy = sig2.cumsum(0) / sig2.sum()
@@ -565,24 +1163,202 @@ def test_measure_spectrum_rank_and_gram_paths():
     assert energy[s['components_0.7'] - 1] >= 0.7 > energy[s['components_0.7'] - 2]
 
 
-def test_measure_direction_test_matches_brute_force():
+def test_measure_eckart_young_floor_at_twice_the_head_rank():
+    """The energy of G beyond its top k = 2·rank(W) components: out of reach of any first-order update of the hidden
+    states and a head of that rank. A hand-built spectrum, then a rank-3 head (D = 16) through measure()."""
+    s = measure.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
+    assert s['ey_k'] == 2 and s['ey_floor'] == pytest.approx(4 / 16, abs=1e-15)
+    assert (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k']) == pytest.approx((8 / 16, 12 / 16, 14 / 16))
+    assert (s['components_0.7'], s['components_0.99'], s['components_0.999']) == (2, 5, 5)
+    assert s['numerical_rank'] == 5
+    p = torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0]).sqrt() / torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0]).sqrt().sum()
+    assert s['effective_rank'] == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    V, D, r, N = 120, 16, 3, 90
+    W = torch.randn(V, r, generator=g) @ torch.randn(r, D, generator=g)
+    H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
+    m = measure.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0)
+    sig2 = torch.linalg.svdvals(softmax_minus_onehot(H @ W.T, y)).pow(2)
+    assert m['rank_W'] == r and m['ey_k'] == 2 * r
+    assert m['ey_floor'] == pytest.approx(1 - (sig2[:2 * r].sum() / sig2.sum()).item(), abs=1e-6)
+
+
+def direction_ref(H, y, W, step, factors=None):
+    """Loss decreases of the three equal-norm logit steps, by brute force in float64 from the fp32 logits H·Wᵀ that
+    measure.py starts from: the head's step is the first-order change of W under a gradient step of the mean loss on
+    the head's own parameters (W, or B and A), from autograd."""
+    N = len(H)
+    Hd, Wd = H.double(), W.double()
+    Z = (H @ W.T).double()
+    if factors is None:
+        Wp = Wd.clone().requires_grad_()
+        params, W_of = (Wp,), lambda eta, g: Wp - eta * g[0]
+    else:
+        B, A = (f.detach().double().requires_grad_() for f in factors)
+        params, W_of = (B, A), lambda eta, g: (B - eta * g[0]) @ (A - eta * g[1])
+    W0 = W_of(0, (0, 0))
+    loss = F.cross_entropy(Z + Hd @ (W0 - W0.detach()).T, y)  # the mean loss, its gradient taken at Z
+    grads = torch.autograd.grad(loss, params)
+    dW = -torch.func.jvp(lambda eta: W_of(eta, grads), (torch.zeros((), dtype=torch.float64),),
+                         (torch.ones((), dtype=torch.float64),))[1]  # (V, D)
+    G = softmax_minus_onehot(Z, y)
+    uH = G @ Wd @ Wd.T
+    dirs = {'G': G, 'H': uH, 'HW': uH + Hd @ dW.T}
+    ce = lambda z: F.cross_entropy(z, y).item()
+    return {name: ce(Z) - ce(Z - step * math.sqrt(N) * u / u.norm()) for name, u in dirs.items()}
+
+
+@pytest.mark.parametrize('factorized', [False, True])
+def test_measure_direction_test_matches_brute_force(factorized):
     g = torch.Generator().manual_seed(0)
     V, D, N = 60, 6, 40
-    W, H = torch.randn(V, D, generator=g), torch.randn(N, D, generator=g)
-    y = torch.randint(0, V, (N,), generator=g)
-    rows = measure.direction_test(H, y, W, chunk=16, step_sizes=(0.01, 1.0))
-    Wd, Hd = W.double(), H.double()
-    Z = Hd @ Wd.T
-    G = measure.logit_grad(Z, y)
-    uH = G @ Wd @ Wd.T
-    dirs = {'G': G, 'H': uH, 'HW': uH + Hd @ (G.T @ Hd / N).T}  # the head's step of the mean loss
-    loss = lambda z: torch.nn.functional.cross_entropy(z, y).item()
+    H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
+    factors = (torch.randn(V, 3, generator=g), torch.randn(3, D, generator=g)) if factorized else None
+    W = factors[0] @ factors[1] if factorized else torch.randn(V, D, generator=g)
+    rows = measure.direction_test(H, y, W, chunk=16, step_sizes=(0.01, 1.0), factors=factors)
     for row in rows:
-        for name, u in dirs.items():
-            dec = loss(Z) - loss(Z - row['step'] * math.sqrt(N) * u / u.norm())
-            assert abs(row[f'decrease_{name}'] - dec) < 1e-9 * max(1, abs(dec))
+        ref = direction_ref(H, y, W, row['step'], factors)
+        for name, dec in ref.items():
+            assert abs(row[f'decrease_{name}'] - dec) < 1e-9 * max(1, abs(dec)), (name, row, ref)
+        assert row['ratio_hidden'] == row['decrease_H'] / row['decrease_G']
+        assert row['ratio_hidden_head'] == row['decrease_HW'] / row['decrease_G']
     assert rows[0]['decrease_G'] > rows[0]['decrease_H'] > 0  # the direct gradient is steepest to first order
-    assert rows[0]['decrease_G'] > rows[0]['decrease_HW'] > 0
+    assert rows[0]['decrease_G'] > rows[0]['decrease_HW'] > rows[0]['decrease_H']  # the head's step adds to it
+
+
+def test_measure_head_update_is_each_heads_own_step():
+    """For W = B·A, a gradient step on B and A changes W by −η·(S Aᵀ A + B Bᵀ S) to first order (S = ∂L/∂W): the
+    derivative of (B − η ∂L/∂B)(A − η ∂L/∂A) at η = 0, from autograd. For a plain head, S itself."""
+    g = torch.Generator().manual_seed(0)
+    V, D, r = 30, 8, 3
+    B = torch.randn(V, r, generator=g, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(r, D, generator=g, dtype=torch.float64, requires_grad=True)
+    S = torch.randn(V, D, generator=g, dtype=torch.float64)
+    gB, gA = torch.autograd.grad((S * (B @ A)).sum(), (B, A))  # a loss whose ∂L/∂W is S
+    step = lambda eta: (B - eta * gB) @ (A - eta * gA)
+    _, dW = torch.func.jvp(step, (torch.zeros((), dtype=torch.float64),), (torch.ones((), dtype=torch.float64),))
+    torch.testing.assert_close(measure.head_update(S, (B.detach(), A.detach())), -dW, rtol=1e-12, atol=1e-12)
+    assert measure.head_update(S) is S
+    model = GPT(tiny('narrow', head_rank=3))
+    B_, A_ = measure.head_factors(model.lm_head)
+    assert B_.shape == (100, 3) and torch.equal(B_ @ A_, model.lm_head.effective_weight())  # real rows only
+    assert measure.head_factors(GPT(tiny('linear')).lm_head) is None
+
+
+def test_measure_hidden_direction_does_not_depend_on_N():
+    """ratio_hidden (each token's own hidden-state step) at N = 1,024 and 4,096 tokens of the same fresh-init SpamLang
+    model agrees within 2%, about 5× the spread between disjoint batches of 1,024 (measured 0.2446 vs 0.2454)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, n_embd=32, n_layer=1, n_head=2, block_size=8)).eval()
+    x, y = spamlang.get_batch(512, 8, 512, spamlang.make_generator(1))  # 128 sequences per 1,024 tokens
+    with torch.no_grad():
+        H = model.hidden(x).reshape(-1, 32)
+    W, Y = model.lm_head.effective_weight().detach(), y.reshape(-1)
+    ratio = {n: measure.direction_test(H[:n], Y[:n], W, step_sizes=(1e-3,))[0] for n in (1024, 4096)}
+    assert abs(ratio[4096]['ratio_hidden'] / ratio[1024]['ratio_hidden'] - 1) < 0.02, ratio
+    # the head's share is one shared update, so it does depend on N, as the docstring says (measured 0.299 vs 0.231)
+    assert ratio[1024]['ratio_hidden_head'] > 1.15 * ratio[4096]['ratio_hidden_head'], ratio
+
+
+def test_measure_with_an_output_bias():
+    """An output bias (some HF heads have one) enters the logits, G, r, the spectrum and the direction test."""
+    g = torch.Generator().manual_seed(0)
+    V, D, N = 80, 8, 200
+    W, b = torch.randn(V, D, generator=g) * 0.5, torch.randn(V, generator=g) * 2
+    H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
+    m = measure.measure(H, y, W, bias=b, chunk=64, spectrum_tokens=N, direction_tokens=50)
+    Z = H @ W.T + b
+    G = softmax_minus_onehot(Z, y)
+    assert m['loss'] == pytest.approx(cross_entropy_ref(Z, y).mean().item(), rel=1e-6)
+    assert m['destroyed_ratio'] == pytest.approx(qr_ratio(G, W), rel=1e-9)
+    sig2 = torch.linalg.svdvals(G).pow(2)
+    assert m['ey_floor'] == pytest.approx(1 - (sig2[:2 * D].sum() / sig2.sum()).item(), abs=1e-9)
+    Zd, Gd = Z[:50].double(), G[:50]
+    u = Gd @ W.double() @ W.double().T
+    ce = lambda z: F.cross_entropy(z, y[:50]).item()
+    dec_H = ce(Zd) - ce(Zd - 1e-3 * math.sqrt(50) * u / u.norm())
+    assert m['direction']['steps'][0]['decrease_H'] == pytest.approx(dec_H, rel=1e-6)
+    plain = measure.measure(H, y, W, spectrum_tokens=0, direction_tokens=0)
+    assert abs(plain['destroyed_ratio'] - m['destroyed_ratio']) > 1e-3  # the bias mattered
+
+
+def save_ckpt_like_train(path, model, iter_num=7, **config):
+    """A checkpoint as train.py writes it (model, config, iteration), for measure.py's --ckpt."""
+    cfg = {**{k: getattr(model.config, k) for k in common.MODEL_KEYS}, 'data': 'spamlang', 'encoding': 'cl100k_base',
+           **config}
+    common.save_checkpoint(str(path), dict(model=model.state_dict(), config=cfg, iter_num=iter_num))
+
+
+def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(tiny('narrow', head_rank=3, vocab_size=90))
+    ckpt = tmp_path / 'ckpt.pt'
+    save_ckpt_like_train(ckpt, model)
+    c = measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4'])
+    H, Y, W, bias, factors, desc = measure.source_ckpt(c, 'cpu')
+    assert 'iter 7' in desc and 'narrow' in desc and bias is None and factors[0].shape == (90, 3)
+    torch.testing.assert_close(W, model.lm_head.effective_weight())
+    m = measure.main([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4', '--spectrum_tokens=0',
+                      '--direction_tokens=0'])
+    ref = qr_ratio(softmax_minus_onehot(H[:100] @ W.detach().T, Y[:100]), col_basis(model.lm_head))
+    assert m['rank_W'] == 3 and m['destroyed_ratio'] == pytest.approx(ref, rel=1e-9)
+    other = tmp_path / 'v50.tok'
+    common.write_tokens(str(other), np.arange(500) % 50, vocab_size=50, encoding='enc')
+    for args, msg in [([f'--ckpt={ckpt}', '--block_size=64'], 'exceeds the checkpoint'),
+                      ([f'--ckpt={ckpt}', f'--data={other}'], 'V = 50 but the checkpoint'),
+                      ([f'--ckpt={ckpt}', f'--json={tmp_path}/no/such/m.json'], 'not a writable file path'),
+                      ([f'--ckpt={ckpt}', f'--plot={tmp_path}'], 'not a writable file path'),
+                      ([f'--ckpt={ckpt}', '--n_tokens=0'], 'must be positive'),
+                      ([f'--ckpt={ckpt}', '--dtype=float16'], 'must be one of float64, float32')]:
+        with pytest.raises(ConfigError, match=msg):
+            measure.main(args)
+
+
+def test_measure_refuses_a_head_that_is_not_linear():
+    """hf_hidden checks the model's own logits against H·Wᵀ (+ b): a softcapped head is refused."""
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(40, 8, generator=g), torch.randn(40, generator=g)
+    H = torch.randn(2, 5, 8, generator=g) * 3
+
+    def fake(cap):
+        def model(x, output_hidden_states=True, logits_to_keep=None):
+            z = H @ W.T + b
+            return SimpleNamespace(hidden_states=[H], logits=cap * torch.tanh(z / cap) if cap else z)
+        return model
+    assert torch.equal(measure.hf_hidden(fake(None), None, W, b), H)
+    with pytest.raises(ConfigError, match='unsupported head'):
+        measure.hf_hidden(fake(30.0), None, W, b)
+    with pytest.raises(ConfigError, match='unsupported head'):
+        measure.hf_hidden(fake(None), None, W, None)  # the bias left out
+
+
+def test_measure_bad_input_in_process(tmp_path):
+    garbage = tmp_path / 'bad.pt'
+    garbage.write_bytes(b'not a checkpoint')
+    nanogpt = tmp_path / 'nanogpt.pt'
+    torch.save({'model_args': {}, 'iter_num': 3}, nanogpt)  # another project's checkpoint
+    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'), ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
+                      ([f'--ckpt={tmp_path}'], 'is a folder'),
+                      (['--init', '--nope=1'], 'unknown option --nope'),
+                      ([], 'exactly one of'),
+                      (['--init', '--hf=gpt2'], 'exactly one of'),
+                      (['--init', '--head=mlp'], 'unknown head'),
+                      (['--init', '--n_tokens=lots'], 'expects int'),
+                      (['--init', '--data=/nonexistent.txt'], 'not found')]:
+        with pytest.raises(ConfigError, match=msg):
+            measure.main(args)
+
+
+@pytest.mark.slow
+def test_measure_bad_input_is_one_clear_line(tmp_path):
+    # the command line: one line on stderr, no traceback, exit status 1; --hf without transformers installed
+    no_tf = ("import sys, runpy; sys.modules['transformers'] = None; sys.argv = ['measure.py', '--hf=gpt2']; "
+             "runpy.run_path('measure.py', run_name='__main__')")
+    for args, msg in [(['measure.py', f'--ckpt={tmp_path}/missing.pt'], 'not found'),
+                      (['-c', no_tf], 'needs the transformers package')]:
+        p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
 
 
 def test_measure_destroyed_grows_as_head_rank_shrinks():
@@ -593,13 +1369,15 @@ def test_measure_destroyed_grows_as_head_rank_shrinks():
                           '--n_layer=1', '--n_tokens=1024', '--spectrum_tokens=0', '--direction_tokens=0'])
         assert m['rank_W'] == rank and m['D'] == D and m['V'] == V
         assert abs(m['destroyed_ratio'] - m['random_baseline']) < 0.02  # at init: a random rank-r subspace
+        assert m['random_baseline'] == pytest.approx(math.sqrt(1 - rank / V), rel=1e-12)
         ratios.append(m['destroyed_ratio'])
     assert ratios == sorted(ratios) and ratios[-1] - ratios[0] > 0.05, ratios
 
 
+@pytest.mark.slow
 def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
     train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30, eval_interval=30,
-                 eval_iters=1)
+              eval_iters=1)
     ckpt = str(tmp_path / 'run' / 'ckpt.pt')
     out = tmp_path / 'm.json'
     m = measure.main([f'--ckpt={ckpt}', '--n_tokens=300', '--batch_size=8', '--chunk=64', '--top_k=20',
@@ -617,7 +1395,7 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
     # the same tokens, from the checkpoint's model by hand: the QR reference; and chunking changes nothing
     H, Y, W, _, _, _ = measure.source_ckpt(measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
     H, Y = H[:300], Y[:300]
-    ref = _qr_ratio(measure.logit_grad(H @ W.detach().T, Y), W)
+    ref = qr_ratio(softmax_minus_onehot(H @ W.detach().T, Y), W)
     assert abs(m['destroyed_ratio'] / ref - 1) < 1e-9
     m7 = measure.measure(H, Y, W, chunk=7, spectrum_tokens=100, direction_tokens=50)
     m300 = measure.measure(H, Y, W, chunk=300, spectrum_tokens=100, direction_tokens=50)
@@ -627,32 +1405,11 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
 
 
 def test_measure_plot(tmp_path):
-    pytest.importorskip('matplotlib')
     measure.main(['--init', '--n_tokens=256', '--direction_tokens=0', f'--plot={tmp_path}/e.png'])
     assert (tmp_path / 'e.png').stat().st_size > 1000
 
 
-def test_measure_live_meter_in_train_log(tmp_path):
-    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20, eval_interval=10,
-                 eval_iters=1, log_interval=5, meter_every_step=True)
-    log = read_log(tmp_path / 'run')
-    evals = [r for r in log if r['type'] == 'eval']
-    steps = [r for r in log if r['type'] in ('train', 'meter')]
-    assert [r['iter'] for r in evals] == [0, 10, 20]
-    assert [r['iter'] for r in steps] == list(range(1, 21))  # every step metered
-    for r in evals + steps:
-        assert 0 < r['grad_destroyed'] < 1 and abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
-    assert 'loss' in steps[4] and 'loss' not in steps[0]  # log_interval steps keep their full record
-    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4, eval_interval=4,
-                 eval_iters=1, log_interval=2)
-    log = read_log(tmp_path / 'plain')
-    assert all('grad_destroyed' in r for r in log if r['type'] == 'eval')  # evals always carry the meter
-    assert not any('grad_destroyed' in r for r in log if r['type'] == 'train')  # steps only when asked
-
-
 def _tiny_hf(path, arch):
-    transformers = pytest.importorskip('transformers')
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     text = ' '.join(['the head of a language model passes back only part of the gradient to its body'] * 40)
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
@@ -680,6 +1437,7 @@ def _tiny_hf(path, arch):
     return tok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', ['gpt2', 'gpt_neox'])
 def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
@@ -700,7 +1458,7 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
         logits = model(xs).logits[..., :len(tok)].reshape(-1, len(tok))  # the model's own logits
     assert torch.equal(Y, ys.reshape(-1))
     torch.testing.assert_close(H @ W.detach().T, logits, rtol=1e-4, atol=1e-4)  # final norm respected
-    ref = _qr_ratio(measure.logit_grad(logits, Y), W)
+    ref = qr_ratio(softmax_minus_onehot(logits, Y), W)
     code = subprocess.run([sys.executable, 'measure.py', f'--hf={tmp_path}', f'--data={tmp_path}/text.txt',
                            '--block_size=32', '--n_tokens=256', '--batch_size=4', '--spectrum_tokens=128',
                            '--direction_tokens=64', f'--json={tmp_path}/m.json'], cwd=HERE, capture_output=True,
@@ -711,34 +1469,8 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     assert abs(res['destroyed_ratio'] / ref - 1) < 1e-6, (res['destroyed_ratio'], ref)
     assert ('untied' in res['source']) == (arch != 'gpt2')
 
-
-def test_measure_bad_input_is_one_clear_line(tmp_path):
-    garbage = tmp_path / 'bad.pt'
-    garbage.write_bytes(b'not a checkpoint')
-    nanogpt = tmp_path / 'nanogpt.pt'
-    torch.save({'model_args': {}, 'iter_num': 3}, nanogpt)  # another project's checkpoint
-    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'), ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
-                      ([f'--ckpt={tmp_path}'], 'is a folder'),
-                      (['--init', '--nope=1'], 'unknown option --nope'),
-                      ([], 'exactly one of'),
-                      (['--init', '--hf=gpt2'], 'exactly one of'),
-                      (['--init', '--head=mlp'], 'unknown head'),
-                      (['--init', '--n_tokens=lots'], 'expects int'),
-                      (['--init', '--data=/nonexistent.txt'], 'not found')]:
-        with pytest.raises(ConfigError, match=msg):
-            measure.main(args)
-    # the command line: one line on stderr, no traceback, exit status 1; --hf without transformers installed
-    no_tf = ("import sys, runpy; sys.modules['transformers'] = None; sys.argv = ['measure.py', '--hf=gpt2']; "
-             "runpy.run_path('measure.py', run_name='__main__')")
-    for args, msg in [(['measure.py', f'--ckpt={tmp_path}/missing.pt'], 'not found'),
-                      (['-c', no_tf], 'needs the transformers package')]:
-        p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode == 1 and len(lines) == 1 and 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
-
 # -----------------------------------------------------------------------------
-# the fused loss, compile, DDP
-
+# the fused loss, autocast (bf16, fp16 with a GradScaler), compile, DDP
 
 
 def _naive_vs_fused(model, idx, y, chunk):
@@ -771,7 +1503,7 @@ def test_fused_loss_matches_naive_every_head(head, rank):
     torch.testing.assert_close(model(idx, y, loss='fused')[1], ln, rtol=1e-6, atol=1e-6)
 
 
-def test_fused_loss_function_gradients_and_bf16():
+def test_fused_loss_function_gradients_and_bf16_inputs():
     torch.manual_seed(0)
     N, V, D = 37, 300, 16
     h = torch.randn(N, D, requires_grad=True)
@@ -786,20 +1518,97 @@ def test_fused_loss_function_gradients_and_bf16():
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(gh, 2.5 * dh, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(gW, 2.5 * dW, rtol=1e-5, atol=1e-7)
-    # bf16 inputs, and fp32 inputs under bf16 autocast: bf16 matmuls, fp32 softmax, as on the naive path
+    # bf16 inputs (no autocast): bf16 matmuls, fp32 softmax and loss, as on the naive path with bf16 logits
     hb, Wb = h.detach().bfloat16().requires_grad_(), W.detach().bfloat16().requires_grad_()
     loss = fused_linear_cross_entropy(hb, Wb, y, chunk_size=8)
     gh, gW = torch.autograd.grad(loss, (hb, Wb))
     assert gh.dtype == gW.dtype == torch.bfloat16 and loss.dtype == torch.float32
     ref_b = F.cross_entropy((hb @ Wb.T).float(), y, ignore_index=-1)
     rh, rW = torch.autograd.grad(ref_b, (hb, Wb))
-    torch.testing.assert_close(loss, ref_b, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(gh.float(), rh.float(), rtol=2e-2, atol=2e-3)
-    torch.testing.assert_close(gW.float(), rW.float(), rtol=2e-2, atol=2e-3)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        loss_ac = fused_linear_cross_entropy(h, W, y, chunk_size=8)
-    torch.testing.assert_close(loss_ac, ref, rtol=2e-2, atol=2e-2)
-    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss_ac, (h, W)))
+    eps = torch.finfo(torch.bfloat16).eps
+    assert abs(loss.item() - ref_b.item()) <= 1e-6 * ref_b.item()  # the same bf16 logits: fp32 sums apart
+    assert rel_err(gh, rh) < 2 * eps and rel_err(gW, rW) < 2 * eps
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
+    """Under autocast the fused loss computes the logits (and G·W, Gᵀh) in the autocast dtype, as the naive path does:
+    its loss equals the naive path's to fp32 rounding (which differs from the fp32 loss by the rounding of the logits,
+    at this seed 10-100× more); its gradients agree with the naive path's within the dtype's epsilon and differ from
+    fp32's by a fraction of it (a norm over many entries: no cancellation by chance)."""
+    g = torch.Generator().manual_seed(0)
+    N, V, D = 64, 500, 32
+    h = torch.randn(N, D, generator=g).requires_grad_()
+    W = (torch.randn(V, D, generator=g) * 0.5).requires_grad_()  # logits of std ≈ 3: rounding shows in the loss
+    y = torch.randint(0, V, (N,), generator=g)
+    loss32 = fused_linear_cross_entropy(h, W, y, chunk_size=16)
+    g32 = torch.autograd.grad(loss32, (h, W))
+    with torch.autocast('cpu', dtype=dtype):
+        loss = fused_linear_cross_entropy(h, W, y, chunk_size=16)
+        naive = F.cross_entropy(F.linear(h, W).float(), y)
+    assert loss.dtype == torch.float32
+    gf, gn = torch.autograd.grad(loss, (h, W)), torch.autograd.grad(naive, (h, W))
+    eps, eps32 = torch.finfo(dtype).eps, torch.finfo(torch.float32).eps
+    assert abs(naive.item() - loss32.item()) > 8 * eps32 * loss32.item()  # the rounded logits show in the loss
+    assert abs(loss.item() - naive.item()) <= 8 * eps32 * naive.item(), (loss.item(), naive.item(), loss32.item())
+    for a, b, c in zip(gf, gn, g32):
+        assert rel_err(a, b) < 2 * eps, rel_err(a, b)          # the naive path's rounding, within a few roundings
+        assert rel_err(a, c) > 0.05 * eps, rel_err(a, c)       # not fp32 (rounding of a 16-bit dtype leaves ~eps/4)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('head', list(HEADS))
+def test_autocast_every_head_naive_and_fused(head, dtype):
+    """A training step's loss and gradients under CPU autocast (fp16 with a GradScaler, as train.py does): finite,
+    the fused path within 2·eps (norm-wise) of the naive one, both within 2·eps of fp32; no step skipped."""
+    torch.manual_seed(0)
+    model = GPT(tiny(head, vocab_size=300, block_size=16, head_rank=4 if head in FACTORIZED else None))
+    idx, y = torch.randint(0, 300, (4, 16)), torch.randint(0, 300, (4, 16))
+    y[0, :3] = -1
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def step(loss_kind, ac_dtype):
+        model.zero_grad(set_to_none=True)
+        scaler = torch.amp.GradScaler('cpu', enabled=ac_dtype == torch.float16)
+        ctx = torch.autocast('cpu', dtype=ac_dtype) if ac_dtype else torch.autocast('cpu', enabled=False)
+        with ctx:
+            _, loss = model(idx, y, loss=loss_kind)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        scaler.step(opt)  # lr 0: the weights stay; a found inf would skip the step and halve the scale
+        scale = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.update()
+        assert scale is None or scaler.get_scale() == scale == 65536.0
+        return loss.detach(), grads
+
+    l32, g32 = step('naive', None)
+    ln, gn = step('naive', dtype)
+    lf, gf = step('fused', dtype)
+    eps = torch.finfo(dtype).eps
+    assert torch.isfinite(gn).all() and torch.isfinite(gf).all() and torch.isfinite(lf)
+    assert rel_err(gf, gn) < 2 * eps and rel_err(gn, g32) < 2 * eps and rel_err(gf, g32) < 2 * eps
+    assert abs(lf - ln) < 2 * eps * ln and abs(ln - l32) < 2 * eps * l32
+
+
+def test_fused_backward_with_a_grad_scaler_scale_stays_finite_in_fp16():
+    """GradScaler's first scale is 65,536, which is not an fp16 number (the largest is 65,504): the backward must
+    scale in fp32, then cast. Finite gradients that, unscaled, match fp32 within fp16's epsilon."""
+    g = torch.Generator().manual_seed(0)
+    N, V, D = 48, 400, 32
+    h = torch.randn(N, D, generator=g).requires_grad_()
+    W = (torch.randn(V, D, generator=g) * 0.1).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g)
+    ref = torch.autograd.grad(fused_linear_cross_entropy(h, W, y), (h, W))
+    with torch.autocast('cpu', dtype=torch.float16):
+        loss = fused_linear_cross_entropy(h, W, y, chunk_size=16)
+    scaler = torch.amp.GradScaler('cpu')
+    assert scaler.get_scale() == 65536.0 > torch.finfo(torch.float16).max
+    scaler.scale(loss).backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(W.grad).all()
+    eps = torch.finfo(torch.float16).eps
+    for got, want in zip((h.grad / 65536, W.grad / 65536), ref):
+        assert rel_err(got, want) < 2 * eps, rel_err(got, want)
 
 
 @pytest.mark.parametrize('head', ['linear', 'narrow'])
@@ -828,6 +1637,7 @@ def test_fused_stats_feed_the_live_meter(head):
     assert abs(meter.read()['grad_destroyed'] - r) < 1e-5
 
 
+@pytest.mark.slow
 def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
     code, _, err = run_train('--loss=exact', f'--out_dir={tmp_path}/a')
     assert code == 1 and '--loss must be one of auto, naive, fused' in err
@@ -850,18 +1660,21 @@ def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
     GPT(GPTConfig(**{k: args.get(k, getattr(GPTConfig, k)) for k in common.MODEL_KEYS})).load_state_dict(state)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
+    """`torchrun --nproc_per_node=2 train.py` with no --gradient_accumulation_steps: one micro-batch per process, so
+    2 per step, each process its own; the same run as one process with --gradient_accumulation_steps=2."""
     args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=20',
-            '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5', '--head=wide',
-            '--gradient_accumulation_steps=2']  # the global batch: 2 micro-batches of 8 sequences
+            '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5', '--head=wide']
     env = CHILD_ENV  # 2 processes on 2 cores: one thread each
-    one = subprocess.run([sys.executable, 'train.py', *args, f'--out_dir={tmp_path}/one'], cwd=HERE, env=env,
-                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run([sys.executable, 'train.py', *args, '--gradient_accumulation_steps=2',
+                          f'--out_dir={tmp_path}/one'], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                           'train.py', *args, f'--out_dir={tmp_path}/two'], cwd=HERE, env=env,
                          capture_output=True, text=True, timeout=180)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count('2 processes') == 1 and two.stdout.count('eval 20:') == 1  # only rank 0 speaks
+    assert read_log(tmp_path / 'two', 'config')[0]['gradient_accumulation_steps'] == 2
     a = torch.load(tmp_path / 'one' / 'ckpt.pt', weights_only=False)
     b = torch.load(tmp_path / 'two' / 'ckpt.pt', weights_only=False)
     assert a['iter_num'] == b['iter_num'] == 20
@@ -872,3 +1685,87 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert abs(la[-1]['val_loss'] - lb[-1]['val_loss']) < 1e-4
     assert len(la) == len(lb)
 
+# -----------------------------------------------------------------------------
+# bench.py
+
+
+def test_bench_workers_measure_what_they_name():
+    """The head variants compute the same loss gradients (so their times compare like with like), and each worker's
+    derived numbers follow from its time: FLOP/s = 6·N·V·D / t, tokens/s = B·T / t, time per token = t / N."""
+    N, V, D = 64, 300, 16
+    h, W, y = bench.head_inputs(N, V, D, 'cpu', torch.float32)
+    grads = {}
+    for variant in ('naive', 'fused'):
+        bench.head_fn(variant, h, W, y)()
+        grads[variant] = (h.grad.clone(), W.grad.clone())
+    for a, b in zip(grads['fused'], grads['naive']):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert bench.head_fn('liger', h, W, y) is None and bench.head_fn('cce', h, W, y) is None  # CUDA only
+    head = bench.worker(dict(kind='head', variant='fused', device='cpu', N=N, V=V, D=D, reps=1))
+    assert head['time_s'] > 0 and head['peak_mem_bytes'] >= 0
+    assert head['tflops'] == pytest.approx(6 * N * V * D / head['time_s'] / 1e12, rel=1e-9)
+    spec = dict(device='cpu', V=V, D=D, n_layer=1, n_head=2, T=8, B=4, warmup=1, steps=2)
+    step = bench.worker(dict(kind='step', loss='fused', **spec))
+    assert step['tok_per_s'] == pytest.approx(4 * 8 / step['time_s'], rel=1e-9)
+    meter = bench.worker(dict(kind='meter', loss='naive', **spec))
+    assert math.isfinite(meter['overhead_frac']) and meter['overhead_frac'] > -1
+    m = bench.worker(dict(kind='measure', device='cpu', N=64, V=128, D=8))
+    assert m['time_per_token_s'] == pytest.approx(m['time_s'] / 64, rel=1e-9)
+
+
+def test_bench_refuses_bad_options():
+    for args, msg in [(['--sections=4'], 'give digits among 1, 2, 3'), (['--sections='], 'give digits'),
+                      (['--reps=0'], 'must be positive'), (['--quick=yes'], 'expects bool')]:
+        with pytest.raises(ConfigError, match=msg):
+            bench.main(args)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match='needs a CUDA GPU'):
+            bench.main(['--gpu_check'])
+
+
+@pytest.mark.slow
+def test_bench_quick_smoke_writes_json_rows(tmp_path, monkeypatch, capsys):
+    """`bench.py --quick --sections=1 --json=FILE` on one small shape: a worker subprocess per variant, one row each,
+    printed and written; flops_frac is the bare matmuls' time over the variant's."""
+    monkeypatch.setattr(bench, 'QUICK_SHAPES', [(64, 512, 16)])
+    monkeypatch.setattr(bench, 'VARIANTS', ('bare', 'naive', 'fused'))
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    bench.main(['--quick', '--sections=1', '--reps=1', '--device=cpu', f'--json={tmp_path}/b.json'])
+    res = json.loads((tmp_path / 'b.json').read_text())
+    rows = res['rows']
+    assert res['device'] == 'cpu' and res['torch'] == torch.__version__
+    assert [(r['section'], r['variant'], r['N'], r['V'], r['D']) for r in rows] == \
+        [('head', v, 64, 512, 16) for v in ('bare', 'naive', 'fused')]
+    bare = rows[0]['time_s']
+    for r in rows:
+        assert 'error' not in r, r
+        assert r['time_s'] > 0 and r['peak_mem_bytes'] >= 0
+        assert r['flops_frac'] == pytest.approx(bare / r['time_s'], rel=1e-9)
+        assert r['tflops'] == pytest.approx(6 * 64 * 512 * 16 / r['time_s'] / 1e12, rel=1e-9)
+    printed = capsys.readouterr().out
+    assert printed.count('\nhead ') == 3 and f'wrote 3 rows to {tmp_path}/b.json' in printed
+
+# -----------------------------------------------------------------------------
+# sample.py
+
+
+@pytest.mark.slow
+def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
+    text = tmp_path / 'words.txt'
+    text.write_text(' '.join(['the head passes back only part of the gradient'] * 200))
+    out = tmp_path / 'run'
+    code, _, err = run_train(f'--data={text}', '--compact_vocab=True', '--n_embd=16', '--n_head=2', '--block_size=16',
+                             '--batch_size=8', '--max_iters=60', '--learning_rate=1e-2', '--eval_interval=60',
+                             '--eval_iters=1', f'--out_dir={out}')
+    assert code == 0, err
+    state = common.load_checkpoint(str(out / 'ckpt.pt'))
+    assert state['config']['vocab_size'] == len(state['id_map']) < 20  # compacted: the ids that occur
+    run = lambda *a: subprocess.run([sys.executable, 'sample.py', f'--ckpt={out}/ckpt.pt', *a], cwd=HERE,
+                                    env=CHILD_ENV, capture_output=True, text=True, timeout=120)
+    a, b = run('--start=the head', '--seed=3'), run('--start=the head', '--seed=3')
+    assert a.returncode == 0 and a.stdout == b.stdout, a.stderr
+    samples = a.stdout.split('---------------')[:-1]
+    assert len(samples) == 3 and all(s.strip().startswith('the head') for s in samples)
+    assert set(''.join(samples)) <= set('the head passes back only part of the gradient\n')  # its tokens, decoded
+    bad = run('--start=zebra')
+    assert bad.returncode == 1 and 'never saw' in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
