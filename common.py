@@ -82,7 +82,7 @@ def parse_args(argv, defaults, source, types=None, choices=None):
                               f"config/NAME.py")
         for key, val in read_config_file(path).items():
             check_key(key, defaults, f" in {path}")
-            config[key] = coerce(key, repr(val), defaults, types)
+            config[key] = coerce(key, val if isinstance(val, str) else repr(val), defaults, types)
             given.add(key)
     for arg in argv:
         if arg in files:
@@ -162,8 +162,8 @@ def apply_preset(config, given, script, name):
         raise ConfigError(f"--preset={name}: no config/{script}_{name}.py; presets: {', '.join(['cpu', *there])}")
     for key, val in read_config_file(path).items():
         check_key(key, config, f" in {path}")
-        if key not in given:
-            config[key] = val
+        if key not in given:  # typed like the default, as on the command line (a None default takes any value)
+            config[key] = val if config[key] is None else coerce(key, val if isinstance(val, str) else repr(val), config)
     return config
 
 

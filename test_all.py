@@ -363,6 +363,7 @@ def test_parser_config_file_then_command_line(tmp_path):
     cfg.write_text("max_iters = 50\nhead = 'narrow'\n")
     c, given = common.parse_args([str(cfg), '--head=wide'], OPTIONS, __file__, TYPES)
     assert c['max_iters'] == 50 and c['head'] == 'wide' and given == {'max_iters', 'head'}
+    assert common.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'  # a string, unquoted
     cfg.write_text("max_itres = 50\n")
     with pytest.raises(ConfigError, match='unknown option --max_itres in .*did you mean --max_iters'):
         common.parse_args([str(cfg)], OPTIONS, __file__, TYPES)
