@@ -82,7 +82,7 @@ def parse_args(argv, defaults, source, types=None, choices=None):
                               f"config/NAME.py")
         for key, val in read_config_file(path).items():
             check_key(key, defaults, f" in {path}")
-            config[key] = coerce(key, val if isinstance(val, str) else repr(val), defaults, types)
+            config[key] = typed(key, val, defaults, types)
             given.add(key)
     for arg in argv:
         if arg in files:
@@ -116,6 +116,14 @@ def read_config_file(path):
     except Exception as e:
         raise ConfigError(f"config file {path} does not run ({type(e).__name__}: {e})".splitlines()[0])
     return {k: v for k, v in namespace.items() if not k.startswith('_')}
+
+
+def typed(key, val, defaults, types=None):
+    """A value from a config file, typed like the default, as on the command line (a None default of no known type
+    takes any value)."""
+    if defaults[key] is None and key not in (types or {}):
+        return val
+    return coerce(key, val if isinstance(val, str) else repr(val), defaults, types)
 
 
 def coerce(key, raw, defaults, types=None):
@@ -162,8 +170,8 @@ def apply_preset(config, given, script, name):
         raise ConfigError(f"--preset={name}: no config/{script}_{name}.py; presets: {', '.join(['cpu', *there])}")
     for key, val in read_config_file(path).items():
         check_key(key, config, f" in {path}")
-        if key not in given:  # typed like the default, as on the command line (a None default takes any value)
-            config[key] = val if config[key] is None else coerce(key, val if isinstance(val, str) else repr(val), config)
+        if key not in given:
+            config[key] = typed(key, val, config)
     return config
 
 

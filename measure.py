@@ -1,7 +1,7 @@
 """
 The gradient-bottleneck meter (Godey & Artzi 2026, arXiv 2603.10145). The logit gradient G = softmax(logits) −
-onehot(targets) (N×V) reaches the backbone only through G·W, so the part of G in ker(Wᵀ) is destroyed. This file measures how much, on a
-checkpoint, on a freshly initialized model, or on a pretrained Hugging Face LM:
+onehot(targets) (N×V) reaches the backbone only through G·W, so the part of G in ker(Wᵀ) is destroyed. This file
+measures how much, on a checkpoint, on a freshly initialized model, or on a pretrained Hugging Face LM:
 
     python measure.py --ckpt=out/spamlang_wide/ckpt.pt                   # held-out batches of the data it was trained on
     python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline (train.py's flag names)
@@ -130,9 +130,8 @@ def live_ratio(gW, g_sq, F, V):
 @torch.no_grad()
 def live_meter(logits, targets, W):
     """r and c of one batch from its logits (…, V) and targets (…) (−1: ignored), through model.logit_grad_stats."""
-    gsq, gW = logit_grad_stats(logits, targets, W.detach())
-    keep = targets.reshape(-1) >= 0
-    return live_ratio(gW[keep], gsq[keep], head_factor(W), logits.size(-1))
+    gsq, gW = logit_grad_stats(logits, targets, W.detach())  # ignored targets hold zeros: they add to neither sum
+    return live_ratio(gW, gsq, head_factor(W), logits.size(-1))
 
 
 class StepMeter:
@@ -348,8 +347,8 @@ def source_ckpt(c, device):
         raise ConfigError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
     H, Y = hidden_of_gpt(model, batches)
     desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
-    c['_about'] = dict(head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'])
-    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), desc
+    about = dict(source=desc, head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'])
+    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), about
 
 
 def source_init(c, device):
@@ -370,8 +369,8 @@ def source_init(c, device):
     H, Y = hidden_of_gpt(model, batches)
     rank = getattr(model.lm_head, 'rank', None)
     desc = f"fresh init, {c['head']} head{f' (r = {rank})' if rank else ''}, data {data_cfg['data']}"
-    c['_about'] = dict(head=c['head'], iter=0, data=data_cfg['data'])
-    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), desc
+    about = dict(source=desc, head=c['head'], iter=0, data=data_cfg['data'])
+    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), about
 
 
 def load_hf(name, device='cpu'):
@@ -443,8 +442,8 @@ def source_hf(c, device):
         Y.append(y.reshape(-1))
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     desc = f"{c['hf']} ({type(model).__name__}, {'tied' if tied else 'untied'} head), data {what}"
-    c['_about'] = dict(head='tied' if tied else 'untied', iter=None, data=what)
-    return torch.cat(H), torch.cat(Y), W, bias, None, desc
+    about = dict(source=desc, head='tied' if tied else 'untied', iter=None, data=what)
+    return torch.cat(H), torch.cat(Y), W, bias, None, about
 
 # -----------------------------------------------------------------------------
 # command line
@@ -499,12 +498,9 @@ def report(m, desc, seconds):
 
 
 def draw(m, path):
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("--plot needs matplotlib: pip install matplotlib")
+    import matplotlib  # optional; parse_args has checked that it is there
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     sig2, D, r = m['_sig2'], m['D'], m['rank_W']
     energy = (sig2.cumsum(0) / sig2.sum()).cpu().numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -524,16 +520,15 @@ def main(argv):
     c = parse_args(argv)
     t0 = time.time()
     source = source_ckpt if c['ckpt'] else source_hf if c['hf'] else source_init
-    H, Y, W, bias, factors, desc = source(c, c['device'])
+    H, Y, W, bias, factors, about = source(c, c['device'])
     n = min(c['n_tokens'], len(H))
     keep = Y[:n] >= 0
     m = measure(H[:n][keep], Y[:n][keep], W, bias, c['chunk'], c['spectrum_tokens'], c['direction_tokens'],
                 c['top_k'], getattr(torch, c['dtype']), factors)
-    report(m, desc, time.time() - t0)
+    report(m, about['source'], time.time() - t0)
     if c['json']:
         with open(c['json'], 'w') as f:
-            json_dump({'source': desc, **c['_about'], **{k: v for k, v in m.items() if not k.startswith('_')}}, f,
-                      indent=1)  # with V, D and rank_W among m's keys
+            json_dump({**about, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)  # V, D, rank_W in m
         print(f"wrote {c['json']}")
     if c['plot'] and 'spectrum' in m:
         draw(m, c['plot'])

@@ -1302,7 +1302,8 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     ckpt = tmp_path / 'ckpt.pt'
     save_ckpt_like_train(ckpt, model)
     c = measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4'])
-    H, Y, W, bias, factors, desc = measure.source_ckpt(c, 'cpu')
+    H, Y, W, bias, factors, about = measure.source_ckpt(c, 'cpu')
+    desc = about['source']
     assert 'iter 7' in desc and 'narrow' in desc and bias is None and factors[0].shape == (90, 3)
     torch.testing.assert_close(W, model.lm_head.effective_weight())
     m = measure.main([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4', '--spectrum_tokens=0',
@@ -1457,7 +1458,8 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     assert tied == (arch == 'gpt2')
     c = measure.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32', '--n_tokens=256',
                             '--batch_size=4'])
-    H, Y, W, bias, _, desc = measure.source_hf(c, 'cpu')
+    H, Y, W, bias, _, about = measure.source_hf(c, 'cpu')
+    desc = about['source']
     ids = tok(open(tmp_path / 'text.txt').read(), return_tensors='pt')['input_ids'][0]
     xs = torch.stack([ids[k * 32:(k + 1) * 32] for k in range(8)])
     ys = torch.stack([ids[k * 32 + 1:(k + 1) * 32 + 1] for k in range(8)])
