@@ -6,7 +6,8 @@ Figures: any training run's log.jsonl, and the figures of reproduce.py's experim
 
 A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
 grad_destroyed (positions ≥ 1 on SpamLang, position 0 dashed) beside the random baseline √(1 − rank(W)/V).
-reproduce.py calls exp1, grid, exp3 and exp4 with the numbers of its tables.
+reproduce.py calls exp1, grid, exp3 and exp4 with the numbers of its tables, and writes the tables with
+sci, pm and md.
 """
 import json
 import math
@@ -28,6 +29,18 @@ def sci(x):
     """3e-3 rather than 0.003."""
     m, e = f"{x:e}".split('e')
     return f"{float(m):g}e{int(e)}"
+
+
+def pm(s, fmt='{:.1f}', scale=1.0):
+    """'mean ± std (min–max)', std '-' for a single value."""
+    f = lambda v: fmt.format(v * scale)
+    return ('n/a' if not s['n'] else f"{f(s['mean'])} ± -" if s['n'] == 1 else
+            f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])}–{f(s['max'])})")
+
+
+def md(header, rows):
+    """A markdown table."""
+    return '\n'.join('| ' + ' | '.join(map(str, r)) + ' |' for r in [header, ['---'] * len(header), *rows])
 
 
 def pyplot():

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -266,11 +267,14 @@ def run_one(c, s, spent):
     with open(os.path.join(d, 'stdout.txt'), 'w') as log:
         p = subprocess.Popen([sys.executable, TRAIN, *(f"--{k}={v}" for k, v in args.items() if v is not None)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        reader = threading.Thread(target=lambda: err.extend(p.stderr))
-        reader.start()
-        for line in p.stdout:
-            log.write(line)
-            say('      ' + line.rstrip()) if s['exp'] == 'exp3' and line.startswith('eval') else None
+        try:
+            (reader := threading.Thread(target=lambda: err.extend(p.stderr))).start()
+            for line in p.stdout:
+                log.write(line)
+                say('      ' + line.rstrip()) if s['exp'] == 'exp3' and line.startswith('eval') else None
+        except BaseException:  # Ctrl-C, or a SIGTERM to reproduce.py alone: stop the run, never leave it orphaned
+            p.terminate(), p.wait()
+            raise
         p.wait()
         reader.join()
         log.writelines(err)
@@ -310,21 +314,10 @@ def spread(xs):
         n=int(a.size))
 
 
-def pm(s, fmt='{:.1f}', scale=1.0):
-    """'mean ± std (min–max)', std '-' for a single value."""
-    f = lambda v: fmt.format(v * scale)
-    return ('n/a' if not s['n'] else f"{f(s['mean'])} ± -" if s['n'] == 1 else
-            f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])}–{f(s['max'])})")
-
-
 def write_table(c, stem, rows, controls, **extra):
     """stem.json: {controls, rows, ...extra} (summary.md has the table)."""
     with open(os.path.join(c['out'], stem + '.json'), 'w') as f:
         json.dump(dict(controls=controls, rows=rows, **extra), f, indent=1)
-
-
-def md(header, rows):
-    return '\n'.join('| ' + ' | '.join(map(str, r)) + ' |' for r in [header, ['---'] * len(header), *rows])
 
 
 def lr_rows(exp, runs, **info):
@@ -353,7 +346,7 @@ def summary_exp1(c, recs):
         rs, best, flag, b = lr_rows('exp1', runs, head=h, rank=rank)
         rows, row = rows + rs, next(r for r in rs if r['best'])
         heads.append(dict(label=lbl, rank=rank, plain=h in ('linear', 'tied'), runs=b, rows=rs))
-        lines.append([lbl, f"{plot.sci(best)}{EDGE[flag]}", pm(spread([r['evals'][-1]['val_acc'] for r in b]), scale=100),
+        lines.append([lbl, f"{plot.sci(best)}{EDGE[flag]}", plot.pm(spread([r['evals'][-1]['val_acc'] for r in b]), scale=100),
                       ', '.join(f"{plot.sci(r['lr'])}: {100 * r['acc_mean']:.1f}" for r in rs if not r['best']) or '-',
                       f"{row['destroyed']:.4f}", f"{row['visible_over_chance']:.2f}"])
     c['_best']['1'] = heads
@@ -365,7 +358,7 @@ def summary_exp1(c, recs):
     write_table(c, 'exp1_head_rank', rows, controls)
     plot.exp1(os.path.join(c['out'], FIGURES['1'][0]), heads, V, D,
               f"{c['seeds']} seeds, {controls['exposures_per_symbol']:g} exposures per symbol")
-    return controls, md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)', 'destroyed',
+    return controls, plot.md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)', 'destroyed',
                          'visible/chance'], lines), []
 
 
@@ -388,8 +381,8 @@ def summary_exp2(c, recs):
         write_table(c, stem, rows, controls, cells=list(cells.values()))
         plot.grid(os.path.join(c['out'], fig), cells, x, xs, Vs, f"{controls['head']}, {c['e2_exposures']:g} exposures "
                                                                   f"per symbol, {c['seeds']} seeds")
-        tables.append(md([f"{x} \\ V"] + [f"{V:,}" for V in Vs], [[v] + [
-            f"{pm(spread(d['acc']), scale=100)} ({np.mean(d['loss_over_logV']):.2f}){EDGE[d['edge']]}"
+        tables.append(plot.md([f"{x} \\ V"] + [f"{V:,}" for V in Vs], [[v] + [
+            f"{plot.pm(spread(d['acc']), scale=100)} ({np.mean(d['loss_over_logV']):.2f}){EDGE[d['edge']]}"
             for d in (cells[v, V] for V in Vs)] for v in xs]))
     return controls, ("Accuracy % on positions ≥ 1 at each cell's best lr, mean ± std (min–max), and in brackets the "
                       "loss there / log(V − 1); ↓/↑: the best lr on the grid's edge:\n\n" + '\n\n'.join(tables)), []
@@ -493,10 +486,10 @@ def summary_exp3(c, recs):
     diff = [best[heads[0]][s]['evals'][-1]['val_loss'] - r['evals'][-1]['val_loss'] for s, r in best[heads[-1]].items()]
     control = (f"Positive control, {per[heads[0]]['label']}: {np.mean(diff):+.3f} nats vs {wide['label']} at the end, "
                f"same seed (worse on {sum(d > 0 for d in diff)} of {len(diff)} seeds)")
-    lines = [[p['label'], f"{plot.sci(p['best_lr'])}{EDGE[p['edge']]}", pm(spread(p['final_val_loss']), '{:.3f}'),
-              pm(spread(p['probe_loss']), '{:.3f}'), ' / '.join(f"{np.mean(p['loss_by_frequency'][n]):.2f}" for n in names),
+    lines = [[p['label'], f"{plot.sci(p['best_lr'])}{EDGE[p['edge']]}", plot.pm(spread(p['final_val_loss']), '{:.3f}'),
+              plot.pm(spread(p['probe_loss']), '{:.3f}'), ' / '.join(f"{np.mean(p['loss_by_frequency'][n]):.2f}" for n in names),
               f"{np.mean(p['spectrum']['destroyed_ratio']):.5f}", f"{np.mean(p['spectrum']['ey_floor']):.3f}",
-              '; '.join(f"{pm(spread(f['fold'][h]), '{:.2f}')} vs {per[ref]['label']} at {f['level']:.3f}"
+              '; '.join(f"{plot.pm(spread(f['fold'][h]), '{:.2f}')} vs {per[ref]['label']} at {f['level']:.3f}"
                         for ref, f in fold.items() if h in f['fold']) or '-'] for h, p in per.items()]
     tokens = c['e3_max_iters'] * c['e3_batch_size'] * T
     controls = dict(data=os.path.basename(c['text']), encoding=c['e3_encoding'], vocab_size=V, n_embd=D, block_size=T,
@@ -513,7 +506,7 @@ def summary_exp3(c, recs):
                 verdict=verdict, positive_control=control, heads=per, fold=fold)
     plot.exp3(os.path.join(c['out'], FIGURES['3'][0]), per, best, base, names, f"{controls['data']}, {c['e3_encoding']} "
               f"compacted (V = {V:,}), D = {D}, {controls['epochs']:g} epochs")
-    return controls, md(['head', 'best lr', 'final val loss', 'probe val loss', f"loss by frequency ({' / '.join(names)})",
+    return controls, plot.md(['head', 'best lr', 'final val loss', 'probe val loss', f"loss by frequency ({' / '.join(names)})",
                          'destroyed (G on val)', 'Eckart–Young floor', '×-fold in tokens'], lines), [verdict, control]
 
 
@@ -526,8 +519,8 @@ def summary_exp4(c, recs):
                     for k in ('grad_destroyed', 'visible_over_chance'))
             at = dict(init=0, mid=d.shape[1] // 2, end=-1)
             rows.append(dict(data=data, head=h['label'], V=V, baseline=round(math.sqrt(1 - r / V), 6), **{
-                f"destroyed_{k}": pm(spread(d[:, i]), '{:.6f}' if V > 9999 else '{:.4f}') for k, i in at.items()},
-                             **{f"visible/chance_{k}": pm(spread(v[:, i]), '{:.2f}') for k, i in at.items()},
+                f"destroyed_{k}": plot.pm(spread(d[:, i]), '{:.6f}' if V > 9999 else '{:.4f}') for k, i in at.items()},
+                             **{f"visible/chance_{k}": plot.pm(spread(v[:, i]), '{:.2f}') for k, i in at.items()},
                              mid=f"step {run['evals'][at['mid']]['iter']} of {run['evals'][-1]['iter']}"))
         panels.append(dict(title=f"{data} (experiment {e}), V = {V:,}", V=V, heads=c['_best'][e]))
     if not panels:
@@ -536,7 +529,7 @@ def summary_exp4(c, recs):
                     baseline='√(1 − rank(W)/V), random', visible_over_chance='c²·V/rank(W), 1 = chance', runs='best lr')
     write_table(c, 'exp4_meter', rows, controls)
     plot.exp4(os.path.join(c['out'], FIGURES['4'][0]), panels)
-    return controls, md(list(rows[0]), [list(r.values()) for r in rows]), []
+    return controls, plot.md(list(rows[0]), [list(r.values()) for r in rows]), []
 
 # -----------------------------------------------------------------------------
 
@@ -597,4 +590,5 @@ def write_summary(c, meta, done):
 SUMMARIES = {'1': summary_exp1, '2': summary_exp2, '3': summary_exp3, '4': summary_exp4}
 if __name__ == '__main__':
     common.one_line_errors()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: unwind like Ctrl-C (run_one stops its run)
     main(sys.argv[1:])

@@ -1865,6 +1865,32 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
     assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 2
 
 
+@pytest.mark.slow
+def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
+    out = str(tmp_path / 'out')
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, 'reproduce.py'), '--preset=tiny', '--experiments=1',
+                          '--e1_max_iters=1000000', f'--out={out}', '--device=cpu'], cwd=HERE, env=CHILD_ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith('reproduce.py:') and p.stdout.readline().startswith('[1/')
+    def mine():  # the processes other than reproduce.py whose command line names --out: its train.py runs
+        found = []
+        for pid in (d for d in os.listdir('/proc') if d.isdigit() and d != str(p.pid)):
+            try:
+                found += [pid] if out.encode() in open(f'/proc/{pid}/cmdline', 'rb').read() else []
+            except OSError:  # ended meanwhile
+                pass
+        return found
+    run = os.path.join(out, 'exp1', 'narrow2_lr0.003_s1337')
+    deadline = time.time() + 60
+    while time.time() < deadline and rows_written(run) < 3:  # its train.py is in the training loop
+        time.sleep(0.05)
+    assert mine()
+    p.send_signal(signal.SIGTERM)  # to reproduce.py only, as a scheduler or `kill PID` would
+    p.communicate(timeout=60)
+    assert p.returncode != 0
+    assert not mine()  # its train.py was stopped, not left running
+
+
 def test_a_failing_run_stops_with_one_line_naming_it(tmp_path):
     text = tmp_path / 'short.txt'
     text.write_text('to be or not to be, that is the question ' * 4)
@@ -1942,9 +1968,9 @@ def test_baselines_match_a_hand_computed_example():
 def test_spread_is_the_sample_std_and_one_seed_shows_a_dash():
     s = reproduce.spread([1.0, 2.0, 3.0, 4.0])
     assert s['std'] == pytest.approx(np.std([1, 2, 3, 4], ddof=1)) and s['n'] == 4
-    assert reproduce.pm(s, '{:.2f}') == '2.50 ± 1.29 (1.00–4.00)'
+    assert plot.pm(s, '{:.2f}') == '2.50 ± 1.29 (1.00–4.00)'
     one = reproduce.spread([0.5, None])
-    assert one['std'] is None and reproduce.pm(one, scale=100) == '50.0 ± -'
+    assert one['std'] is None and plot.pm(one, scale=100) == '50.0 ± -'
 
 
 def test_best_lr_flags_the_edges_and_tokens_to_interpolates():
