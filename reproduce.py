@@ -56,7 +56,7 @@ n_head = 4                # attention heads of every model
 warmup = 0.1              # linear warmup over this fraction of each run's steps, then cosine to lr/10
 # experiment 1: head rank on SpamLang
 e1_heads = 'narrow:2,narrow:4,narrow:8,narrow:16,narrow:32,wide,linear,tied'  # head[:head_rank] (train.py's heads)
-e1_lrs = '1e-3,3e-3,1e-2'  # the lr grid of every head
+e1_lrs = '1e-3,3e-3,1e-2,3e-2'  # the lr grid of every head
 e1_vocab_size = 1024
 e1_n_embd = 64
 e1_n_layer = 2
@@ -71,7 +71,7 @@ e2_head = 'linear'
 e2_ranks = '2,4,8,16'      # the (r, V) grid: --head=narrow --head_rank=r on one D = e2_rank_n_embd backbone
 e2_rank_n_embd = 64
 e2_vocab_sizes = '256,1024,4096'  # V of both grids
-e2_lrs = '1e-3,3e-3,1e-2'  # the lr grid of every cell
+e2_lrs = '1e-3,3e-3,1e-2,3e-2'  # the lr grid of every cell
 e2_exposures = 16.0        # sequences per symbol in every cell: batch = ⌈exposures·(V − 1)/steps⌉
 e2_steps = 250
 e2_n_layer = 2
@@ -79,7 +79,7 @@ e2_block_size = 2          # [BOS, s]: one determined position per sequence
 e2_eval_sequences = 2048   # held-out sequences per cell (whole batches)
 # experiment 3: text, head rank on one backbone
 e3_heads = 'narrow:2,narrow:8,narrow:32,wide'  # r = 2 is the positive control, wide the full-rank head
-e3_lrs = '3e-3,1e-2,3e-2'
+e3_lrs = '1e-3,3e-3,1e-2,3e-2'
 e3_encoding = 'cl100k_base'
 e3_n_embd = 64
 e3_n_layer = 2
