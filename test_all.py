@@ -10,6 +10,7 @@ model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), m
 compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding (≈ 1e-7 relative, 1e-5 after
 the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard error of a random quantity.
 """
+import csv
 import glob
 import json
 import math
@@ -1825,6 +1826,12 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
     assert meta['runs']['trained'] == 14 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    for stem in ('exp1_head_rank', 'exp2_vd_grid', 'exp2_rank_grid', 'exp3_text', 'exp4_meter'):  # CSV = JSON rows
+        rows = json.load(open(os.path.join(out, stem + '.json')))['rows']
+        with open(os.path.join(out, stem + '.csv'), newline='') as f:
+            table = list(csv.DictReader(f))
+        assert len(table) == len(rows) and set(table[0]) == set(rows[0]), stem
+        assert [r['lr' if 'lr' in r else 'head'] for r in table] == [str(r['lr' if 'lr' in r else 'head']) for r in rows]
     e1 = json.load(open(os.path.join(out, 'exp1_head_rank.json')))
     assert e1['controls']['ours'] and {r['edge'] for r in e1['rows']} == {'one lr'}  # e1_lrs is one value: flagged
     grid = json.load(open(os.path.join(out, 'exp2_rank_grid.json')))
