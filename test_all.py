@@ -855,8 +855,8 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     out = tmp_path / 'run'  # a bigger model saved every step, so most of the time is spent writing
     args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2', '--eval_interval=1',
             '--eval_iters=1', '--max_iters=100000', f'--out_dir={out}']
-    landed = None
-    for attempt in range(3):  # the temp file may be renamed between seeing it and the kill: then try again
+    landed, seen = None, []
+    for attempt in range(10):  # the temp file may be renamed between seeing it and the kill: then try again
         p = subprocess.Popen([sys.executable, 'train.py', *args, *(['--init_from=resume'] if attempt else [])],
                              cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
         tmp = out / f'ckpt.pt.tmp{p.pid}'
@@ -867,11 +867,11 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
         while time.time() < deadline and p.poll() is None and not tmp.exists():
             pass  # spin: a write lasts milliseconds
         p.kill()
-        p.wait()
+        seen.append(p.wait())  # -9, or the exit status of a run that had ended by itself
         if tmp.exists():
             landed = attempt
             break
-    assert landed is not None, 'no kill landed while a checkpoint was being written'
+    assert landed is not None, f'no kill landed while a checkpoint was being written: {seen}'
     ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))  # verified: complete and unchanged
     prev = common.load_checkpoint(str(out / 'prev_ckpt.pt'))
     assert 1 <= prev['iter_num'] < ckpt['iter_num']
