@@ -1898,6 +1898,7 @@ def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
     assert not mine()  # its train.py was stopped, not left running
 
 
+@pytest.mark.slow
 def test_a_failing_run_stops_with_one_line_naming_it(tmp_path):
     text = tmp_path / 'short.txt'
     text.write_text('to be or not to be, that is the question ' * 4)
@@ -1949,6 +1950,7 @@ def test_every_preset_validates(name, tmp_path):
     assert all(s['lr'] is not None or not s['sweep'] for s in specs)
 
 
+@pytest.mark.slow
 def test_plot_py_draws_a_real_log(tiny_repro, tmp_path):
     out, _, _ = tiny_repro
     for log in (glob.glob(os.path.join(out, exp, '*', 'log.jsonl'))[0] for exp in ('exp1', 'exp3')):
