@@ -363,8 +363,8 @@ def summary_exp1(c, recs):
     write_table(c, 'exp1_head_rank', rows, controls)
     plot.exp1(os.path.join(c['out'], FIGURES['1'][0]), heads, V, D,
               f"{c['seeds']} seeds, {controls['exposures_per_symbol']:g} exposures per symbol")
-    return controls, plot.md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)', 'destroyed',
-                         'visible/chance'], lines), []
+    return controls, plot.md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)',
+                              'destroyed', 'visible/chance'], lines), []
 
 
 def summary_exp2(c, recs):
@@ -511,8 +511,9 @@ def summary_exp3(c, recs):
                 verdict=verdict, positive_control=control, heads=per, fold=fold)
     plot.exp3(os.path.join(c['out'], FIGURES['3'][0]), per, best, base, names, f"{controls['data']}, {c['e3_encoding']} "
               f"compacted (V = {V:,}), D = {D}, {controls['epochs']:g} epochs")
-    return controls, plot.md(['head', 'best lr', 'final val loss', 'probe val loss', f"loss by frequency ({' / '.join(names)})",
-                         'destroyed (G on val)', 'Eckart–Young floor', '×-fold in tokens'], lines), [verdict, control]
+    return controls, plot.md(['head', 'best lr', 'final val loss', 'probe val loss',
+                              f"loss by frequency ({' / '.join(names)})", 'destroyed (G on val)', 'Eckart–Young floor',
+                              '×-fold in tokens'], lines), [verdict, control]
 
 
 def summary_exp4(c, recs):
