@@ -1838,6 +1838,11 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert grid['cells'] and all(len(cell['acc']) == 2 and 'loss_over_logV' in cell for cell in grid['cells'])
     e3 = json.load(open(os.path.join(out, 'exp3_text.json')))
     assert set(e3['baselines']) == {'unigram', 'bigram'} and 'passed' in e3['gate'] and e3['verdict']
+    wide = float(np.mean(e3['heads']['wide']['final_val_loss']))  # the gate reads the widest head, against both lines
+    assert e3['gate']['widest_final_loss'] == pytest.approx(wide) and e3['gate']['passed'] == (
+        wide <= e3['baselines']['unigram'] - reproduce.DEFAULTS['e3_gate_unigram'] and
+        wide <= e3['baselines']['bigram'] + reproduce.DEFAULTS['e3_gate_bigram'])
+    assert e3['verdict'].startswith('Stage gate ' + ('passed' if e3['gate']['passed'] else 'FAILED'))
     for h in e3['heads'].values():
         assert len(h['final_val_loss']) == len(h['probe_loss']) == 2
         assert all(len(v) == 2 for v in h['loss_by_frequency'].values()) and len(h['loss_by_frequency']) == 3
