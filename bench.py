@@ -346,10 +346,8 @@ def check_gpu(opts, add):
     runs['measure'] = {k: m[k] for k in ('destroyed_ratio', 'visible_cosine', 'random_baseline',
                                          'visible_over_chance', 'ey_floor', 'ey_k')}
     print(f"gpu_check measure.py: {runs['measure']}", flush=True)
-    head_rows([(8192, 131072, 768), (8192, 131072, 4096)], 'cuda', opts['reps'], add)
+    head_rows([s for s in CUDA_SHAPES if s[:2] == (8192, 131072)], 'cuda', opts['reps'], add)  # D = 768, 4096
     return runs
-
-
 
 
 def main(argv):

@@ -64,6 +64,11 @@ def band(ax, x, ys, color, label=None, style='-', scale=1.0):
         ax.fill_between(x, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=0.15, lw=0)
 
 
+def minmax_err(ys):
+    """Error bars from the mean of ys to their min and max (None for a single value)."""
+    return [[ys.mean() - ys.min()], [ys.max() - ys.mean()]] if len(ys) > 1 else None
+
+
 def save(fig, path):
     fig.savefig(path, dpi=110, bbox_inches='tight')
     pyplot().close(fig)
@@ -235,12 +240,11 @@ def exp3(path, heads, runs, base, bins, subtitle):
     for k, (color, h) in enumerate(zip(cs, heads.values())):
         for j, b in enumerate(bins):
             ys = np.array(h['loss_by_frequency'][b], dtype=float)
-            cx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color,
-                   yerr=[[ys.mean() - ys.min()], [ys.max() - ys.mean()]] if len(ys) > 1 else None, capsize=2)
+            cx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color, yerr=minmax_err(ys), capsize=2)
         for j, (key, hatch) in enumerate((('final_val_loss', None), ('probe_loss', '//'))):
             ys = np.array(h[key], dtype=float)
             dx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
-                   yerr=[[ys.mean() - ys.min()], [ys.max() - ys.mean()]] if len(ys) > 1 else None, capsize=2)
+                   yerr=minmax_err(ys), capsize=2)
     cx.set_xticks(range(len(bins)), [f"{b} types" if b != 'the rest' else 'the rest' for b in bins])
     cx.set(ylabel='validation loss (nats per token)', title='loss by frequency of the target type (train split)\n'
                                                              'final checkpoint, bar: min–max over seeds')
