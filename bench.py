@@ -357,7 +357,7 @@ def main(argv):
     common.positive(opts, 'reps', 'gpu_check_iters')
     if opts['gpu_check'] and not torch.cuda.is_available():
         raise common.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; on a CPU run `python bench.py`")
-    opts['device'] = common.pick_device(opts['device'], auto=('cuda', 'cpu'))[1]
+    opts['device'] = common.pick_device(opts['device'], auto=('cuda', 'cpu')).type
     device = opts['device']
     rows = []
     print(f"bench.py: torch {torch.__version__}, device {device}"

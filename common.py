@@ -184,22 +184,30 @@ def positive(config, *keys):
 # device, dtype, code version
 
 
-def pick_device(device, auto=('cuda', 'mps', 'cpu')):
-    """'auto' -> the first available of `auto`; any other name is checked. Returns (device, device_type)."""
+def pick_device(device, auto=('cuda', 'mps', 'cpu'), local_rank=None):
+    """'auto' -> the first available of `auto`; any other name is checked. Returns a torch.device; on CUDA with an
+    index, which torch.cuda.set_device and the memory statistics need: under torchrun (local_rank given) the GPU of
+    this process, else the one named (cuda:N) or the first."""
     if device == 'auto':
         ok = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
         device = next(d for d in auto if ok[d])
     kind = device.split(':')[0]
-    if kind not in ('cpu', 'cuda', 'mps') or (kind == 'cuda' and device not in ('cuda',) and
+    if kind not in ('cpu', 'cuda', 'mps') or (kind == 'cuda' and device != 'cuda' and
                                               not re.fullmatch(r'cuda:\d+', device)):
         raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     if kind == 'cuda' and not torch.cuda.is_available():
         raise ConfigError(f"--device={device} but torch sees no CUDA GPU: use --device=cpu")
-    if kind == 'cuda' and ':' in device and int(device[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"--device={device} but torch sees {torch.cuda.device_count()} GPU(s)")
+    if kind == 'cuda' and device != 'cuda' and local_rank is not None:
+        raise ConfigError(f"--device={device} under torchrun: each process takes the GPU of its LOCAL_RANK; "
+                          f"use --device=cuda")
+    if kind == 'cuda':
+        index = int(device[5:]) if device != 'cuda' else local_rank or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device={device} but torch sees {torch.cuda.device_count()} GPU(s)")
+        return torch.device('cuda', index)
     if kind == 'mps' and not torch.backends.mps.is_available():
         raise ConfigError("--device=mps but torch sees no MPS device: use --device=cpu")
-    return device, kind
+    return torch.device(kind)
 
 
 def autocast(device_type, dtype):
@@ -384,17 +392,24 @@ def val_windows(data, block_size, max_windows=0):
 
 
 def get_batch(data, split, batch_size, block_size, generator, device):
-    """x, y: (B, T), y shifted by one. SpamLang is generated on the generator's device; text windows are sampled
-    from the memmap with a CPU generator."""
+    """x, y: (B, T) on `device`, y shifted by one. Every draw happens on the generator's device (a CPU generator:
+    a checkpoint's data stream then resumes on any device); the batch is moved afterwards."""
     if data['kind'] == 'spamlang':
-        return spamlang.get_batch(batch_size, block_size, data['vocab_size'], generator, device)
-    ids = data[split]
-    ix = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).tolist()
-    x = torch.from_numpy(np.stack([ids[i:i + block_size] for i in ix]).astype(np.int64))
-    y = torch.from_numpy(np.stack([ids[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
-    if device.startswith('cuda'):
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        x, y = spamlang.get_batch(batch_size, block_size, data['vocab_size'], generator)
+    else:
+        ids = data[split]
+        ix = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).tolist()
+        x = torch.from_numpy(np.stack([ids[i:i + block_size] for i in ix]).astype(np.int64))
+        y = torch.from_numpy(np.stack([ids[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
+    return to_device(x, device), to_device(y, device)
+
+
+def to_device(t, device):
+    """A CPU tensor on `device`; to CUDA through pinned memory, without blocking the host."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 # -----------------------------------------------------------------------------
 # checkpoints: atomic, verified by a digest of their contents, the previous one kept as prev_ckpt.pt

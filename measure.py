@@ -464,7 +464,7 @@ def parse_args(argv):
             import matplotlib  # noqa: F401  (optional: only --plot needs it)
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib")
-    c['device'] = common.pick_device(c['device'], auto=('cuda', 'cpu'))[0]
+    c['device'] = str(common.pick_device(c['device'], auto=('cuda', 'cpu')))
     return c
 
 

@@ -138,7 +138,7 @@ def options(argv):
         raise ConfigError(f"--quick is --preset=quick: drop --quick or --preset={c['preset']}")
     c['preset'] = 'quick' if c['quick'] else c['preset']
     c = common.apply_preset(c, given, 'reproduce', c['preset'])
-    c['device'] = common.pick_device(c['device'])[0]
+    c['device'] = str(common.pick_device(c['device']))
     zero_ok = ('threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram')
     common.positive(c, *(k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok))
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:

@@ -31,7 +31,7 @@ c, _ = common.parse_args(sys.argv[1:], common.defaults_of(globals()), __file__)
 common.positive(c, 'num_samples', 'max_new_tokens')
 if c['temperature'] < 0 or c['top_k'] < 0:
     raise ConfigError(f"--temperature and --top_k must be ≥ 0, got {c['temperature']} and {c['top_k']}")
-device = common.pick_device(c['device'])[0]
+device = common.pick_device(c['device'])
 state = common.load_checkpoint(c['ckpt'])
 cfg = state['config']
 model = GPT(GPTConfig(**{k: cfg[k] for k in common.MODEL_KEYS}))

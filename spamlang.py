@@ -19,18 +19,20 @@ import torch.nn.functional as F
 BOS = 0
 
 
-def get_batch(batch_size, block_size, vocab_size, generator, device='cpu'):
-    """x, y: (B, T) long tensors on `device`; x = [BOS, s, s, …], y = [s, s, …] with one symbol s per row."""
+def get_batch(batch_size, block_size, vocab_size, generator):
+    """x, y: (B, T) long tensors on the generator's device: x = [BOS, s, s, …], y = [s, s, …], one symbol s
+    per row."""
     if vocab_size < 2:
         raise ValueError(f"SpamLang needs vocab_size ≥ 2 (BOS plus at least one symbol), got {vocab_size}")
-    sym = torch.randint(1, vocab_size, (batch_size, 1), generator=generator, device=device)  # (B, 1)
+    sym = torch.randint(1, vocab_size, (batch_size, 1), generator=generator, device=generator.device)
     y = sym.expand(batch_size, block_size).contiguous()                                      # (B, T)
     x = torch.cat([torch.full_like(sym, BOS), y[:, :-1]], dim=1)                             # (B, T)
     return x, y
 
 
-def make_generator(seed, device='cpu'):
-    g = torch.Generator(device=device)
+def make_generator(seed):
+    """A CPU generator: data streams are drawn on the CPU, so a checkpoint's stream resumes on any device."""
+    g = torch.Generator()
     g.manual_seed(seed)
     return g
 

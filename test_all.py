@@ -47,14 +47,26 @@ DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK'
             'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
 
 
-def child_env(environ):
+def child_env(environ, gpu=False):
     """The environment of a child process: without torchrun's variables, one thread (tiny models gain nothing from
-    more, and oversubscribed cores run many times slower)."""
+    more, and oversubscribed cores run many times slower), and no GPU unless asked: the references the tests
+    compare with are CPU fp32, so a child's --device=auto must be the CPU on a CUDA machine too."""
     env = {k: v for k, v in environ.items() if k not in DDP_VARS and not k.startswith('TORCHELASTIC_')}
-    return {**env, 'OMP_NUM_THREADS': '1'}
+    return {**env, 'OMP_NUM_THREADS': '1', **({} if gpu else {'CUDA_VISIBLE_DEVICES': ''})}
 
 
 CHILD_ENV = child_env(os.environ)
+GPU_ENV = child_env(os.environ, gpu=True)  # for the tests marked cuda
+# CUDA behaviour has its own tests, run only where torch sees a GPU (the one skip this suite allows: pytest -rs)
+
+
+def cuda_only(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')(test))
+
+
+def measure_main(args):
+    """measure.py in this process, on the CPU (its --device=auto would take a GPU where there is one)."""
+    return measure.main([*args, '--device=cpu'])
 
 
 @pytest.fixture(autouse=True)
@@ -547,6 +559,63 @@ def test_rng_state_restores_the_data_stream():
     common.set_rng_state(saved, gen2, 'cpu')
     again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
     assert torch.equal(after[0], again[0]) and torch.equal(after[1], again[1]) and after[2:] == again[2:]
+
+
+def test_a_cuda_device_passes_set_devices_own_argument_check(monkeypatch):
+    """train.py hands pick_device's value to torch.cuda.set_device, whose argument check refuses a bare 'cuda'.
+    That check, _get_device_index, is run here on the value itself; only CUDA's presence is pretended, since
+    the call behind the check does not exist in a CPU build."""
+    from torch.cuda._utils import _get_device_index
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    for name, index in (('cuda', 0), ('auto', 0), ('cuda:1', 1)):
+        assert _get_device_index(common.pick_device(name)) == index, name
+    assert _get_device_index(common.pick_device('cuda', local_rank=1)) == 1  # torchrun's second process
+    with pytest.raises(ConfigError, match='sees 2 GPU'):
+        common.pick_device('cuda:2')
+    with pytest.raises(ConfigError, match='under torchrun'):
+        common.pick_device('cuda:1', local_rank=0)
+
+
+class DrawsOnItsGeneratorsDevice(torch.overrides.TorchFunctionMode):
+    """Fails a random draw whose result lies on another device than its generator. CUDA refuses a CPU generator
+    for a CUDA tensor, but the CPU and meta devices take any: without this check a CPU run cannot see the bug."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        gen = kwargs.get('generator')
+        if gen is not None and isinstance(out, torch.Tensor) and out.device != gen.device:
+            raise AssertionError(f"{func.__name__} drew on {out.device} with a generator on {gen.device}")
+        return out
+
+
+def test_every_batch_source_draws_on_its_generator_then_moves(tmp_path):
+    """Batches for another device than the CPU generator's ('meta' stands in for CUDA): each draw happens on the
+    generator's device, then the batch moves. SpamLang, text, the eval batches and measure.py's."""
+    spam = dict(kind='spamlang', vocab_size=50)
+    text = text_data(np.arange(2000, dtype=np.uint16) % 97)
+    tok = tmp_path / 'ids.tok'
+    common.write_tokens(str(tok), np.arange(2000) % 97, vocab_size=97, encoding='test')
+    with DrawsOnItsGeneratorsDevice():
+        with pytest.raises(AssertionError, match='drew on meta'):  # the check itself can fail
+            torch.randint(5, (3,), generator=torch.Generator(), device='meta')
+        for data in (spam, text):
+            for split in ('train', 'val'):
+                x, y = common.get_batch(data, split, 4, 8, spamlang.make_generator(0), 'meta')
+                assert x.device.type == y.device.type == 'meta' and x.shape == y.shape == (4, 8)
+        for data_cfg in (dict(data='spamlang', vocab_size=50), dict(data=str(tok), block_size=8)):
+            _, batches = measure.batches_from(data_cfg, dict(seed=0, batch_size=4), 2, 8, 'meta')
+            assert all(t.device.type == 'meta' for b in batches for t in b)
+
+
+@cuda_only
+def test_cuda_batches_arrive_from_pinned_memory_and_match_the_cpu_draw():
+    device = common.pick_device('cuda')
+    for data in (dict(kind='spamlang', vocab_size=50), text_data(np.arange(2000, dtype=np.uint16) % 97)):
+        x, y = common.get_batch(data, 'train', 4, 8, spamlang.make_generator(3), device)
+        cx, cy = common.get_batch(data, 'train', 4, 8, spamlang.make_generator(3), 'cpu')
+        assert x.device == device and torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)
 
 
 def test_resume_config_keeps_shape_and_asks_for_changes():
@@ -1307,7 +1376,7 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     desc = about['source']
     assert 'iter 7' in desc and 'narrow' in desc and bias is None and factors[0].shape == (90, 3)
     torch.testing.assert_close(W, model.lm_head.effective_weight())
-    m = measure.main([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4', '--spectrum_tokens=0',
+    m = measure_main([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4', '--spectrum_tokens=0',
                       '--direction_tokens=0'])
     ref = qr_ratio(softmax_minus_onehot(H[:100] @ W.detach().T, Y[:100]), col_basis(model.lm_head))
     assert m['rank_W'] == 3 and m['destroyed_ratio'] == pytest.approx(ref, rel=1e-9)
@@ -1320,7 +1389,7 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
                       ([f'--ckpt={ckpt}', '--n_tokens=0'], 'must be positive'),
                       ([f'--ckpt={ckpt}', '--dtype=float16'], 'must be one of float64, float32')]:
         with pytest.raises(ConfigError, match=msg):
-            measure.main(args)
+            measure_main(args)
 
 
 def test_measure_refuses_a_head_that_is_not_linear():
@@ -1355,7 +1424,7 @@ def test_measure_bad_input_in_process(tmp_path):
                       (['--init', '--n_tokens=lots'], 'expects int'),
                       (['--init', '--data=/nonexistent.txt'], 'not found')]:
         with pytest.raises(ConfigError, match=msg):
-            measure.main(args)
+            measure_main(args)
 
 
 @pytest.mark.slow
@@ -1374,7 +1443,7 @@ def test_measure_destroyed_grows_as_head_rank_shrinks():
     V, D = 512, 64
     ratios = []
     for rank in (64, 16, 4, 1):
-        m = measure.main(['--init', f'--vocab_size={V}', f'--n_embd={D}', '--head=wide', f'--head_rank={rank}',
+        m = measure_main(['--init', f'--vocab_size={V}', f'--n_embd={D}', '--head=wide', f'--head_rank={rank}',
                           '--n_layer=1', '--n_tokens=1024', '--spectrum_tokens=0', '--direction_tokens=0'])
         assert m['rank_W'] == rank and m['D'] == D and m['V'] == V
         assert abs(m['destroyed_ratio'] - m['random_baseline']) < 0.02  # at init: a random rank-r subspace
@@ -1389,7 +1458,7 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
               eval_iters=1)
     ckpt = str(tmp_path / 'run' / 'ckpt.pt')
     out = tmp_path / 'm.json'
-    m = measure.main([f'--ckpt={ckpt}', '--n_tokens=300', '--batch_size=8', '--chunk=64', '--top_k=20',
+    m = measure_main([f'--ckpt={ckpt}', '--n_tokens=300', '--batch_size=8', '--chunk=64', '--top_k=20',
                       f'--json={out}'])
     res = json.loads(out.read_text())
     for key in ('destroyed_ratio', 'visible_cosine', 'random_baseline', 'n_tokens', 'V', 'D', 'per_token',
@@ -1414,7 +1483,7 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
 
 
 def test_measure_plot(tmp_path):
-    measure.main(['--init', '--n_tokens=256', '--direction_tokens=0', f'--plot={tmp_path}/e.png'])
+    measure_main(['--init', '--n_tokens=256', '--direction_tokens=0', f'--plot={tmp_path}/e.png'])
     assert (tmp_path / 'e.png').stat().st_size > 1000
 
 

@@ -82,10 +82,14 @@ c, given = common.parse_args(sys.argv[1:], common.defaults_of(globals()), __file
                              types=dict(head_rank=int, compile=bool, gradient_accumulation_steps=int),
                              choices=dict(init_from=('scratch', 'resume'), head=tuple(HEADS),
                                           dtype=('auto', *common.DTYPES), loss=('auto', 'naive', 'fused')))
-device, device_type = common.pick_device(c['device'])
+# processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; DistributedDataParallel, nccl on CUDA, gloo on CPU
+ddp = int(os.environ.get('RANK', -1)) != -1
+rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
+device = common.pick_device(c['device'], local_rank=local_rank if ddp else None)  # CUDA: with its index
+device_type = device.type
 c['preset'] = c['preset'] if c['preset'] != 'auto' else 'gpu' if device_type == 'cuda' else 'cpu'
 c = common.apply_preset(c, given, 'train', c['preset'])
-c['device'] = device
+c['device'] = str(device)
 c['dtype'] = c['dtype'] if c['dtype'] != 'auto' else 'bfloat16' if device_type == 'cuda' else 'float32'
 c['compile'] = device_type == 'cuda' if c['compile'] is None else c['compile']
 common.positive(c, 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'learning_rate')
@@ -123,15 +127,11 @@ try:
 except ValueError as e:
     raise ConfigError(str(e))
 
-# processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; DistributedDataParallel, nccl on CUDA, gloo on CPU
-ddp = int(os.environ.get('RANK', -1)) != -1
-rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
 c['gradient_accumulation_steps'] = c['gradient_accumulation_steps'] or world
 if c['gradient_accumulation_steps'] % world:
     raise ConfigError(f"--gradient_accumulation_steps={c['gradient_accumulation_steps']} (micro-batches per step, "
                       f"over all processes) must be a multiple of the {world} processes")
 if device_type == 'cuda':
-    device = f'cuda:{local_rank}' if ddp else device
     torch.cuda.set_device(device)  # so memory statistics and the CUDA RNG refer to this GPU
 if ddp:
     torch.distributed.init_process_group('nccl' if device_type == 'cuda' else 'gloo')
@@ -281,7 +281,7 @@ while iter_num < c['max_iters']:
         for k in range(world):
             batch = common.get_batch(data, 'train', c['batch_size'], c['block_size'], train_gen, 'cpu')
             if k == rank:
-                x, y = (t.to(device) for t in batch)
+                x, y = (common.to_device(t, device) for t in batch)
         if ddp:  # all-reduce the gradients only on the last micro-step
             step_model.require_backward_grad_sync = micro == accum - 1
         stats = step_meter.stats if step_meter else None  # the loss fills it: no hooks, no graph break
