@@ -150,8 +150,9 @@ def rel_err(a, b):
 def test_child_processes_get_no_stray_torchrun_variables():
     env = child_env({'PATH': '/bin', 'RANK': '3', 'WORLD_SIZE': '8', 'LOCAL_RANK': '3', 'MASTER_ADDR': 'x',
                      'MASTER_PORT': '29500', 'TORCHELASTIC_RUN_ID': 'r', 'OMP_NUM_THREADS': '8'})
-    assert env == {'PATH': '/bin', 'OMP_NUM_THREADS': '1'}
+    assert env == {'PATH': '/bin', 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''}
     assert not set(DDP_VARS) & set(CHILD_ENV)
+    assert 'CUDA_VISIBLE_DEVICES' not in child_env({'PATH': '/bin'}, gpu=True)  # the cuda tests' children see GPUs
 
 # -----------------------------------------------------------------------------
 # model: the heads, the init, the optimizer groups, the FLOP count
