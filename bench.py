@@ -11,7 +11,8 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
    installed torch has it), liger and cce (Liger-Kernel, cut-cross-entropy impl='cce_exact': only on CUDA, only
    when installed). flops_frac = the time of a bare matmul of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated
    outputs: 6·N·V·D FLOPs, measured in the same run: this machine's roofline) / the variant's time.
-2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused vs compiled; MFU on CUDA.
+2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over a few V
+   (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (its stats from the fused loss's own loop, or one more pass over
    the naive path's logits), and
    measure.py's cost per token.
@@ -51,6 +52,7 @@ TORCH_CPU_MAX_NVD = 2**33
 QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
 CUDA_SHAPES = [(8192, 32768, 768), (8192, 131072, 768), (8192, 131072, 4096), (16384, 131072, 4096)]
 VARIANTS = ('bare', 'naive', 'fused', 'torch', 'liger', 'cce', 'cce_exact')
+STEP_VOCABS = {'cpu': (2048, 8192, 32768), 'cuda': (8192, 32768, 131072)}  # section 2's V: where --loss=auto flips
 TARGET = (8192, 131072, 256)  # our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
 
 
@@ -80,18 +82,22 @@ def reset_cpu_peak():
         return False
 
 
-def measure_call(fn, device, reps):
+def measure_call(fn, device, reps, reset=None):
     """(best time in s, peak extra bytes of the first timed call) of fn(). On CUDA one untimed call comes first:
-    Triton kernels (Liger, cut-cross-entropy, torch.compile) are compiled and autotuned then, not in the timing."""
+    Triton kernels (ours, Liger, cut-cross-entropy, torch.compile) are compiled and autotuned then, not in the
+    timing. reset() runs before the memory baseline is read: it frees what the untimed call left (gradients), so
+    every variant's peak counts its outputs by the same rule."""
     if device == 'cuda':
         fn()
+    if reset is not None:
+        reset()
     sync(device)
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before, reset = rss_bytes('VmRSS'), reset_cpu_peak()
-        if not reset:  # ru_maxrss is the whole process's peak: right only for the first big call of a fresh process
+        before, cleared = rss_bytes('VmRSS'), reset_cpu_peak()
+        if not cleared:  # ru_maxrss is the whole process's peak: right only for the first big call of a fresh process
             import resource
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
@@ -103,7 +109,7 @@ def measure_call(fn, device, reps):
         if i == 0:
             if device == 'cuda':
                 peak = torch.cuda.max_memory_allocated() - before
-            elif reset:
+            elif cleared:
                 peak = rss_bytes('VmHWM') - before
             else:
                 import resource
@@ -119,8 +125,24 @@ def head_inputs(N, V, D, device, dtype, seed=0):
     return h, W, y
 
 
+def cce_kwargs(exact):
+    """cut-cross-entropy's arguments for its default mode (which skips gradient entries below a threshold) or its
+    exact one, in the installed version: (kwargs, None), or (None, why it cannot run)."""
+    try:
+        import cut_cross_entropy as cce
+    except ImportError:
+        return None, 'cut-cross-entropy is not installed (pip install cut-cross-entropy)'
+    if not exact:
+        return {}, None
+    if 'CCE_EXACT' in cce.LinearCrossEntropyImpl.__members__:  # newer versions name the exact mode
+        return {'impl': 'cce_exact'}, None
+    if 'filter_eps' in inspect.signature(cce.linear_cross_entropy).parameters:  # 25.1: no filtering = exact
+        return {'filter_eps': None}, None
+    return None, 'this cut-cross-entropy has neither impl=cce_exact nor filter_eps'
+
+
 def head_fn(variant, h, W, y):
-    """A function running forward + backward of one head-and-loss variant; None when unavailable here."""
+    """A function running forward + backward of one head-and-loss variant, or a string: why it cannot run here."""
     dev = h.device.type
 
     def run(loss_fn):
@@ -145,16 +167,16 @@ def head_fn(variant, h, W, y):
         return run(lambda: fused_linear_cross_entropy(h, W, y))
     if variant == 'torch':
         if not hasattr(F, 'linear_cross_entropy') or not hasattr(nn, 'LinearCrossEntropyOptions'):
-            return None
+            return f'torch {torch.__version__} has no F.linear_cross_entropy with options'
         opts = nn.LinearCrossEntropyOptions()  # its chunked path, 'auto' policy (the default, options=None, is naive)
         return run(lambda: F.linear_cross_entropy(h, W, y, options=opts))
     if dev != 'cuda':
-        return None
+        return 'needs CUDA'
     if variant == 'liger':
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         except ImportError:
-            return None
+            return 'Liger-Kernel is not installed (pip install liger-kernel)'
         # like ours, accumulate the head's weight gradient in fp32 (Liger's default is the input dtype, bf16)
         fp32 = 'accum_dtype' in inspect.signature(LigerFusedLinearCrossEntropyLoss).parameters
         loss = LigerFusedLinearCrossEntropyLoss(**({'accum_dtype': torch.float32} if fp32 else {}))
@@ -162,11 +184,10 @@ def head_fn(variant, h, W, y):
             print('NOTE liger: this version accumulates the weight gradient in bf16 (no accum_dtype option)')
         return run(lambda: loss(W, h, y))
     if variant in ('cce', 'cce_exact'):  # cut-cross-entropy: its default (gradient filtering) and its exact mode
-        try:
-            from cut_cross_entropy import linear_cross_entropy
-        except ImportError:
-            return None
-        kw = {'impl': 'cce_exact'} if variant == 'cce_exact' else {}
+        kw, why = cce_kwargs(exact=variant == 'cce_exact')
+        if kw is None:
+            return why
+        from cut_cross_entropy import linear_cross_entropy
         return run(lambda: linear_cross_entropy(h, W, y, **kw))
     raise ValueError(variant)
 
@@ -176,10 +197,14 @@ def worker_head(spec):
     dtype = torch.bfloat16 if device == 'cuda' else torch.float32
     h, W, y = head_inputs(N, V, D, device, dtype)
     fn = head_fn(spec['variant'], h, W, y)
-    if fn is None:
-        return None
-    t, mem = measure_call(fn, device, spec['reps'])
-    return dict(time_s=t, peak_mem_bytes=mem, tflops=6 * N * V * D / t / 1e12)
+    if isinstance(fn, str):
+        return dict(skipped=fn)
+
+    def free_grads():
+        h.grad = W.grad = None
+    t, mem = measure_call(fn, device, spec['reps'], reset=free_grads)
+    grads = (N * D + V * D) * 4  # dh and dW, counted in fp32 whatever their dtype
+    return dict(time_s=t, peak_mem_bytes=mem, beyond_grads_bytes=mem - grads, tflops=6 * N * V * D / t / 1e12)
 
 
 def step_setup(spec):
@@ -270,13 +295,17 @@ def run_worker(spec, timeout=1800):
 
 
 def fmt_bytes(b):
-    return '-' if b is None else f"{b / 2**20:,.0f} MiB" if b < 2**30 else f"{b / 2**30:,.2f} GiB"
+    if b is None:
+        return '-'
+    return f"{b / 2**20:,.0f} MiB" if abs(b) < 2**30 else f"{b / 2**30:,.2f} GiB"
 
 
 def print_row(r):
     frac = f"{r['flops_frac']:.2f}" if r.get('flops_frac') is not None else '-'
-    extra = r.get('error') or ', '.join(f"{k} {r[k]:,.3g}" for k in ('tflops', 'tok_per_s', 'mfu', 'overhead_frac',
-                                                                        'time_per_token_s') if k in r)
+    keys = ('tflops', 'tok_per_s', 'mfu', 'overhead_frac', 'time_per_token_s')
+    extra = r.get('error') or ', '.join(f"{k} {r[k]:,.3g}" for k in keys if r.get(k) is not None)
+    if r.get('beyond_grads_bytes') is not None:
+        extra += f", beyond dh + dW {fmt_bytes(r['beyond_grads_bytes'])}"
     t = f"{r['time_s']:.3f}" if r.get('time_s') is not None else '-'
     print(f"{r['section']:<8} {r['variant']:<16} {r['N']:>6} {r['V']:>7} {r['D']:>5} {t:>9} "
           f"{fmt_bytes(r.get('peak_mem_bytes')):>11} {frac:>6}  {extra}", flush=True)
@@ -296,19 +325,41 @@ gpu_check_iters = 300    # training steps of each gpu_check run
 
 def head_rows(shapes, device, reps, add):
     """Section 1: every head-and-loss variant at every shape, with its fraction of the bare matmuls' FLOP/s."""
+    cannot = {}  # variant -> why it cannot run here: said once, not tried again
     for N, V, D in shapes:
         bare = None
         for variant in VARIANTS:
-            if variant == 'torch' and device == 'cpu' and N * V * D > TORCH_CPU_MAX_NVD:
+            if variant in cannot or (variant == 'torch' and device == 'cpu' and N * V * D > TORCH_CPU_MAX_NVD):
                 continue
             res = run_worker(dict(kind='head', variant=variant, device=device, N=N, V=V, D=D, reps=reps))
-            if res is None:
-                continue  # not available on this machine
+            if 'skipped' in res:
+                cannot[variant] = res['skipped']
+                print(f"{'head':<8} {variant:<16} not run: {res['skipped']}", flush=True)
+                continue
             row = dict(section='head', variant=variant, N=N, V=V, D=D, **res)
             if 'time_s' in res:
                 bare = res['time_s'] if variant == 'bare' else bare
                 row['flops_frac'] = bare / res['time_s'] if bare else None
             add(row)
+
+
+def step_rows(device, cfg, steps, quick, add):
+    """Section 2: training steps, naive vs fused loss, eager and compiled, over V: the rows behind --loss=auto
+    (model.FUSED_FROM_VOCAB), and the line to put there."""
+    vocabs = (cfg['V'],) if quick else STEP_VOCABS[device]
+    tok_per_s = {}
+    for compiled in (False, True):
+        for V in vocabs:
+            for loss in ('naive', 'fused'):
+                spec = dict(kind='step', device=device, **{**cfg, 'V': V}, **steps, loss=loss, compile=compiled)
+                res = run_worker(spec)
+                add(dict(section='step', variant=loss + '+compile' * compiled, N=cfg['B'] * cfg['T'], V=V,
+                         D=cfg['D'], **res))
+                tok_per_s[compiled, V, loss] = res.get('tok_per_s', 0)
+        wins = [tok_per_s[compiled, V, 'fused'] > tok_per_s[compiled, V, 'naive'] for V in vocabs]
+        smallest = next((V for i, V in enumerate(vocabs) if all(wins[i:])), None)  # it wins from here up
+        print(f"--loss=auto: FUSED_FROM_VOCAB[{device!r}, {compiled}] = {smallest}  (fused faster at V = "
+              f"{', '.join(f'{V:,}' for V, w in zip(vocabs, wins) if w) or 'none measured'})", flush=True)
 
 
 def run_script(*args, timeout=600):
@@ -383,14 +434,11 @@ def main(argv):
         head_rows(QUICK_SHAPES if opts['quick'] else CUDA_SHAPES if device == 'cuda' else HEAD_SHAPES, device,
                   opts['reps'], add)
     step_cfg = dict(V=4096, D=64, n_layer=2, n_head=2, T=32, B=16) if opts['quick'] else \
-        dict(V=32768, D=256, n_layer=2, n_head=4, T=64, B=32)
+        dict(V=32768, D=256, n_layer=2, n_head=4, T=64, B=32 if device == 'cpu' else 128)
     steps = dict(warmup=2, steps=3) if opts['quick'] else dict(warmup=3, steps=5)
     N, V, D = step_cfg['B'] * step_cfg['T'], step_cfg['V'], step_cfg['D']
     if '2' in opts['sections']:
-        for variant, kw in [('naive', dict(loss='naive')), ('fused', dict(loss='fused')),
-                            ('fused+compile', dict(loss='fused', compile=True))]:
-            res = run_worker(dict(kind='step', device=device, **step_cfg, **steps, **kw))
-            add(dict(section='step', variant=variant, N=N, V=V, D=D, **res))
+        step_rows(device, step_cfg, steps, opts['quick'], add)
     if '3' in opts['sections']:
         if not os.path.exists(os.path.join(HERE, 'measure.py')):
             print("section 3 skipped: measure.py is not there")

@@ -332,15 +332,17 @@ def fused_chunk(device_type, vocab_size):
     return max(256, FUSED_CUDA_BYTES // (6 * vocab_size) // 256 * 256)
 
 
-# Default --loss (train.py's 'auto'): fused from V = 8,192 up, where it needs a fraction of the naive memory and
-# was no slower on CPU; below, its loop's fixed cost lost to the naive loss (README, Speed and memory). mps is
-# untested, so naive there. naive stays the reference that the tests compare fused against; evaluation, which
-# needs the logits, uses it.
-FUSED_MIN_VOCAB = 8192
+# Default --loss (train.py's 'auto'): the smallest V from which the fused loss made a training step faster than the
+# naive one, per device type and eager/compiled, read off `python bench.py --sections=2` (a 2-layer D = 256 GPT at
+# a few V; None: the fused loss won at no V measured). Elsewhere (mps, untested) naive. The naive loss stays the
+# reference that the tests compare fused against; evaluation, which needs the logits, uses it.
+#   cpu: 2 cores, torch 2.13.0, measured 2026-12-04.  cuda: one H200, torch 2.11.0, measured 2026-12-04.
+FUSED_FROM_VOCAB = {('cpu', False): 8192, ('cpu', True): 8192, ('cuda', False): None, ('cuda', True): 16384}
 
 
-def default_loss(device_type, vocab_size):
-    return 'fused' if device_type in ('cpu', 'cuda') and vocab_size >= FUSED_MIN_VOCAB else 'naive'
+def default_loss(device_type, vocab_size, compiled):
+    smallest = FUSED_FROM_VOCAB.get((device_type, compiled))
+    return 'fused' if smallest is not None and vocab_size >= smallest else 'naive'
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):

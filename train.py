@@ -120,7 +120,7 @@ if ckpt is not None and ckpt['iter_num'] >= c['max_iters']:
     print(f"{ckpt_path} is already at max_iters = {c['max_iters']}: nothing to do; to train further, resume "
           f"with a larger --max_iters and --allow_changes=True")
     sys.exit(0)
-c['loss'] = default_loss(device_type, c['vocab_size']) if c['loss'] == 'auto' else c['loss']
+c['loss'] = default_loss(device_type, c['vocab_size'], c['compile']) if c['loss'] == 'auto' else c['loss']
 gptconf = GPTConfig(**{k: c[k] for k in common.MODEL_KEYS})
 try:
     check_config(gptconf)
