@@ -11,8 +11,8 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
    installed torch has it), liger and cce (Liger-Kernel, cut-cross-entropy impl='cce_exact': only on CUDA, only
    when installed). flops_frac = the time of a bare matmul of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated
    outputs: 6·N·V·D FLOPs, measured in the same run: this machine's roofline) / the variant's time.
-2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over a few V
-   (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
+2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over a
+   few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (its stats from the fused loss's own loop, or one more pass over
    the naive path's logits), and
    measure.py's cost per token.
@@ -319,7 +319,7 @@ reps = 2                 # timed calls per row; the best is reported
 device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
 json = ''                # --json=FILE: the rows for machines (gpu_check: default gpu_check.json)
 gpu_check = False        # verify the GPU path in ≤ 8 minutes (one CUDA GPU): training, measure.py, head + loss
-gpu_check_iters = 300    # training steps of each gpu_check run
+gpu_check_iters = 200    # training steps of each gpu_check run
 # -----------------------------------------------------------------------------
 
 
@@ -370,15 +370,18 @@ def run_script(*args, timeout=600):
 
 
 def check_gpu(opts, add):
-    """The GPU path end to end in a few minutes: train.py --head=wide (gpu preset, bf16) compiled + fused, eager +
-    fused and eager + naive; measure.py on the compiled run's checkpoint; the head + loss at V = 131,072."""
+    """The GPU path end to end in a few minutes: train.py --head=wide (gpu preset, bf16) with the fused and
+    the naive loss, each compiled and eager; measure.py on the compiled fused run's checkpoint; the head + loss
+    at V = 131,072."""
     out, runs = tempfile.mkdtemp(prefix='gpu_check_'), {}
     for name, extra in (('compiled_fused', ['--compile=True', '--loss=fused']),
+                        ('compiled_naive', ['--compile=True', '--loss=naive']),
                         ('eager_fused', ['--compile=False', '--loss=fused']),
                         ('eager_naive', ['--compile=False', '--loss=naive'])):
         t0 = time.time()
-        run_script('train.py', '--head=wide', f'--max_iters={opts["gpu_check_iters"]}', '--log_interval=50',
-                   f'--eval_interval={opts["gpu_check_iters"]}', f'--out_dir={out}/{name}', *extra)
+        iters = opts['gpu_check_iters']
+        run_script('train.py', 'config/train_gpu.py', '--head=wide', f'--max_iters={iters}',
+                   '--log_interval=50', f'--eval_interval={iters}', f'--out_dir={out}/{name}', *extra)
         with open(f'{out}/{name}/log.jsonl') as f:
             log = [loads(line) for line in f]
         train = [r for r in log if r['type'] == 'train'][1:]  # the first interval holds the warm-up
@@ -398,6 +401,10 @@ def check_gpu(opts, add):
                                          'visible_over_chance', 'ey_floor', 'ey_k')}
     print(f"gpu_check measure.py: {runs['measure']}", flush=True)
     head_rows([s for s in CUDA_SHAPES if s[:2] == (8192, 131072)], 'cuda', opts['reps'], add)  # D = 768, 4096
+    for compiled in ('eager', 'compiled'):  # the gpu preset's step: the evidence for --loss=auto at its V
+        fused, naive = runs[f'{compiled}_fused']['tok_per_s'], runs[f'{compiled}_naive']['tok_per_s']
+        print(f"--loss=auto, cuda, {compiled}, V = {runs['eager_naive']['V']:,}: fused {fused / naive:.2f}x the "
+              f"naive loss's tokens/s", flush=True)
     return runs
 
 

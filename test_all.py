@@ -1861,9 +1861,10 @@ def test_bench_workers_measure_what_they_name():
         grads[variant] = (h.grad.clone(), W.grad.clone())
     for a, b in zip(grads['fused'], grads['naive']):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    assert bench.head_fn('liger', h, W, y) is None and bench.head_fn('cce', h, W, y) is None  # CUDA only
+    assert bench.head_fn('liger', h, W, y) == bench.head_fn('cce_exact', h, W, y) == 'needs CUDA'  # said in one line
     head = bench.worker(dict(kind='head', variant='fused', device='cpu', N=N, V=V, D=D, reps=1))
     assert head['time_s'] > 0 and head['peak_mem_bytes'] >= 0
+    assert head['beyond_grads_bytes'] == head['peak_mem_bytes'] - (N * D + V * D) * 4  # dh, dW counted in fp32
     assert head['tflops'] == pytest.approx(6 * N * V * D / head['time_s'] / 1e12, rel=1e-9)
     spec = dict(device='cpu', V=V, D=D, n_layer=1, n_head=2, T=8, B=4, warmup=1, steps=2)
     step = bench.worker(dict(kind='step', loss='fused', **spec))
