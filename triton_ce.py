@@ -93,7 +93,8 @@ if triton is not None:
 
     @triton.jit
     def _lse_kernel(h_ptr, w_ptr, y_ptr, m_ptr, s_ptr, t_ptr, N, V, D, S,
-                    BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr):
+                    BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr,
+                    UPCAST: tl.constexpr):
         # one program: rows [pid_m·BM, +BM) × vocab segment pid_s; writes that segment's (max, sum-exp, target logit)
         pid_m = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -117,7 +118,9 @@ if triton is not None:
                 k_ok = ks < D
                 a = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # (BM, BK)
                 b = tl.load(w_cols + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)  # (BK, BV)
-                if IEEE:  # fp32 inputs: no tf32 rounding, so fp32 results match torch's to ~1e-6
+                if UPCAST:  # the interpreter's tl.dot mishandles bf16 operands (numpy has no bf16)
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision='ieee')
+                elif IEEE:  # fp32 inputs: no tf32 rounding, so fp32 results match torch's to ~1e-6
                     acc = tl.dot(a, b, acc, input_precision='ieee')
                 else:
                     acc = tl.dot(a, b, acc)
@@ -223,11 +226,11 @@ def lse_and_target(h, W, targets, segments=None, blocks=None):
     ieee = h.dtype == torch.float32
     if blocks is None and not interpreting():
         grid = lambda meta: (triton.cdiv(N, meta['BM']), S)
-        _lse_kernel_tuned[grid](h, W, targets, part[0], part[1], part[2], N, V, D, S, IEEE=ieee)
+        _lse_kernel_tuned[grid](h, W, targets, part[0], part[1], part[2], N, V, D, S, IEEE=ieee, UPCAST=False)
     else:
         b = blocks or INTERPRET_BLOCKS
         _lse_kernel[(triton.cdiv(N, b['BM']), S)](h, W, targets, part[0], part[1], part[2], N, V, D, S,
-                                                  IEEE=ieee, **b)
+                                                  IEEE=ieee, UPCAST=interpreting() and not ieee, **b)
     m, s, t = part
     M = m.amax(0)  # finite: every row has at least one non-empty segment
     lse = M + torch.log((s * torch.exp(m - M)).sum(0))  # empty segments have m = −inf, s = 0: they add 0
