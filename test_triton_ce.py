@@ -1,8 +1,8 @@
 """
-Tests of triton_ce.py on CPU, through the Triton interpreter (TRITON_INTERPRET=1, set before triton is imported):
-the kernels run on CPU tensors, tl.dot included. Tiny shapes whose tiles are ragged in N (37 rows, 16-row
-blocks), V (300 columns: 32-column tiles, pass-1 segments that end mid-tile or are empty, pass-2 chunks of 128)
-and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on the fp32 logits, through autograd.
+Tests of triton_ce.py on CPU, through the Triton interpreter (TRITON_INTERPRET=1, set before triton is
+imported): the kernels run on CPU tensors, tl.dot included. Tiny shapes whose tiles are ragged in N (37 rows,
+16-row blocks), V (300 columns: 32-column tiles, pass-1 segments that end mid-tile or are empty, pass-2 chunks
+of 128) and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on fp32 logits, by autograd.
 
     python3 -m pytest -q test_triton_ce.py
 """
@@ -60,10 +60,10 @@ def test_available_under_interpreter():
     assert ok, why
 
 
-# fp32: the Triton dot runs in IEEE fp32 and the rest in fp32, so only the order of sums differs: ~1e-6 relative
+# fp32: the Triton dot runs in IEEE fp32, the rest in fp32: only the order of sums differs, ~1e-6 relative
 @pytest.mark.parametrize('segments,chunk_v', [(None, 128), (7, 300), (1, 96), (16, 1000)])
 def test_fp32_matches_naive(segments, chunk_v):
-    # segments 7 (64 columns each) leaves two empty; 16 leaves most empty; chunk_v 96 < 128 is a ragged 3-tile chunk
+    # 7 segments of 64 columns leave two empty; 16 leave most empty; chunk_v 96 is not a multiple of 128
     h, W, y = make()
     ref = naive(h, W, y)
     loss, dh, dW = fused_ce_forward(h, W, y, True, True, chunk_v=chunk_v, segments=segments)
@@ -74,21 +74,22 @@ def test_fp32_matches_naive(segments, chunk_v):
 
 
 def test_fp32_public_function_and_tiles():
-    # other tile sizes: 32-row blocks (one ragged row block of 5), 64-column tiles, D in one 32-wide ragged k-tile
+    # other tiles: 32-row blocks (a ragged one of 5 rows), 64-column tiles, D in one ragged 32-wide k-tile
     h, W, y = make()
     ref = naive(h, W, y)
-    loss, dh, dW = fused_ce_forward(h, W, y, True, True, chunk_v=128, segments=3, blocks=dict(BM=32, BV=64, BK=32))
+    blocks = dict(BM=32, BV=64, BK=32)
+    loss, dh, dW = fused_ce_forward(h, W, y, True, True, chunk_v=128, segments=3, blocks=blocks)
     assert torch.allclose(loss, ref[0], rtol=1e-6, atol=1e-6)
     assert close(dh, ref[1], 1e-5, 1e-6)
     assert close(dW, ref[2], 1e-5, 1e-6)
-    out = fused(h.reshape(1, N, D), W, y.reshape(1, N), chunk_v=128)  # leading dims, as GPT.forward passes them
+    out = fused(h.reshape(1, N, D), W, y.reshape(1, N), chunk_v=128)  # leading dims, as GPT.forward has
     assert torch.allclose(out[0], ref[0], rtol=1e-6, atol=1e-6)
     assert close(out[1], ref[1].reshape(1, N, D), 1e-5, 1e-6)
     assert close(out[2], ref[2], 1e-5, 1e-6)
 
 
 # bf16 inputs: pass 1 accumulates in fp32 from the same bf16 values, so the loss stays at fp32 accuracy; the
-# gradients go through bf16 logits, a bf16 G and bf16 matmul outputs: ~3 bf16 roundings, 2⁻⁸ each, so 2% of max
+# gradients go through bf16 logits, a bf16 G and bf16 matmul outputs: ~3 roundings of 2⁻⁸ each: 2% of max
 def test_bf16_matches_naive():
     h, W, y = make(torch.bfloat16)
     ref = naive(h, W, y)

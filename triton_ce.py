@@ -4,7 +4,7 @@ gradients dh = G W and dW = Gᵀ h, G = softmax − onehot, without ever writing
 
     from triton_ce import available, triton_linear_cross_entropy
     ok, why = available()
-    loss = triton_linear_cross_entropy(h, W, targets)   # h (..., D), W (V, D), targets (...) long, -1 = ignored
+    loss = triton_linear_cross_entropy(h, W, targets)  # h (..., D), W (V, D), targets (...) long, -1 ignored
 
 It has the contract of model.fused_linear_cross_entropy (which stays the CPU path and the reference this file
 is tested against): mean cross-entropy over the tokens whose target is ≥ 0, gradients computed in the forward
@@ -12,12 +12,12 @@ pass, backward only scales them by the incoming gradient. Under autocast the mat
 and the softmax in fp32. A batch whose targets are all ignored gives a NaN loss and NaN gradients, like the
 reference (it divides by n_valid = 0); F.cross_entropy gives a NaN loss there too (but zero gradients).
 
-From the chunked version to this one. model.py walks over chunks of TOKENS: per chunk it forms all V logits of
-c rows, so each row's softmax is exact at once, and folds G_c into dh and dW. Its dW accumulates over N/c chunks.
-At N = 8,192, V = 131,072 a 64 MiB budget allows c = 256 bf16 rows, so fp32 dW (2 GiB at D = 4,096) is read and
-written 32 times: 128 GiB of traffic, ~27 ms at 4.8 TB/s, against ~40 ms for all three matmuls at peak; and each
-dW update is a K = 256 matmul, about 64 flop per byte of dW, below the H200's ~200 flop/byte ridge. Row chunks
-with stored logits do 3 matmuls but are bound by memory traffic, not by the tensor cores.
+From the chunked version to this one. model.py walks over chunks of TOKENS: per chunk it forms all V logits
+of c rows, so each row's softmax is exact at once, and folds G_c into dh and dW. Its dW accumulates over N/c
+chunks. At N = 8,192, V = 131,072 a 64 MiB budget allows c = 256 bf16 rows, so fp32 dW (2 GiB at D = 4,096)
+is read and written 32 times: 128 GiB of traffic, ~27 ms at 4.8 TB/s, against ~40 ms for all three matmuls
+at peak; and each dW update is a K = 256 matmul, ~64 flop per byte of dW, below the H200's ~200 flop/byte
+ridge. Row chunks with stored logits do 3 matmuls but are bound by memory traffic, not by the tensor cores.
 
 So this file walks over chunks of the VOCABULARY instead, where each dW row block is written once (K = N).
 The price: G needs each row's logsumexp (lse) before any of its entries exists, and a V-chunk sees only part
@@ -30,15 +30,17 @@ of a row, so the lse comes from a first pass of its own. Two passes over the log
   Pass 2 (a loop over V-chunks of cv columns): the chunk's logits L = h W_cᵀ (torch.mm, cuBLAS) land in one
     reused (N, cv) buffer; a Triton elementwise kernel (_grad_kernel) turns it in place into
     G = (exp(L − lse) − onehot(y)) · w_n, w_n = 1/n_valid (0 for ignored rows); then dW_c = Gᵀ h (torch.mm,
-    written once) and dh += G W_c (fp32 accumulation, through a small row-blocked temp).
+    written once) and dh += G W_c in fp32 (cuBLAS's fp32 output where torch has addmm(out_dtype=), else
+    through a small row-blocked temp).
 Why not 3 matmuls? dh alone could come out of pass 1 (online rescaling of Σ_v exp(l − m) W_v, as
-flash-attention rescales its output), but dW_v = Σ_n p_nv h_n sums over rows, each normalized by its own lse,
-and that factor cannot be pulled out of the sum: dW needs the final lse, so a second logit pass (1 matmul) plus
-dW (1) follows a first pass that does at least 1: 4 with or without the online dh. Storing the logits instead
-costs N·V·2 bytes (2 GiB in bf16), 32× the budget. Hence the speed bound: at most 3/4 of the three bare
-matmuls, less the elementwise passes over the (N, cv) chunk (memory-bound, small against the matmuls at D ≥ 768).
-Learned from: Cut Cross-Entropy (arXiv 2411.09009: logits only on chip, lse first, gradient by recomputing them)
-and Liger-Kernel (arXiv 2410.10989: gradients computed in the forward pass, chunk by chunk); the code is ours.
+flash-attention rescales its output), but dW_v = Σ_n p_nv h_n sums over rows, each normalized by its own
+lse, and that factor cannot be pulled out of the sum: dW needs the final lse, so a second logit pass
+(1 matmul) plus dW (1) follows a first pass that does at least 1: 4 with or without the online dh. Storing
+the logits instead costs N·V·2 bytes (2 GiB in bf16), 32× the budget. Hence the speed bound: at most 3/4 of
+the three bare matmuls, less the elementwise passes over the (N, cv) chunk (memory-bound, small next to the
+matmuls at D ≥ 768). Learned from: Cut Cross-Entropy (arXiv 2411.09009: logits only on chip, lse first,
+gradient by recomputing them) and Liger-Kernel (arXiv 2410.10989: gradients in the forward pass, chunk by
+chunk); the code is ours.
 
 Memory beyond the gradient outputs, e = bytes per element of the compute dtype:
     N·cv·e (the G chunk, ≤ G_BYTES = 32 MiB) + min(N, rb)·D·e (dh's matmul temp, ≤ TEMP_BYTES = 16 MiB)
@@ -70,7 +72,7 @@ def interpreting():
 
 
 def available():
-    """(True, '') when the kernels can run here: Triton imports and CUDA (or the Triton interpreter) is there."""
+    """(True, '') when the kernels can run here: Triton imports, and CUDA or its interpreter is there."""
     if triton is None:
         return False, 'triton is not installed'
     if interpreting():
@@ -95,7 +97,7 @@ if triton is not None:
     def _lse_kernel(h_ptr, w_ptr, y_ptr, m_ptr, s_ptr, t_ptr, N, V, D, S,
                     BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr,
                     UPCAST: tl.constexpr):
-        # one program: rows [pid_m·BM, +BM) × vocab segment pid_s; writes that segment's (max, sum-exp, target logit)
+        # one program: rows [pid_m·BM, +BM) × vocab segment pid_s; writes its (max, sum-exp, target logit)
         pid_m = tl.program_id(0)
         pid_s = tl.program_id(1)
         rows = pid_m * BM + tl.arange(0, BM)
@@ -193,7 +195,7 @@ _ADDMM_FP32 = {}
 
 
 def addmm_fp32_ok(device):
-    """Whether torch.addmm(out_dtype=fp32) adds a bf16/fp16 product into fp32 here (CUDA, torch ≥ 2.9 or so)."""
+    """Whether torch.addmm(out_dtype=fp32) adds a bf16/fp16 product into fp32 here (CUDA, recent torch)."""
     if device.type != 'cuda':
         return False
     if device not in _ADDMM_FP32:
@@ -218,11 +220,11 @@ def scale_cast(x, g, out):
 
 
 def lse_and_target(h, W, targets, segments=None, blocks=None):
-    """Pass 1: per row, lse = log Σ_v exp(h_n · W_v) and the target's logit h_n · W_{y_n} (0 if ignored), fp32."""
+    """Pass 1, per row: lse = log Σ_v exp(h_n · W_v) and the target logit h_n · W_{y_n} (0 if ignored)."""
     N, D = h.shape
     V = W.size(0)
     S = segments or num_segments(N, V, h.device)
-    part = torch.empty(3, S, N, dtype=torch.float32, device=h.device)  # (max, sum-exp, target logit) per segment
+    part = torch.empty(3, S, N, dtype=torch.float32, device=h.device)  # (max, sum-exp, target logit) × S
     ieee = h.dtype == torch.float32
     if blocks is None and not interpreting():
         grid = lambda meta: (triton.cdiv(N, meta['BM']), S)
@@ -241,7 +243,7 @@ def fused_ce_forward(h, W, targets, need_dh, need_dW, chunk_v=0, segments=None, 
     """loss (fp32, 0-dim), dh (N, D) and dW (V, D) in grad_dtype(h.dtype), or (0,) where not needed.
 
     h (N, D), W (V, D) contiguous in one dtype (bf16, fp16 or fp32), targets (N,) int64, -1 = ignored.
-    chunk_v, segments and blocks override the automatic pass-2 chunk, pass-1 segments and tile sizes (tests)."""
+    chunk_v, segments and blocks override pass 2's chunk, pass 1's segments and its tiles (for the tests)."""
     if h.dim() != 2 or W.dim() != 2 or h.size(1) != W.size(1):
         raise ValueError(f"want h (N, D) and W (V, D), got {tuple(h.shape)} and {tuple(W.shape)}")
     if h.dtype != W.dtype or h.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -255,7 +257,7 @@ def fused_ce_forward(h, W, targets, need_dh, need_dW, chunk_v=0, segments=None, 
     gd = grad_dtype(dt)
     valid = targets >= 0
     n_valid = valid.sum()  # a tensor: no host sync
-    inv_n = 1.0 / n_valid.float()  # inf when every target is ignored: loss and gradients become NaN, like model.py
+    inv_n = 1.0 / n_valid.float()  # inf if every target is ignored: NaN loss and gradients, like model.py
     lse, logit_y = lse_and_target(h, W, targets, segments, blocks)
     loss = ((lse - logit_y) * valid).sum() * inv_n
     dh = h.new_empty(0, dtype=gd)
@@ -296,7 +298,7 @@ def fused_ce_forward(h, W, targets, need_dh, need_dW, chunk_v=0, segments=None, 
             elif direct:
                 torch.addmm(dh32, G, Wc, out_dtype=torch.float32, out=dh32)
             else:
-                for r0 in range(0, N, rb):  # cuBLAS writes G W_c in the compute dtype: add it to fp32 dh by rows
+                for r0 in range(0, N, rb):  # G W_c comes in the compute dtype: add it to fp32 dh by rows
                     r1 = min(r0 + rb, N)
                     torch.mm(G[r0:r1], Wc, out=tmp[:r1 - r0])
                     dh32[r0:r1] += tmp[:r1 - r0]
@@ -394,8 +396,9 @@ else:  # older torch: a plain autograd.Function (torch.compile graph-breaks on i
 def triton_linear_cross_entropy(h, W, targets, chunk_v=None):
     """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits, on CUDA.
 
-    h (..., D), W (V, D) (the real rows only), targets (...) long. Under autocast the matmuls run in the autocast
-    dtype, the softmax in fp32. chunk_v: pass 2's V-chunk (default: what fits G_BYTES). Works under no_grad."""
+    h (..., D), W (V, D) (the real rows only), targets (...) long. Under autocast the matmuls run in the
+    autocast dtype, the softmax in fp32. chunk_v: pass 2's V-chunk (default: what fits G_BYTES).
+    Works under no_grad."""
     ok, why = available()
     if not ok:
         raise RuntimeError(f"triton_linear_cross_entropy cannot run here: {why}")
@@ -410,8 +413,9 @@ def triton_linear_cross_entropy(h, W, targets, chunk_v=None):
     need_dh = grad and h.requires_grad
     need_dW = grad and W.requires_grad
     with torch.autocast(dev, enabled=False):
-        return _apply(h.to(dtype).contiguous(), W.to(dtype).contiguous(), targets.long().contiguous(), need_dh,
-                      need_dW, chunk_v or 0)
+        h = h.to(dtype).contiguous()
+        W = W.to(dtype).contiguous()
+        return _apply(h, W, targets.long().contiguous(), need_dh, need_dW, chunk_v or 0)
 
 
 # =============================================================================
@@ -479,7 +483,8 @@ def _bench():
             lse_and_target(h.detach(), W.detach(), y)
 
         t_bare = None
-        variants = [('bare', bare), ('naive', naive), ('chunked', chunked), ('triton', fused), ('pass 1', pass1)]
+        variants = [('bare', bare), ('naive', naive), ('chunked', chunked), ('triton', fused),
+                    ('pass 1', pass1)]
         for name, fn in variants:
             try:
                 h.grad = None
@@ -520,6 +525,6 @@ def _bench():
 if __name__ == '__main__':
     ok, why = available()
     if not ok or interpreting():
-        print(f"the benchmark needs a CUDA GPU without TRITON_INTERPRET: {why or 'TRITON_INTERPRET=1 is set'}")
+        print(f"the benchmark needs a CUDA GPU, no TRITON_INTERPRET: {why or 'TRITON_INTERPRET=1 is set'}")
     else:
         _bench()
