@@ -7,10 +7,14 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
     python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py
 
 1. Head and loss, forward + backward, over V ∈ {32k, 128k} and a few N, D: naive (N×V logits, autograd),
-   fused (model.fused_linear_cross_entropy), torch (F.linear_cross_entropy with its chunked options, where the
-   installed torch has it), liger and cce (Liger-Kernel, cut-cross-entropy impl='cce_exact': only on CUDA, only
-   when installed). flops_frac = the time of a bare matmul of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated
-   outputs: 6·N·V·D FLOPs, measured in the same run: this machine's roofline) / the variant's time.
+   fused (model.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch (F.linear_cross_entropy
+   with its chunked options, where the installed torch has it), liger and cce (Liger-Kernel; cut-cross-entropy
+   in its default mode, which skips small gradient entries, and its exact one: only on CUDA, only when
+   installed). A variant that cannot run prints one line saying why. flops_frac = the time of the bare matmuls
+   of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated outputs: 6·N·V·D FLOPs, measured in the same run: this
+   machine's roofline) / the variant's time. Memory, one rule for every variant: the peak extra bytes of a
+   forward + backward, gradients freed before the baseline, so dh and dW count; "beyond dh + dW" subtracts
+   them counted in fp32, (N·D + V·D)·4 bytes.
 2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over a
    few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (its stats from the fused loss's own loop, or one more pass over
@@ -42,7 +46,7 @@ import torch.nn.functional as F
 
 import common
 import measure
-from model import GPT, GPTConfig, fused_linear_cross_entropy
+from model import GPT, GPTConfig, chunked_linear_cross_entropy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (8192, 131072, 256)]
@@ -51,7 +55,7 @@ HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (819
 TORCH_CPU_MAX_NVD = 2**33
 QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
 CUDA_SHAPES = [(8192, 32768, 768), (8192, 131072, 768), (8192, 131072, 4096), (16384, 131072, 4096)]
-VARIANTS = ('bare', 'naive', 'fused', 'torch', 'liger', 'cce', 'cce_exact')
+VARIANTS = ('bare', 'naive', 'fused', 'triton', 'torch', 'liger', 'cce', 'cce_exact')
 STEP_VOCABS = {'cpu': (2048, 8192, 32768), 'cuda': (8192, 32768, 131072)}  # section 2's V: where --loss=auto flips
 TARGET = (8192, 131072, 256)  # our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
 
@@ -163,8 +167,8 @@ def head_fn(variant, h, W, y):
         return fn
     if variant == 'naive':
         return run(lambda: F.cross_entropy((h @ W.t()).float(), y))
-    if variant == 'fused':
-        return run(lambda: fused_linear_cross_entropy(h, W, y))
+    if variant == 'fused':  # ours, the chunked loop (the CPU path)
+        return run(lambda: chunked_linear_cross_entropy(h, W, y))
     if variant == 'torch':
         if not hasattr(F, 'linear_cross_entropy') or not hasattr(nn, 'LinearCrossEntropyOptions'):
             return f'torch {torch.__version__} has no F.linear_cross_entropy with options'
@@ -172,6 +176,10 @@ def head_fn(variant, h, W, y):
         return run(lambda: F.linear_cross_entropy(h, W, y, options=opts))
     if dev != 'cuda':
         return 'needs CUDA'
+    if variant == 'triton':  # ours, the Triton kernel: what --loss=fused runs on CUDA
+        import triton_ce
+        ok, why = triton_ce.available()
+        return run(lambda: triton_ce.triton_linear_cross_entropy(h, W, y)) if ok else why
     if variant == 'liger':
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
@@ -326,6 +334,9 @@ gpu_check_iters = 200    # training steps of each gpu_check run
 def head_rows(shapes, device, reps, add):
     """Section 1: every head-and-loss variant at every shape, with its fraction of the bare matmuls' FLOP/s."""
     cannot = {}  # variant -> why it cannot run here: said once, not tried again
+    if not hasattr(F, 'linear_cross_entropy') or not hasattr(nn, 'LinearCrossEntropyOptions'):
+        cannot['torch'] = f'torch {torch.__version__} has no F.linear_cross_entropy with options'
+        print(f"{'head':<8} {'torch':<16} not run: {cannot['torch']}", flush=True)
     for N, V, D in shapes:
         bare = None
         for variant in VARIANTS:

@@ -404,8 +404,33 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gW, None, None, None, None, None
 
 
+_cuda_kernel = []  # filled at the first CUDA call: triton_ce's loss, or None where Triton cannot run
+
+
+def cuda_kernel():
+    """triton_ce.triton_linear_cross_entropy when Triton can run here, else None. Imported at the first CUDA call
+    only, so a CPU run never loads it (torch.compile traces through this import)."""
+    if not _cuda_kernel:
+        try:
+            import triton_ce
+            ok = triton_ce.available()[0]
+        except ImportError:
+            ok = False
+        _cuda_kernel.append(triton_ce.triton_linear_cross_entropy if ok else None)
+    return _cuda_kernel[0]
+
+
 def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
-    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits.
+    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: on CUDA with Triton
+    the kernel of triton_ce.py (when no chunk and no meter stats are asked for), else the chunked loop below."""
+    kernel = cuda_kernel() if h.is_cuda and chunk_size is None and stats is None else None
+    if kernel is not None:
+        return kernel(h, W, targets)
+    return chunked_linear_cross_entropy(h, W, targets, chunk_size, stats)
+
+
+def chunked_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
+    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: chunks of tokens.
 
     h (..., D), W (V, D) (the real rows only: never the padding), targets (...) long. Under autocast the matmuls
     run in the autocast dtype and the softmax in fp32, as on the naive path. If `stats` is a dict it receives,

@@ -1,6 +1,6 @@
 """
-Tests of triton_ce.py on CPU, through the Triton interpreter (TRITON_INTERPRET=1, set before triton is
-imported): the kernels run on CPU tensors, tl.dot included. Tiny shapes whose tiles are ragged in N (37 rows,
+Tests of triton_ce.py: on a CUDA GPU where there is one, else on CPU through the Triton interpreter
+(TRITON_INTERPRET=1, set before triton is imported), where the kernels run on CPU tensors, tl.dot included. Tiny shapes whose tiles are ragged in N (37 rows,
 16-row blocks), V (300 columns: 32-column tiles, pass-1 segments that end mid-tile or are empty, pass-2 chunks
 of 128) and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on fp32 logits, by autograd.
 
@@ -8,11 +8,17 @@ of 128) and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on
 """
 import os
 
-os.environ['TRITON_INTERPRET'] = '1'  # before triton is imported, or its kernels want a GPU
-
 import pytest
 import torch
 import torch.nn.functional as F
+
+# on a CUDA machine the kernels run on the GPU; elsewhere in the interpreter, which must be set before triton is
+# imported, or its kernels want a GPU
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+if DEVICE == 'cpu':
+    os.environ['TRITON_INTERPRET'] = '1'
+else:
+    pytestmark = pytest.mark.cuda  # on the GPU these belong with the suite's CUDA tests (-m cuda)
 
 pytest.importorskip('triton', reason='triton is not installed: the fused CUDA loss cannot be tested')
 
@@ -29,7 +35,7 @@ def make(dtype=torch.float32, seed=0, ignore=(5, 11)):
     y = torch.randint(0, V, (N,), generator=g)
     y[0] = V - 1  # the last column, in the ragged last tile of V
     y[list(ignore)] = -1
-    return h, W, y
+    return h.to(DEVICE), W.to(DEVICE), y.to(DEVICE)
 
 
 def naive(h, W, y, scale=1.0):
@@ -55,7 +61,7 @@ def close(a, b, rtol, atol_frac):
     return torch.allclose(a, b, rtol=rtol, atol=atol_frac * b.abs().max().item())
 
 
-def test_available_under_interpreter():
+def test_available_here():
     ok, why = triton_ce.available()
     assert ok, why
 
@@ -104,7 +110,7 @@ def test_autocast_bf16_on_fp32_weights():
     # under autocast the matmuls run in bf16 (same tolerance as above), and the gradients come back in fp32
     h, W, y = make()
     ref = naive(h.bfloat16(), W.bfloat16(), y)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
         loss, dh, dW = fused(h, W, y, chunk_v=128)
     assert dh.dtype == torch.float32 and dW.dtype == torch.float32
     assert torch.allclose(loss, ref[0], rtol=1e-5, atol=1e-5)
@@ -124,13 +130,13 @@ def test_ignored_row_block():
 
 
 def test_all_ignored_is_nan_like_the_reference():
-    # model.fused_linear_cross_entropy divides by n_valid = 0: NaN loss and gradients; we match it
-    from model import fused_linear_cross_entropy
+    # model.chunked_linear_cross_entropy divides by n_valid = 0: NaN loss and gradients; we match it
+    from model import chunked_linear_cross_entropy
     h, W, y = make()
     y[:] = -1
     loss, dh, dW = fused(h, W, y)
     h2 = h.clone().requires_grad_()
-    ref = fused_linear_cross_entropy(h2, W, y)
+    ref = chunked_linear_cross_entropy(h2, W, y)
     assert torch.isnan(loss) and torch.isnan(ref)
     assert torch.isnan(dh).all() and torch.isnan(dW).all()
 
