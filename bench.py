@@ -391,8 +391,13 @@ def check_gpu(opts, add):
                         ('eager_naive', ['--compile=False', '--loss=naive'])):
         t0 = time.time()
         iters = opts['gpu_check_iters']
-        run_script('train.py', 'config/train_gpu.py', '--head=wide', f'--max_iters={iters}',
-                   '--log_interval=50', f'--eval_interval={iters}', f'--out_dir={out}/{name}', *extra)
+        try:  # a failed run is reported and the others still run: gpu_check then exits non-zero
+            run_script('train.py', 'config/train_gpu.py', '--head=wide', f'--max_iters={iters}',
+                       '--log_interval=50', f'--eval_interval={iters}', f'--out_dir={out}/{name}', *extra)
+        except common.TrainingError as e:
+            runs[name] = {'error': str(e)}
+            print(f"gpu_check {name}: FAILED: {e}", flush=True)
+            continue
         with open(f'{out}/{name}/log.jsonl') as f:
             log = [loads(line) for line in f]
         train = [r for r in log if r['type'] == 'train'][1:]  # the first interval holds the warm-up
@@ -405,17 +410,20 @@ def check_gpu(opts, add):
                           peak_mem_gb=max(r['peak_mem_gb'] for r in train), final_val_loss=last['val_loss'],
                           final_val_acc=last.get('val_acc'), grad_destroyed=last['grad_destroyed'])
         print(f"gpu_check {name}: {runs[name]}", flush=True)
-    run_script('measure.py', f'--ckpt={out}/compiled_fused/ckpt.pt', f'--json={out}/measure.json')
-    with open(f'{out}/measure.json') as f:
-        m = loads(f.read())
-    runs['measure'] = {k: m[k] for k in ('destroyed_ratio', 'visible_cosine', 'random_baseline',
-                                         'visible_over_chance', 'ey_floor', 'ey_k')}
-    print(f"gpu_check measure.py: {runs['measure']}", flush=True)
+    ok = [name for name in runs if 'error' not in runs[name]]
+    if ok:
+        run_script('measure.py', f'--ckpt={out}/{ok[0]}/ckpt.pt', f'--json={out}/measure.json')
+        with open(f'{out}/measure.json') as f:
+            m = loads(f.read())
+        runs['measure'] = {k: m[k] for k in ('destroyed_ratio', 'visible_cosine', 'random_baseline',
+                                             'visible_over_chance', 'ey_floor', 'ey_k')}
+        print(f"gpu_check measure.py on {ok[0]}: {runs['measure']}", flush=True)
     head_rows([s for s in CUDA_SHAPES if s[:2] == (8192, 131072)], 'cuda', opts['reps'], add)  # D = 768, 4096
-    for compiled in ('eager', 'compiled'):  # the gpu preset's step: the evidence for --loss=auto at its V
-        fused, naive = runs[f'{compiled}_fused']['tok_per_s'], runs[f'{compiled}_naive']['tok_per_s']
-        print(f"--loss=auto, cuda, {compiled}, V = {runs['eager_naive']['V']:,}: fused {fused / naive:.2f}x the "
-              f"naive loss's tokens/s", flush=True)
+    for mode in ('eager', 'compiled'):  # the gpu preset's step: the evidence for --loss=auto at its V
+        if f'{mode}_fused' in ok and f'{mode}_naive' in ok:
+            fused, naive = runs[f'{mode}_fused'], runs[f'{mode}_naive']
+            print(f"--loss=auto, cuda, {mode}, V = {naive['V']:,}: fused {fused['tok_per_s'] / naive['tok_per_s']:.2f}x "
+                  f"the naive loss's tokens/s", flush=True)
     return runs
 
 
@@ -447,6 +455,9 @@ def main(argv):
                            date=time.strftime('%Y-%m-%d %H:%M'), wall_s=round(time.time() - t0, 1), runs=runs,
                            head_rows=rows), f, indent=1)
         print(f"gpu_check done in {time.time() - t0:.0f} s: wrote {path}")
+        failed = [name for name, r in runs.items() if 'error' in r]
+        if failed:
+            raise common.TrainingError(f"gpu_check: {', '.join(failed)} failed (above; details in {path})")
         return
     if '1' in opts['sections']:
         head_rows(QUICK_SHAPES if opts['quick'] else CUDA_SHAPES if device == 'cuda' else HEAD_SHAPES, device,
