@@ -852,6 +852,17 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_config_file_is_named_on_the_first_line_and_the_command_line_wins(tmp_path):
+    code, out, err = run_train('config/train_gpu.py', *TINY_RUN, '--n_layer=1', '--max_iters=1',
+                               f'--out_dir={tmp_path}/run')
+    assert code == 0, err
+    assert out.splitlines()[0].startswith('options from config/train_gpu.py: linear head, V = 64,')
+    config = read_log(tmp_path / 'run', 'config')[0]
+    assert (config['n_embd'], config['n_layer'], config['max_iters']) == (16, 1, 1)  # the command line wins
+    assert config['eval_interval'] == 1000  # the file's value where the command line is silent
+
+
+@pytest.mark.slow
 def test_second_signal_exits_at_once_without_saving(tmp_path):
     out = tmp_path / 'run'
     p = subprocess.Popen([sys.executable, 'train.py', *TINY_RUN, '--max_iters=1000000', '--eval_interval=1000000',
@@ -1786,6 +1797,7 @@ def test_cuda_train_wide_then_measure_its_checkpoint(tmp_path):
     assert code == 0, err[-3000:]
     config = read_log(tmp_path / 'run', 'config')[0]
     assert config['device'] == 'cuda:0' and config['dtype'] == 'bfloat16' and config['compile'] is True
+    assert (config['vocab_size'], config['n_layer'], config['n_embd']) == (1024, 2, 64)  # the file's defaults
     assert 'device cuda:0' in out.splitlines()[0]
     train, last = read_log(tmp_path / 'run', 'train'), read_log(tmp_path / 'run', 'eval')[-1]
     assert last['iter'] == 100 and math.isfinite(last['val_loss']) and 0 < last['grad_destroyed'] < 1

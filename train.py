@@ -8,8 +8,8 @@ Train a GPT whose LM head is chosen by name, on SpamLang (default) or on real te
     python train.py config/train_gpu.py --head=wide  # options from a file; the command line wins
     torchrun --standalone --nproc_per_node=2 train.py --head=wide
 
-Every default below can be overridden with --key=value. On CUDA the 'gpu' preset replaces the values it names
-unless they are given. SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, and the process exits
+Every default below can be overridden with --key=value or a config file; the defaults are what runs, on any
+device (the GPU sizes: `python train.py config/train_gpu.py`). SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, and the process exits
 with status 75 (EX_TEMPFAIL: requeue it with --init_from=resume).
 """
 import json
@@ -70,13 +70,12 @@ device = 'auto'            # auto (cuda, then mps, then cpu) | cpu | cuda | cuda
 dtype = 'auto'             # auto (bfloat16 autocast on CUDA, float32 elsewhere) | float32 | bfloat16 | float16
 compile = None             # torch.compile the training step; None = on for CUDA, off elsewhere
 loss = 'auto'              # naive (N×V logits, the reference) | fused (chunked, no logits) | auto: model.default_loss
-preset = 'auto'            # cpu (the values above) | NAME: config/train_NAME.py | auto: gpu on CUDA
 peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (common.PEAK_FLOPS)
 seed = 1337
 # -----------------------------------------------------------------------------
 RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints', 'device',
             'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step',
-            'peak_flops', 'preset')  # may differ when resuming
+            'peak_flops')  # may differ when resuming
 common.one_line_errors()
 c, given = common.parse_args(sys.argv[1:], common.defaults_of(globals()), __file__,
                              types=dict(head_rank=int, compile=bool, gradient_accumulation_steps=int),
@@ -87,8 +86,6 @@ ddp = int(os.environ.get('RANK', -1)) != -1
 rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
 device = common.pick_device(c['device'], local_rank=local_rank if ddp else None)  # CUDA: with its index
 device_type = device.type
-c['preset'] = c['preset'] if c['preset'] != 'auto' else 'gpu' if device_type == 'cuda' else 'cpu'
-c = common.apply_preset(c, given, 'train', c['preset'])
 c['device'] = str(device)
 c['dtype'] = c['dtype'] if c['dtype'] != 'auto' else 'bfloat16' if device_type == 'cuda' else 'float32'
 c['compile'] = device_type == 'cuda' if c['compile'] is None else c['compile']
@@ -167,7 +164,8 @@ flops_per_iter = model.flops_per_token() * tokens_per_iter / world  # per GPU, l
 peak = c['peak_flops'] or (common.peak_flops(torch.cuda.get_device_name(device))[0] if device_type == 'cuda' else None)
 if master:
     r = getattr(model.lm_head, 'rank', gptconf.n_embd)
-    print(f"{c['head']} head, V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, r = {r}, "
+    files = [a for a in sys.argv[1:] if not a.startswith('--')]
+    print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{c['head']} head, V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, r = {r}, "
           f"{model.get_num_params():,} parameters, data {c['data']}, {tokens_per_iter:,} tokens per step "
           f"({c['batch_size']} × {c['block_size']} × {c['gradient_accumulation_steps']}), device {device} "
           f"({c['dtype']}, {c['loss']} loss{', compiled' if c['compile'] else ''}{f', {world} processes' if ddp else ''})")
