@@ -862,6 +862,39 @@ def test_a_config_file_is_named_on_the_first_line_and_the_command_line_wins(tmp_
     assert config['eval_interval'] == 1000  # the file's value where the command line is silent
 
 
+SYNC_COUNTER = """
+import sys, torch
+calls, G = [], {'__name__': '__main__', '__file__': 'train.py'}
+def counted(name):
+    read = getattr(torch.Tensor, name)
+    def wrapper(self, *args, **kwargs):  # the iteration at which a tensor is read back to the host
+        # not AdamW's own reads of its step count: a CPU tensor on its CPU path, on the device (fused) on CUDA
+        if not sys._getframe(1).f_globals.get('__name__', '').startswith('torch.optim'):
+            calls.append(G.get('iter_num'))
+        return read(self, *args, **kwargs)
+    return wrapper
+for name in ('item', 'tolist', '__bool__', '__float__', 'cpu', 'numpy'):
+    setattr(torch.Tensor, name, counted(name))
+sys.argv = ['train.py', *sys.argv[1:]]
+exec(compile(open('train.py').read(), 'train.py', 'exec'), G)
+print('READS AT', sorted(set(i for i in calls if i is not None)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('loss', ['naive', 'fused'])
+def test_no_step_between_two_log_steps_reads_a_tensor_back(tmp_path, loss):
+    """On a GPU every read of a tensor by the host waits for the device. Counted on the CPU, in a real run of
+    train.py: every Tensor.item/tolist/__bool__/__float__/cpu/numpy call, by the iteration it happens at. Only
+    log steps (multiples of log_interval) and evaluations may read; a per-step read shows at the other steps."""
+    code = subprocess.run([sys.executable, '-c', SYNC_COUNTER, *TINY_RUN, '--log_interval=5', '--max_iters=12',
+                           '--eval_interval=1000', f'--loss={loss}', f'--out_dir={tmp_path}/run'],
+                          capture_output=True, text=True, timeout=120, cwd=HERE, env=CHILD_ENV)
+    assert code.returncode == 0, code.stderr[-2000:]
+    reads = json.loads(code.stdout.split('READS AT')[-1].strip())
+    assert reads and set(reads) <= {0, 5, 10, 12}, reads  # start (eval 0), log steps, the final eval
+
+
 @pytest.mark.slow
 def test_second_signal_exits_at_once_without_saving(tmp_path):
     out = tmp_path / 'run'

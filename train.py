@@ -73,6 +73,7 @@ loss = 'auto'              # naive (N×V logits, the reference) | fused (chunked
 peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (common.PEAK_FLOPS)
 seed = 1337
 # -----------------------------------------------------------------------------
+STOP_EVERY = 10  # under torchrun, steps between the processes' exchanges of the stop flag (a read each)
 RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints', 'device',
             'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step',
             'peak_flops')  # may differ when resuming
@@ -226,8 +227,10 @@ def save():
     global saved_iter
     if not c['save_checkpoints']:
         return
+    rng = common.get_rng_state(train_gen, device_type)
+    rng['train_gen'] = unread_state  # the stream from the fetched batch that no step has used yet
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=c, iter_num=iter_num,
-                 rng=common.get_rng_state(train_gen, device_type), id_map=id_map)
+                 rng=rng, id_map=id_map)
     try:
         common.save_checkpoint(ckpt_path, state)
     except OSError as e:
@@ -237,12 +240,39 @@ def save():
     saved_iter = iter_num
 
 
-def diverged(what, where):
-    return TrainingError(f"{what} at iter {iter_num}: {where}; the last good checkpoint, {ckpt_path} "
-                         f"(iter {saved_iter}), is untouched; lower --learning_rate and resume")
+def diverged(what, where, at=None):
+    return TrainingError(f"{what} at iter {iter_num if at is None else at}: {where}; the last good checkpoint, "
+                         f"{ckpt_path} (iter {saved_iter}), is untouched; lower --learning_rate and resume")
+
+
+def check_finite():
+    """The non-finite guard, read here rather than at every step (a read waits for the device): stop if a loss
+    since the last check was not finite, saving its batch; called at log steps, before evaluations and saves."""
+    if not pending:
+        return
+    losses = torch.stack([loss for loss, _, _ in pending]).float().cpu()  # one device sync
+    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+    if bad:
+        loss, (x, y), it = pending[bad[0]]
+        torch.save(dict(x=x, y=y), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
+        raise diverged(f"loss is {losses[bad[0]].item()}", f"the batch is in {c['out_dir']}/nonfinite_batch.pt",
+                       at=it + 1)
+    pending.clear()
+
+
+def next_batch():
+    """This process's next micro-batch, on the CPU and on the device. Micro-batch k of a step goes to process
+    k % world: every process draws them all from the same stream and keeps its own, so the data do not depend
+    on the number of processes."""
+    for k in range(world):
+        batch = common.get_batch(data, 'train', c['batch_size'], c['block_size'], train_gen, 'cpu')
+        if k == rank:
+            mine = batch
+    return mine, tuple(common.to_device(t, device) for t in mine)
 
 
 def eval_and_save():
+    check_finite()
     if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a diverged model
         raise diverged("the weights are not finite", "the last step diverged")
     m = evaluate()
@@ -266,6 +296,9 @@ def eval_and_save():
 # the training loop
 preemption = common.Preemption()
 step_meter = measure.StepMeter(model.lm_head) if c['meter_every_step'] else None
+pending = []  # (loss on the device, CPU batch, iter) of each micro-step since the last check_finite
+unread_state = train_gen.get_state()  # the data stream before the batch fetched ahead: what a checkpoint keeps
+cpu_batch, (x, y) = next_batch()
 if iter_num == 0 and master:
     eval_and_save()
 t0, timed, first_step = time.time(), 0, True
@@ -274,21 +307,16 @@ while iter_num < c['max_iters']:
     for group in optimizer.param_groups:
         group['lr'] = lr
     for micro in range(accum):
-        # micro-batch k of a step goes to process k % world: every process draws them all (on the CPU) and keeps
-        # its own, so the data do not depend on the number of processes
-        for k in range(world):
-            batch = common.get_batch(data, 'train', c['batch_size'], c['block_size'], train_gen, 'cpu')
-            if k == rank:
-                x, y = (common.to_device(t, device) for t in batch)
         if ddp:  # all-reduce the gradients only on the last micro-step
             step_model.require_backward_grad_sync = micro == accum - 1
         stats = step_meter.stats if step_meter else None  # the loss fills it: no hooks, no graph break
         with ctx:
             _, loss = step_model(x, y, loss=c['loss'], stats=stats)
-        if not torch.isfinite(loss).item():  # one sync per micro-step, so no NaN ever reaches the weights
-            torch.save(dict(x=x.cpu(), y=y.cpu()), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
-            raise diverged(f"loss is {loss.item()}", f"the batch is in {c['out_dir']}/nonfinite_batch.pt")
+        pending.append((loss.detach(), cpu_batch, iter_num))
+        unread_state = train_gen.get_state()
+        cpu_batch, (x_next, y_next) = next_batch()  # fetched while the device runs the forward pass
         scaler.scale(loss / accum).backward()  # DDP averages over processes: the mean over all micro-steps
+        x, y = x_next, y_next
     if c['grad_clip'] > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), c['grad_clip'])
@@ -302,6 +330,8 @@ while iter_num < c['max_iters']:
         if device_type == 'cuda':
             torch.cuda.synchronize(device)
         t0, timed, first_step = time.time(), 0, False
+    if iter_num % c['log_interval'] == 0:
+        check_finite()  # every process: each checks its own losses
     if master and iter_num % c['log_interval'] == 0:
         lossf = loss.item()  # syncs the device, so the timing is real
         dt = (time.time() - t0) / timed
@@ -327,12 +357,15 @@ while iter_num < c['max_iters']:
             torch.cuda.reset_peak_memory_stats(device)  # the eval's full logits are not the training step's memory
         t0, timed = time.time(), 0  # evaluating and saving are not charged to the next interval
     stop = preemption.requested
-    if ddp:  # a signal may reach the processes at different steps: stop together, at the same step
-        flag = torch.tensor([float(stop)], device=device)
+    if ddp and iter_num % STOP_EVERY == 0:  # a signal may reach the processes at different steps: every
+        flag = torch.tensor([float(stop)], device=device)  # STOP_EVERY steps they agree, and stop together
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         stop = bool(flag.item())
+    elif ddp:
+        stop = False
     if stop and iter_num < c['max_iters']:
         if master:
+            check_finite()
             save()
             print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={c['out_dir']}")
         break
