@@ -9,8 +9,8 @@ Train a GPT whose LM head is chosen by name, on SpamLang (default) or on real te
     torchrun --standalone --nproc_per_node=2 train.py --head=wide
 
 Every default below can be overridden with --key=value or a config file; the defaults are what runs, on any
-device (the GPU sizes: `python train.py config/train_gpu.py`). SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, and the process exits
-with status 75 (EX_TEMPFAIL: requeue it with --init_from=resume).
+device (the GPU sizes: `python train.py config/train_gpu.py`). SIGINT/SIGTERM: the current step finishes, a
+checkpoint is saved, and the process exits with status 75 (EX_TEMPFAIL: requeue it with --init_from=resume).
 """
 import json
 import math
@@ -74,6 +74,7 @@ peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (c
 seed = 1337
 # -----------------------------------------------------------------------------
 STOP_EVERY = 10  # under torchrun, steps between the processes' exchanges of the stop flag (a read each)
+MAX_PENDING = 1000  # micro-steps whose losses wait for check_finite at most, whatever log_interval is
 RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints', 'device',
             'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step',
             'peak_flops')  # may differ when resuming
@@ -166,7 +167,8 @@ peak = c['peak_flops'] or (common.peak_flops(torch.cuda.get_device_name(device))
 if master:
     r = getattr(model.lm_head, 'rank', gptconf.n_embd)
     files = [a for a in sys.argv[1:] if not a.startswith('--')]
-    print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{c['head']} head, V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, r = {r}, "
+    print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{c['head']} head, "
+          f"V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, r = {r}, "
           f"{model.get_num_params():,} parameters, data {c['data']}, {tokens_per_iter:,} tokens per step "
           f"({c['batch_size']} × {c['block_size']} × {c['gradient_accumulation_steps']}), device {device} "
           f"({c['dtype']}, {c['loss']} loss{', compiled' if c['compile'] else ''}{f', {world} processes' if ddp else ''})")
@@ -253,8 +255,8 @@ def check_finite():
     losses = torch.stack([loss for loss, _, _ in pending]).float().cpu()  # one device sync
     bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
     if bad:
-        loss, (x, y), it = pending[bad[0]]
-        torch.save(dict(x=x, y=y), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
+        _, (bad_x, bad_y), it = pending[bad[0]]
+        torch.save(dict(x=bad_x, y=bad_y), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
         raise diverged(f"loss is {losses[bad[0]].item()}", f"the batch is in {c['out_dir']}/nonfinite_batch.pt",
                        at=it + 1)
     pending.clear()
@@ -330,7 +332,7 @@ while iter_num < c['max_iters']:
         if device_type == 'cuda':
             torch.cuda.synchronize(device)
         t0, timed, first_step = time.time(), 0, False
-    if iter_num % c['log_interval'] == 0:
+    if iter_num % c['log_interval'] == 0 or len(pending) >= MAX_PENDING:
         check_finite()  # every process: each checks its own losses
     if master and iter_num % c['log_interval'] == 0:
         lossf = loss.item()  # syncs the device, so the timing is real
