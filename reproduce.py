@@ -251,7 +251,7 @@ def run_one(c, s, spent):
     result = lambda rec: (f"acc {100 * e(rec)['val_acc']:.1f}%, loss {e(rec)['val_loss']:.3f} on positions ≥ 1" if
                           'val_acc' in e(rec) else f"val loss {e(rec)['val_loss']:.4f} after {e(rec)['tokens']:,} tokens")
     args = {**s['args'], 'learning_rate': s['lr'], 'min_lr': s['lr'] / 10, 'seed': s['seed'], 'out_dir': d,
-            'overwrite': True, 'preset': 'cpu', 'device': c['device'],  # preset cpu: train.py adds no values of its own
+            'overwrite': True, 'device': c['device'],
             **({} if c['compile'] is None else {'compile': c['compile']})}
     if c['reuse'] and os.path.isfile(os.path.join(d, 'run.json')):
         with open(os.path.join(d, 'run.json')) as f:

@@ -813,6 +813,19 @@ def test_text_run_and_tokenization_cache(tmp_path):
     assert math.isfinite(last_tok['val_loss'])
 
 
+def sigterm_after_rows(args, out_dir, rows, env, wait=120):
+    """`python train.py args` into out_dir, sent SIGTERM once its log.jsonl has more than `rows` rows; returns
+    (exit status, stdout, stderr)."""
+    p = subprocess.Popen([sys.executable, 'train.py', *args, f'--out_dir={out_dir}'], cwd=HERE, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + wait
+    while time.time() < deadline and rows_written(out_dir) <= rows:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    return p.returncode, out, err
+
+
 def ckpt_config(out_dir):
     return torch.load(os.path.join(out_dir, 'ckpt.pt'), weights_only=False)['config']
 
@@ -826,14 +839,8 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
             '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     assert run_train(*args, f'--out_dir={full}')[0] == 0
-    p = subprocess.Popen([sys.executable, 'train.py', *args, f'--out_dir={part}'], cwd=HERE, env=CHILD_ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and rows_written(part) <= 20:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == common.REQUEUE_EXIT, err
+    code, out, err = sigterm_after_rows(args, part, 20, CHILD_ENV)
+    assert code == common.REQUEUE_EXIT, err
     stopped = torch.load(os.path.join(part, 'ckpt.pt'), weights_only=False)['iter_num']
     assert 20 <= stopped < 600 and 'saved' in out
     code, out, err = run_train(*args, f'--out_dir={part}', '--init_from=resume')
@@ -1853,14 +1860,8 @@ def test_cuda_resume_after_sigterm_follows_the_uninterrupted_run(tmp_path):
             '--dropout=0.1', '--compile=False']
     full, part = tmp_path / 'full', tmp_path / 'part'
     assert run_on_gpu('train.py', *args, f'--out_dir={full}')[0] == 0
-    p = subprocess.Popen([sys.executable, 'train.py', *args, f'--out_dir={part}'], cwd=HERE, env=GPU_ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and rows_written(part) <= 40:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == common.REQUEUE_EXIT, err[-3000:]
+    code, _, err = sigterm_after_rows(args, part, 40, GPU_ENV, wait=300)
+    assert code == common.REQUEUE_EXIT, err[-3000:]
     code, out, err = run_on_gpu('train.py', *args, f'--out_dir={part}', '--init_from=resume')
     assert code == 0 and 'resuming' in out, err[-3000:]
     a, b = (read_log(d, 'train') for d in (full, part))
