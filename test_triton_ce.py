@@ -1,8 +1,8 @@
 """
 Tests of triton_ce.py: on a CUDA GPU where there is one, else on CPU through the Triton interpreter
-(TRITON_INTERPRET=1, set before triton is imported), where the kernels run on CPU tensors, tl.dot included. Tiny shapes whose tiles are ragged in N (37 rows,
-16-row blocks), V (300 columns: 32-column tiles, pass-1 segments that end mid-tile or are empty, pass-2 chunks
-of 128) and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on fp32 logits, by autograd.
+(TRITON_INTERPRET=1, set before triton is imported), where the kernels run on CPU tensors, tl.dot included.
+Tiny shapes whose tiles are ragged in N (37 rows, 16-row blocks), V (300 columns: 32-column tiles, pass-1
+segments that end mid-tile or are empty, pass-2 chunks of 128) and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on fp32 logits, by autograd.
 
     python3 -m pytest -q test_triton_ce.py
 """
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# on a CUDA machine the kernels run on the GPU; elsewhere in the interpreter, which must be set before triton is
-# imported, or its kernels want a GPU
+# on a CUDA machine the kernels run on the GPU; elsewhere in the interpreter, which must be set before triton
+# is imported, or its kernels want a GPU
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 if DEVICE == 'cpu':
     os.environ['TRITON_INTERPRET'] = '1'
@@ -55,6 +55,13 @@ def fused(h, W, y, scale=1.0, **kw):
     return loss.detach(), h.grad, W.grad
 
 
+def assert_matches(got, ref, loss_tol=1e-6, rtol=1e-5, atol_frac=1e-6):
+    """loss, dh, dW against the reference's: the loss to loss_tol, the gradients as `close` says."""
+    assert torch.allclose(got[0], ref[0], rtol=loss_tol, atol=loss_tol)
+    assert close(got[1], ref[1], rtol, atol_frac)
+    assert close(got[2], ref[2], rtol, atol_frac)
+
+
 def close(a, b, rtol, atol_frac):
     """|a − b| ≤ rtol·|b| + atol_frac·max|b|: the atol part covers entries near 0 of a gradient."""
     a, b = a.float(), b.float()
@@ -74,9 +81,7 @@ def test_fp32_matches_naive(segments, chunk_v):
     ref = naive(h, W, y)
     loss, dh, dW = fused_ce_forward(h, W, y, True, True, chunk_v=chunk_v, segments=segments)
     assert dh.dtype == torch.float32 and dW.dtype == torch.float32
-    assert torch.allclose(loss, ref[0], rtol=1e-6, atol=1e-6)
-    assert close(dh, ref[1], 1e-5, 1e-6)
-    assert close(dW, ref[2], 1e-5, 1e-6)
+    assert_matches((loss, dh, dW), ref)
 
 
 def test_fp32_public_function_and_tiles():
@@ -85,9 +90,7 @@ def test_fp32_public_function_and_tiles():
     ref = naive(h, W, y)
     blocks = dict(BM=32, BV=64, BK=32)
     loss, dh, dW = fused_ce_forward(h, W, y, True, True, chunk_v=128, segments=3, blocks=blocks)
-    assert torch.allclose(loss, ref[0], rtol=1e-6, atol=1e-6)
-    assert close(dh, ref[1], 1e-5, 1e-6)
-    assert close(dW, ref[2], 1e-5, 1e-6)
+    assert_matches((loss, dh, dW), ref)
     out = fused(h.reshape(1, N, D), W, y.reshape(1, N), chunk_v=128)  # leading dims, as GPT.forward has
     assert torch.allclose(out[0], ref[0], rtol=1e-6, atol=1e-6)
     assert close(out[1], ref[1].reshape(1, N, D), 1e-5, 1e-6)
@@ -101,9 +104,7 @@ def test_bf16_matches_naive():
     ref = naive(h, W, y)
     loss, dh, dW = fused(h, W, y, chunk_v=128)
     assert dh.dtype == torch.bfloat16 and dW.dtype == torch.bfloat16
-    assert torch.allclose(loss, ref[0], rtol=1e-5, atol=1e-5)
-    assert close(dh, ref[1], 2e-2, 2e-2)
-    assert close(dW, ref[2], 2e-2, 2e-2)
+    assert_matches((loss, dh, dW), ref, 1e-5, 2e-2, 2e-2)
 
 
 def test_autocast_bf16_on_fp32_weights():
@@ -113,9 +114,7 @@ def test_autocast_bf16_on_fp32_weights():
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         loss, dh, dW = fused(h, W, y, chunk_v=128)
     assert dh.dtype == torch.float32 and dW.dtype == torch.float32
-    assert torch.allclose(loss, ref[0], rtol=1e-5, atol=1e-5)
-    assert close(dh, ref[1], 2e-2, 2e-2)
-    assert close(dW, ref[2], 2e-2, 2e-2)
+    assert_matches((loss, dh, dW), ref, 1e-5, 2e-2, 2e-2)
 
 
 def test_ignored_row_block():

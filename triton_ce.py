@@ -49,13 +49,14 @@ so ≤ 64 MiB at N = 8,192, V = 131,072, D ∈ {768, 4096}. Gradients are kept i
 bf16 (its exponent range is fp32's, and the backward's scale-and-cast needs no fp32 copy), in fp32 otherwise
 (fp16 values of G·h/n_valid underflow: for fp16 the 1/n_valid is applied after the matmuls, in fp32).
 
-Measured (python3 triton_ce.py, one H200, torch 2.11 + triton 3.6, bf16, N = 8,192, V = 131,072, fwd + bwd):
+Measured 2026-12-04 (one H200, torch 2.11 + triton 3.6, bf16, N = 8,192, V = 131,072, forward + backward;
+`python bench.py --sections=1` times it beside the other losses, as its `triton` row):
     D = 768:  13.4 ms, 0.47 of the bare matmuls (6.3 ms); pass 1 4.1 ms; 0 MiB beyond the gradients
     D = 4096: 60.0 ms, 0.56 of the bare matmuls (33.8 ms); pass 1 17.2 ms; 0 MiB beyond the gradients
     (naive: 20.3 / 49.0 ms and 12 GiB; model.py's chunked loop: 24.0 / 59.8 ms and 2.1 / 3.1 GiB beyond)
 
-Tests (CPU, the Triton interpreter, ~25 s): python3 -m pytest -q test_triton_ce.py
-Benchmark (CUDA):                          python3 triton_ce.py
+Tests (a GPU, else the Triton interpreter on CPU, ~20 s): python3 -m pytest -q test_triton_ce.py
+Benchmark (CUDA):                                          python3 bench.py --sections=1
 """
 import math
 import os
@@ -421,115 +422,3 @@ def triton_linear_cross_entropy(h, W, targets, chunk_v=None):
         h = h.to(dtype).contiguous()
         W = W.to(dtype).contiguous()
         return _apply(h, W, targets.long().contiguous(), need_dh, need_dW, chunk_v or 0)
-
-
-# =============================================================================
-# Benchmark (one CUDA GPU): python3 triton_ce.py
-# =============================================================================
-
-def _bench():
-    import time
-    import torch.nn.functional as F
-    from model import fused_linear_cross_entropy
-    dev = 'cuda'
-    dt = torch.bfloat16
-    torch.manual_seed(0)
-
-    # correctness first, at one small shape, against the naive loss in fp32
-    N, V, D = 1000, 5000, 256
-    h = torch.randn(N, D, device=dev, dtype=dt) * 0.5
-    W = torch.randn(V, D, device=dev, dtype=dt) * 0.1
-    y = torch.randint(0, V, (N,), device=dev)
-    y[::7] = -1
-    for name, fn in [('fp32', torch.float32), ('bf16', dt)]:
-        try:
-            hr = h.to(fn).clone().requires_grad_()
-            Wr = W.to(fn).clone().requires_grad_()
-            ref = F.cross_entropy((hr.float() @ Wr.float().t()), y, ignore_index=-1)
-            ref.backward()
-            hk = h.to(fn).clone().requires_grad_()
-            Wk = W.to(fn).clone().requires_grad_()
-            out = triton_linear_cross_entropy(hk, Wk, y)
-            out.backward()
-            errs = [(out - ref).abs().item(), (hk.grad.float() - hr.grad.float()).abs().max().item(),
-                    (Wk.grad.float() - Wr.grad.float()).abs().max().item()]
-            scale = [ref.abs().item(), hr.grad.abs().max().item(), Wr.grad.abs().max().item()]
-            print(f"check {name} N={N} V={V} D={D}: max abs err loss {errs[0]:.2e} (of {scale[0]:.2e})  "
-                  f"dh {errs[1]:.2e} (of {scale[1]:.2e})  dW {errs[2]:.2e} (of {scale[2]:.2e})")
-        except Exception as ex:
-            print(f"check {name} FAILED: {type(ex).__name__}: {str(ex)[:300]}")
-
-    N, V = 8192, 131072
-    for D in (768, 4096):
-        h = (torch.randn(N, D, device=dev, dtype=dt) * 0.5).requires_grad_()
-        W = (torch.randn(V, D, device=dev, dtype=dt) * 0.02).requires_grad_()
-        y = torch.randint(0, V, (N,), device=dev)
-        grads_bytes = (N * D + V * D) * 4
-        flops = 6 * N * V * D
-        lg = torch.empty(N, V, device=dev, dtype=dt)
-        gh = torch.empty(N, D, device=dev, dtype=dt)
-        gW = torch.empty(V, D, device=dev, dtype=dt)
-
-        def bare():
-            torch.mm(h.detach(), W.detach().t(), out=lg)
-            torch.mm(lg, W.detach(), out=gh)
-            torch.mm(lg.t(), h.detach(), out=gW)
-
-        def naive():
-            F.cross_entropy((h @ W.t()).float(), y).backward()
-
-        def chunked():
-            fused_linear_cross_entropy(h, W, y).backward()
-
-        def fused():
-            triton_linear_cross_entropy(h, W, y).backward()
-
-        def pass1():  # the share of pass 1 (the Triton lse kernel) in the triton line
-            lse_and_target(h.detach(), W.detach(), y)
-
-        t_bare = None
-        variants = [('bare', bare), ('naive', naive), ('chunked', chunked), ('triton', fused),
-                    ('pass 1', pass1)]
-        for name, fn in variants:
-            try:
-                h.grad = None
-                W.grad = None
-                fn()  # warm-up (and Triton compile + autotune)
-                torch.cuda.synchronize()
-                best = float('inf')
-                for _ in range(3):
-                    h.grad = None
-                    W.grad = None
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    fn()
-                    torch.cuda.synchronize()
-                    best = min(best, time.perf_counter() - t0)
-                h.grad = None
-                W.grad = None
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-                fn()
-                torch.cuda.synchronize()
-                extra = torch.cuda.max_memory_allocated() - before
-                t_bare = best if name == 'bare' else t_bare
-                frac = f"{t_bare / best:5.2f}" if t_bare else "  -  "
-                beyond = '' if name == 'bare' else f"  beyond grads {(extra - grads_bytes) / 2**20:9.1f} MiB"
-                print(f"D={D:5d} {name:8s} {best * 1e3:8.2f} ms  {flops / best / 1e12:6.1f} TFLOP/s  "
-                      f"x bare {frac}  peak extra {extra / 2**20:9.1f} MiB{beyond}")
-            except Exception as ex:
-                print(f"D={D:5d} {name:8s} FAILED: {type(ex).__name__}: {str(ex)[:300]}")
-            finally:
-                h.grad = None
-                W.grad = None
-                torch.cuda.empty_cache()
-        del lg, gh, gW
-
-
-if __name__ == '__main__':
-    ok, why = available()
-    if not ok or interpreting():
-        print(f"the benchmark needs a CUDA GPU, no TRITON_INTERPRET: {why or 'TRITON_INTERPRET=1 is set'}")
-    else:
-        _bench()
