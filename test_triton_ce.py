@@ -2,7 +2,8 @@
 Tests of triton_ce.py: on a CUDA GPU where there is one, else on CPU through the Triton interpreter
 (TRITON_INTERPRET=1, set before triton is imported), where the kernels run on CPU tensors, tl.dot included.
 Tiny shapes whose tiles are ragged in N (37 rows, 16-row blocks), V (300 columns: 32-column tiles, pass-1
-segments that end mid-tile or are empty, pass-2 chunks of 128) and D (24 = 16 + 8). The reference is the naive loss: F.cross_entropy on fp32 logits, by autograd.
+segments that end mid-tile or are empty, pass-2 chunks of 128) and D (24 = 16 + 8). The reference is the
+naive loss: F.cross_entropy on fp32 logits, by autograd.
 
     python3 -m pytest -q test_triton_ce.py
 """
