@@ -8,15 +8,15 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
 
 1. Head and loss, forward + backward, over V ∈ {32k, 128k} and a few N, D: naive (N×V logits, autograd),
    fused (model.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch (F.linear_cross_entropy
-   with its chunked options, where the installed torch has it), liger and cce (Liger-Kernel; cut-cross-entropy
-   in its default mode, which skips small gradient entries, and its exact one: only on CUDA, only when
-   installed). A variant that cannot run prints one line saying why. flops_frac = the time of the bare matmuls
-   of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated outputs: 6·N·V·D FLOPs, measured in the same run: this
-   machine's roofline) / the variant's time. Memory, one rule for every variant: the peak extra bytes of a
-   forward + backward, gradients freed before the baseline, so dh and dW count; "beyond dh + dW" subtracts
-   them counted in fp32, (N·D + V·D)·4 bytes.
-2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over a
-   few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
+   with its chunked options, where the installed torch has it), liger and cce (Liger-Kernel;
+   cut-cross-entropy in its default mode, which skips small gradient entries, and its exact one: only on CUDA,
+   only when installed). A variant that cannot run prints one line saying why. flops_frac = the time of the
+   bare matmuls of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated outputs: 6·N·V·D FLOPs, measured in the
+   same run: this machine's roofline) / the variant's time. Memory, one rule for every variant: the peak extra
+   bytes of a forward + backward, gradients freed before the baseline, so dh and dW count; "beyond dh + dW"
+   subtracts them counted in fp32, (N·D + V·D)·4 bytes.
+2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over
+   a few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (its stats from the fused loss's own loop, or one more pass over
    the naive path's logits), and
    measure.py's cost per token.
@@ -56,7 +56,7 @@ TORCH_CPU_MAX_NVD = 2**33
 QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
 CUDA_SHAPES = [(8192, 32768, 768), (8192, 131072, 768), (8192, 131072, 4096), (16384, 131072, 4096)]
 VARIANTS = ('bare', 'naive', 'fused', 'triton', 'torch', 'liger', 'cce', 'cce_exact')
-STEP_VOCABS = {'cpu': (2048, 8192, 32768), 'cuda': (8192, 32768, 131072)}  # section 2's V: where --loss=auto flips
+STEP_VOCABS = {'cpu': (2048, 8192, 32768), 'cuda': (8192, 32768, 131072)}  # section 2: where auto flips
 WIN_MARGIN = 0.05  # section 2: the fused loss wins a V when its step is this much faster
 TARGET = (8192, 131072, 256)  # our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
 
@@ -88,10 +88,10 @@ def reset_cpu_peak():
 
 
 def measure_call(fn, device, reps, reset=None):
-    """(best time in s, peak extra bytes of the first timed call) of fn(). On CUDA one untimed call comes first:
-    Triton kernels (ours, Liger, cut-cross-entropy, torch.compile) are compiled and autotuned then, not in the
-    timing. reset() runs before the memory baseline is read: it frees what the untimed call left (gradients), so
-    every variant's peak counts its outputs by the same rule."""
+    """(best time in s, peak extra bytes of the first timed call) of fn(). On CUDA one untimed call comes
+    first: Triton kernels (ours, Liger, cut-cross-entropy, torch.compile) are compiled and autotuned then,
+    not in the timing. reset() runs before the memory baseline is read: it frees what the untimed call left
+    (gradients), so every variant's peak counts its outputs by the same rule."""
     if device == 'cuda':
         fn()
     if reset is not None:
@@ -102,7 +102,7 @@ def measure_call(fn, device, reps, reset=None):
         before = torch.cuda.memory_allocated()
     else:
         before, cleared = rss_bytes('VmRSS'), reset_cpu_peak()
-        if not cleared:  # ru_maxrss is the whole process's peak: right only for the first big call of a fresh process
+        if not cleared:  # ru_maxrss is the whole process's peak: right only for a fresh process's first call
             import resource
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
@@ -131,8 +131,8 @@ def head_inputs(N, V, D, device, dtype, seed=0):
 
 
 def cce_kwargs(exact):
-    """cut-cross-entropy's arguments for its default mode (which skips gradient entries below a threshold) or its
-    exact one, in the installed version: (kwargs, None), or (None, why it cannot run)."""
+    """cut-cross-entropy's arguments for its default mode (which skips gradient entries below a threshold)
+    or its exact one, in the installed version: (kwargs, None), or (None, why it cannot run)."""
     try:
         import cut_cross_entropy as cce
     except ImportError:
@@ -147,7 +147,8 @@ def cce_kwargs(exact):
 
 
 def head_fn(variant, h, W, y):
-    """A function running forward + backward of one head-and-loss variant, or a string: why it cannot run here."""
+    """A function running forward + backward of one head-and-loss variant, or a string: why it cannot run
+    here."""
     dev = h.device.type
 
     def run(loss_fn):
@@ -341,7 +342,8 @@ def head_rows(shapes, device, reps, add):
     for N, V, D in shapes:
         bare = None
         for variant in VARIANTS:
-            if variant in cannot or (variant == 'torch' and device == 'cpu' and N * V * D > TORCH_CPU_MAX_NVD):
+            too_slow = variant == 'torch' and device == 'cpu' and N * V * D > TORCH_CPU_MAX_NVD
+            if variant in cannot or too_slow:
                 continue
             res = run_worker(dict(kind='head', variant=variant, device=device, N=N, V=V, D=D, reps=reps))
             if 'skipped' in res:
@@ -387,8 +389,8 @@ def run_script(*args, timeout=600):
 
 def check_gpu(opts, add):
     """The GPU path end to end in a few minutes: train.py --head=wide (gpu preset, bf16) with the fused and
-    the naive loss, each compiled and eager; measure.py on the compiled fused run's checkpoint; the head + loss
-    at V = 131,072."""
+    the naive loss, each compiled and eager; measure.py on the compiled fused run's checkpoint; the head +
+    loss at V = 131,072."""
     out, runs = tempfile.mkdtemp(prefix='gpu_check_'), {}
     for name, extra in (('compiled_fused', ['--compile=True', '--loss=fused']),
                         ('compiled_naive', ['--compile=True', '--loss=naive']),
@@ -427,8 +429,9 @@ def check_gpu(opts, add):
     for mode in ('eager', 'compiled'):  # the gpu preset's step: the evidence for --loss=auto at its V
         if f'{mode}_fused' in ok and f'{mode}_naive' in ok:
             fused, naive = runs[f'{mode}_fused'], runs[f'{mode}_naive']
-            print(f"--loss=auto, cuda, {mode}, V = {naive['V']:,}: fused {fused['tok_per_s'] / naive['tok_per_s']:.2f}x "
-                  f"the naive loss's tokens/s", flush=True)
+            ratio = fused['tok_per_s'] / naive['tok_per_s']
+            print(f"--loss=auto, cuda, {mode}, V = {naive['V']:,}: fused {ratio:.2f}x the naive loss's "
+                  f"tokens/s", flush=True)
     return runs
 
 

@@ -185,9 +185,9 @@ def positive(config, *keys):
 
 
 def pick_device(device, auto=('cuda', 'mps', 'cpu'), local_rank=None):
-    """'auto' -> the first available of `auto`; any other name is checked. Returns a torch.device; on CUDA with an
-    index, which torch.cuda.set_device and the memory statistics need: under torchrun (local_rank given) the GPU of
-    this process, else the one named (cuda:N) or the first."""
+    """'auto' -> the first available of `auto`; any other name is checked. Returns a torch.device; on CUDA
+    with an index, which torch.cuda.set_device and the memory statistics need: under torchrun (local_rank
+    given) the GPU of this process, else the one named (cuda:N) or the first."""
     if device == 'auto':
         ok = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
         device = next(d for d in auto if ok[d])
@@ -392,8 +392,8 @@ def val_windows(data, block_size, max_windows=0):
 
 
 def get_batch(data, split, batch_size, block_size, generator, device):
-    """x, y: (B, T) on `device`, y shifted by one. Every draw happens on the generator's device (a CPU generator:
-    a checkpoint's data stream then resumes on any device); the batch is moved afterwards."""
+    """x, y: (B, T) on `device`, y shifted by one. Every draw happens on the generator's device (a CPU
+    generator: a checkpoint's data stream then resumes on any device); the batch is moved afterwards."""
     if data['kind'] == 'spamlang':
         x, y = spamlang.get_batch(batch_size, block_size, data['vocab_size'], generator)
     else:

@@ -332,10 +332,10 @@ def fused_chunk(device_type, vocab_size):
     return max(256, FUSED_CUDA_BYTES // (6 * vocab_size) // 256 * 256)
 
 
-# Default --loss (train.py's 'auto'): the smallest V from which the fused loss made a training step at least 5%
-# faster than the naive one (bench.WIN_MARGIN), per device type, eager and compiled; None: at no V measured.
-# Elsewhere (mps, untested) naive. The naive loss stays the reference the tests compare fused against, and
-# evaluation, which needs the logits, uses it. Measured 2026-12-04:
+# Default --loss (train.py's 'auto'): the smallest V from which the fused loss made a training step at least
+# 5% faster than the naive one (bench.WIN_MARGIN), per device type, eager and compiled; None: at no V
+# measured. Elsewhere (mps, untested) naive. The naive loss stays the reference the tests compare fused
+# against, and evaluation, which needs the logits, uses it. Measured 2026-12-04:
 #   cpu: `python bench.py --sections=2` on 2 cores, torch 2.13.0, a 2-layer D = 256 GPT, 2,048 tokens a step,
 #        V ∈ {2,048, 8,192, 32,768}: fused/naive tokens/s eager 1.01, 1.28, 1.75; compiled 1.00, 0.99, 1.62.
 #   cuda: `python bench.py --gpu_check` on one H200, torch 2.11.0 + triton 3.6.0, the gpu preset (V = 16,384,
@@ -411,8 +411,8 @@ _cuda_kernel = []  # filled at the first CUDA call: triton_ce's loss, or None wh
 
 
 def cuda_kernel():
-    """triton_ce.triton_linear_cross_entropy when Triton can run here, else None. Imported at the first CUDA call
-    only, so a CPU run never loads it (torch.compile traces through this import)."""
+    """triton_ce.triton_linear_cross_entropy when Triton can run here, else None. Imported at the first
+    CUDA call only, so a CPU run never loads it (torch.compile traces through this import)."""
     if not _cuda_kernel:
         try:
             import triton_ce
@@ -424,8 +424,9 @@ def cuda_kernel():
 
 
 def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
-    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: on CUDA with Triton
-    the kernel of triton_ce.py (when no chunk and no meter stats are asked for), else the chunked loop below."""
+    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: on CUDA with
+    Triton the kernel of triton_ce.py (when no chunk and no meter stats are asked for), else the chunked loop
+    below."""
     kernel = cuda_kernel() if h.is_cuda and chunk_size is None and stats is None else None
     if kernel is not None:
         return kernel(h, W, targets)

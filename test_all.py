@@ -58,11 +58,13 @@ def child_env(environ, gpu=False):
 
 CHILD_ENV = child_env(os.environ)
 GPU_ENV = child_env(os.environ, gpu=True)  # for the tests marked cuda
-# CUDA behaviour has its own tests, run only where torch sees a GPU (the one skip this suite allows: pytest -rs)
+# CUDA behaviour has its own tests, run only where torch sees a GPU: the one skip this suite allows
+# (pytest -rs lists them)
 
 
 def cuda_only(test):
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')(test))
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+    return pytest.mark.cuda(skip(test))
 
 
 def measure_main(args):
@@ -153,7 +155,7 @@ def test_child_processes_get_no_stray_torchrun_variables():
                      'MASTER_PORT': '29500', 'TORCHELASTIC_RUN_ID': 'r', 'OMP_NUM_THREADS': '8'})
     assert env == {'PATH': '/bin', 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''}
     assert not set(DDP_VARS) & set(CHILD_ENV)
-    assert 'CUDA_VISIBLE_DEVICES' not in child_env({'PATH': '/bin'}, gpu=True)  # the cuda tests' children see GPUs
+    assert 'CUDA_VISIBLE_DEVICES' not in child_env({'PATH': '/bin'}, gpu=True)  # for the cuda tests
 
 # -----------------------------------------------------------------------------
 # model: the heads, the init, the optimizer groups, the FLOP count
@@ -564,9 +566,9 @@ def test_rng_state_restores_the_data_stream():
 
 
 def test_a_cuda_device_passes_set_devices_own_argument_check(monkeypatch):
-    """train.py hands pick_device's value to torch.cuda.set_device, whose argument check refuses a bare 'cuda'.
-    That check, _get_device_index, is run here on the value itself; only CUDA's presence is pretended, since
-    the call behind the check does not exist in a CPU build."""
+    """train.py hands pick_device's value to torch.cuda.set_device, whose argument check refuses a bare
+    'cuda'. That check, _get_device_index, is run here on the value itself; only CUDA's presence is
+    pretended, since the call behind the check does not exist in a CPU build."""
     from torch.cuda._utils import _get_device_index
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
@@ -580,8 +582,9 @@ def test_a_cuda_device_passes_set_devices_own_argument_check(monkeypatch):
 
 
 class DrawsOnItsGeneratorsDevice(torch.overrides.TorchFunctionMode):
-    """Fails a random draw whose result lies on another device than its generator. CUDA refuses a CPU generator
-    for a CUDA tensor, but the CPU and meta devices take any: without this check a CPU run cannot see the bug."""
+    """Fails a random draw whose result lies on another device than its generator. CUDA refuses a CPU
+    generator for a CUDA tensor, but the CPU and meta devices take any: without this check a CPU run cannot
+    see the bug."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -593,8 +596,8 @@ class DrawsOnItsGeneratorsDevice(torch.overrides.TorchFunctionMode):
 
 
 def test_every_batch_source_draws_on_its_generator_then_moves(tmp_path):
-    """Batches for another device than the CPU generator's ('meta' stands in for CUDA): each draw happens on the
-    generator's device, then the batch moves. SpamLang, text, the eval batches and measure.py's."""
+    """Batches for another device than the CPU generator's ('meta' stands in for CUDA): each draw happens
+    on the generator's device, then the batch moves. SpamLang, text, the eval batches and measure.py's."""
     spam = dict(kind='spamlang', vocab_size=50)
     text = text_data(np.arange(2000, dtype=np.uint16) % 97)
     tok = tmp_path / 'ids.tok'
@@ -893,9 +896,10 @@ print('READS AT', sorted(set(i for i in calls if i is not None)))
 def test_no_step_between_two_log_steps_reads_a_tensor_back(tmp_path, loss):
     """On a GPU every read of a tensor by the host waits for the device. Counted on the CPU, in a real run of
     train.py: every Tensor.item/tolist/__bool__/__float__/cpu/numpy call, by the iteration it happens at. Only
-    log steps (multiples of log_interval) and evaluations may read; a per-step read shows at the other steps."""
-    code = subprocess.run([sys.executable, '-c', SYNC_COUNTER, *TINY_RUN, '--log_interval=5', '--max_iters=12',
-                           '--eval_interval=1000', f'--loss={loss}', f'--out_dir={tmp_path}/run'],
+    log steps (multiples of log_interval) and evaluations may read; a per-step read shows at the other
+    steps."""
+    args = [*TINY_RUN, '--log_interval=5', '--max_iters=12', '--eval_interval=1000', f'--loss={loss}']
+    code = subprocess.run([sys.executable, '-c', SYNC_COUNTER, *args, f'--out_dir={tmp_path}/run'],
                           capture_output=True, text=True, timeout=120, cwd=HERE, env=CHILD_ENV)
     assert code.returncode == 0, code.stderr[-2000:]
     reads = json.loads(code.stdout.split('READS AT')[-1].strip())
@@ -1496,8 +1500,9 @@ def test_measure_destroyed_grows_as_head_rank_shrinks():
     V, D = 512, 64
     ratios = []
     for rank in (64, 16, 4, 1):
-        m = measure_main(['--init', f'--vocab_size={V}', f'--n_embd={D}', '--head=wide', f'--head_rank={rank}',
-                          '--n_layer=1', '--n_tokens=1024', '--spectrum_tokens=0', '--direction_tokens=0'])
+        m = measure_main(['--init', f'--vocab_size={V}', f'--n_embd={D}', '--head=wide',
+                          f'--head_rank={rank}', '--n_layer=1', '--n_tokens=1024', '--spectrum_tokens=0',
+                          '--direction_tokens=0'])
         assert m['rank_W'] == rank and m['D'] == D and m['V'] == V
         assert abs(m['destroyed_ratio'] - m['random_baseline']) < 0.02  # at init: a random rank-r subspace
         assert m['random_baseline'] == pytest.approx(math.sqrt(1 - rank / V), rel=1e-12)
@@ -1823,15 +1828,15 @@ def test_torchrun_two_processes_match_one(tmp_path):
 # references are CPU fp32; these check what only a GPU run does: bf16 autocast, TF32, compile, pinned batches.
 
 def run_on_gpu(*args, timeout=600):
-    p = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=HERE,
-                       env=GPU_ENV)
+    p = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                       cwd=HERE, env=GPU_ENV)
     return p.returncode, p.stdout, p.stderr
 
 
 @cuda_only
 def test_cuda_train_wide_then_measure_its_checkpoint(tmp_path):
-    """The headline command on one GPU (its defaults: bf16 autocast, compiled, --loss=auto), then measure.py on
-    the checkpoint it wrote."""
+    """The headline command on one GPU (its defaults: bf16 autocast, compiled, --loss=auto), then
+    measure.py on the checkpoint it wrote."""
     code, out, err = run_on_gpu('train.py', '--head=wide', '--max_iters=100', '--eval_interval=100',
                                 '--log_interval=50', f'--out_dir={tmp_path}/run')
     assert code == 0, err[-3000:]
@@ -1852,12 +1857,13 @@ def test_cuda_train_wide_then_measure_its_checkpoint(tmp_path):
 
 @cuda_only
 def test_cuda_resume_after_sigterm_follows_the_uninterrupted_run(tmp_path):
-    """On CUDA a resumed run restores the weights, the optimizer, the data stream and every RNG, as on the CPU.
-    What it promises there (README): the same data at every step and the same losses to the tolerance below, not
-    bit for bit: bf16 autocast and the GPU's reduction order leave rounding differences that Adam carries on."""
-    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=300',
-            '--warmup_iters=10', '--eval_interval=100', '--eval_iters=2', '--log_interval=1', '--head=wide',
-            '--dropout=0.1', '--compile=False']
+    """On CUDA a resumed run restores the weights, the optimizer, the data stream and every RNG, as on the
+    CPU. What it promises there (README): the same data at every step and the same losses to the tolerance
+    below, not bit for bit: bf16 autocast and the GPU's reduction order leave rounding differences that
+    Adam carries on."""
+    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--max_iters=300', '--warmup_iters=10', '--eval_interval=100', '--eval_iters=2',
+            '--log_interval=1', '--head=wide', '--dropout=0.1', '--compile=False']
     full, part = tmp_path / 'full', tmp_path / 'part'
     assert run_on_gpu('train.py', *args, f'--out_dir={full}')[0] == 0
     code, _, err = sigterm_after_rows(args, part, 40, GPU_ENV, wait=300)
@@ -1875,8 +1881,9 @@ def test_cuda_resume_after_sigterm_follows_the_uninterrupted_run(tmp_path):
 
 @cuda_only
 def test_cuda_fused_loss_matches_naive_in_bf16():
-    """The loss under bf16 autocast on the GPU: fused against naive, both with bf16 matmuls and an fp32 softmax.
-    Tolerance: a few bf16 epsilons (7.8e-3), the rounding of the bf16 logits and of G before its matmuls."""
+    """The loss under bf16 autocast on the GPU: fused against naive, both with bf16 matmuls and an fp32
+    softmax. Tolerance: a few bf16 epsilons (7.8e-3), the rounding of the bf16 logits and of G before its
+    matmuls."""
     torch.manual_seed(0)
     N, V, D = 300, 1000, 64
     h = torch.randn(N, D, device='cuda', requires_grad=True)
@@ -1911,10 +1918,10 @@ def test_bench_workers_measure_what_they_name():
         grads[variant] = (h.grad.clone(), W.grad.clone())
     for a, b in zip(grads['fused'], grads['naive']):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    assert bench.head_fn('liger', h, W, y) == bench.head_fn('cce_exact', h, W, y) == 'needs CUDA'  # said in one line
+    assert bench.head_fn('liger', h, W, y) == bench.head_fn('cce_exact', h, W, y) == 'needs CUDA'  # one line
     head = bench.worker(dict(kind='head', variant='fused', device='cpu', N=N, V=V, D=D, reps=1))
     assert head['time_s'] > 0 and head['peak_mem_bytes'] >= 0
-    assert head['beyond_grads_bytes'] == head['peak_mem_bytes'] - (N * D + V * D) * 4  # dh, dW counted in fp32
+    assert head['beyond_grads_bytes'] == head['peak_mem_bytes'] - (N * D + V * D) * 4  # dh, dW in fp32
     assert head['tflops'] == pytest.approx(6 * N * V * D / head['time_s'] / 1e12, rel=1e-9)
     spec = dict(device='cpu', V=V, D=D, n_layer=1, n_head=2, T=8, B=4, warmup=1, steps=2)
     step = bench.worker(dict(kind='step', loss='fused', **spec))

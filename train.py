@@ -85,7 +85,9 @@ c, given = common.parse_args(sys.argv[1:], common.defaults_of(globals()), __file
                                           dtype=('auto', *common.DTYPES), loss=('auto', 'naive', 'fused')))
 # processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; DistributedDataParallel, nccl on CUDA, gloo on CPU
 ddp = int(os.environ.get('RANK', -1)) != -1
-rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
+rank, local_rank, world = 0, 0, 1
+if ddp:
+    rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
 device = common.pick_device(c['device'], local_rank=local_rank if ddp else None)  # CUDA: with its index
 device_type = device.type
 c['device'] = str(device)
@@ -243,13 +245,14 @@ def save():
 
 
 def diverged(what, where, at=None):
-    return TrainingError(f"{what} at iter {iter_num if at is None else at}: {where}; the last good checkpoint, "
-                         f"{ckpt_path} (iter {saved_iter}), is untouched; lower --learning_rate and resume")
+    it = iter_num if at is None else at
+    return TrainingError(f"{what} at iter {it}: {where}; the last good checkpoint, {ckpt_path} "
+                         f"(iter {saved_iter}), is untouched; lower --learning_rate and resume")
 
 
 def check_finite():
-    """The non-finite guard, read here rather than at every step (a read waits for the device): stop if a loss
-    since the last check was not finite, saving its batch; called at log steps, before evaluations and saves."""
+    """The non-finite guard, read here rather than at every step (a read waits for the device): stop if a
+    loss since the last check was not finite, saving its batch; called at log steps, evaluations and saves."""
     if not pending:
         return
     losses = torch.stack([loss for loss, _, _ in pending]).float().cpu()  # one device sync
@@ -257,8 +260,8 @@ def check_finite():
     if bad:
         _, (bad_x, bad_y), it = pending[bad[0]]
         torch.save(dict(x=bad_x, y=bad_y), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
-        raise diverged(f"loss is {losses[bad[0]].item()}", f"the batch is in {c['out_dir']}/nonfinite_batch.pt",
-                       at=it + 1)
+        where = f"the batch is in {c['out_dir']}/nonfinite_batch.pt"
+        raise diverged(f"loss is {losses[bad[0]].item()}", where, at=it + 1)
     pending.clear()
 
 
@@ -299,7 +302,7 @@ def eval_and_save():
 preemption = common.Preemption()
 step_meter = measure.StepMeter(model.lm_head) if c['meter_every_step'] else None
 pending = []  # (loss on the device, CPU batch, iter) of each micro-step since the last check_finite
-unread_state = train_gen.get_state()  # the data stream before the batch fetched ahead: what a checkpoint keeps
+unread_state = train_gen.get_state()  # the stream before the batch fetched ahead: what a checkpoint keeps
 cpu_batch, (x, y) = next_batch()
 if iter_num == 0 and master:
     eval_and_save()
