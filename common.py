@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import spamlang
-from model import GPTConfig
+from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again", the exit status of a preempted run that can be resumed
@@ -457,6 +457,13 @@ def save_checkpoint(path, state):
         for leftover in (tmp, tmp + '.prev'):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+def model_from_checkpoint(ckpt):
+    """The GPT of a loaded checkpoint, with its weights (on the CPU, in training mode)."""
+    model = GPT(GPTConfig(**{k: ckpt['config'][k] for k in MODEL_KEYS}))
+    model.load_state_dict(ckpt['model'])
+    return model
 
 
 def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py run"):

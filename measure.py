@@ -333,8 +333,7 @@ def source_ckpt(c, device):
     ck = common.load_checkpoint(path)  # verified against its digest, as train.py's resume does
     saved = ck['config']
     try:
-        model = GPT(GPTConfig(**{k: saved[k] for k in common.MODEL_KEYS}))
-        model.load_state_dict(ck['model'])
+        model = common.model_from_checkpoint(ck)
     except Exception as e:
         raise ConfigError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})".splitlines()[0])
     model.to(device).eval()

@@ -165,12 +165,17 @@ class FactorizedHead(LMHead):
         return loss
 
 
+def narrow_rank(n_embd):
+    """The narrow head's default r (ours): n_embd // 16, at least 1."""
+    return max(1, n_embd // 16)
+
+
 class NarrowHead(FactorizedHead):
     """The paper's rank-r head. Default r = n_embd // 16 (ours: at the CPU preset, D = 64, r = 4 fails
     SpamLang where r = D succeeds; see README). The paper's narrowest is r = 32 at D ≈ 4096."""
 
     def __init__(self, config, wte):
-        super().__init__(config, wte, default_rank=max(1, config.n_embd // 16))
+        super().__init__(config, wte, default_rank=narrow_rank(config.n_embd))
 
 
 class WideHead(FactorizedHead):

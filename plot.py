@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 import common
+from model import narrow_rank
 
 # -----------------------------------------------------------------------------
 out = ''                   # the PNG to write; '' = beside the log, with the log's name and .png
@@ -78,7 +79,7 @@ def save(fig, path):
 def rank_of(cfg):
     """rank(W) of a train.py config: r of a factorized head (narrow's default D // 16), else D."""
     D, r = cfg['n_embd'], cfg.get('head_rank')
-    return min(D, r or (max(1, D // 16) if cfg['head'] == 'narrow' else D))
+    return min(D, r or (narrow_rank(D) if cfg['head'] == 'narrow' else D))
 
 # -----------------------------------------------------------------------------
 # one run: python plot.py out/RUN/log.jsonl

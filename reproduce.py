@@ -35,7 +35,7 @@ import measure
 import plot
 import spamlang
 from common import ConfigError, TrainingError
-from model import FACTORIZED, GPT, HEADS, GPTConfig, check_config, fused_linear_cross_entropy
+from model import FACTORIZED, HEADS, GPTConfig, check_config, fused_linear_cross_entropy
 
 # -----------------------------------------------------------------------------
 # defaults: the CPU preset (all four experiments in ≤ 60 min on 2 cores); --preset=NAME takes the keys that are
@@ -412,8 +412,7 @@ def analyse(c, rec, data, xv, yv, bins):
     (the same windows, steps and lr for every head), and the spectrum of G on the first validation tokens."""
     ckpt = common.load_checkpoint(os.path.join(c['out'], 'exp3', rec['name'], 'ckpt.pt'))
     cfg, dev = ckpt['config'], c['device']
-    model = GPT(GPTConfig(**{k: cfg[k] for k in common.MODEL_KEYS})).to(dev)
-    model.load_state_dict(ckpt['model'])
+    model = common.model_from_checkpoint(ckpt).to(dev)
     model.eval().requires_grad_(False)
     V, D, y, W = cfg['vocab_size'], cfg['n_embd'], yv.reshape(-1).to(dev), model.lm_head.effective_weight()
     with torch.no_grad():

@@ -13,7 +13,6 @@ import torch
 
 import common
 from common import ConfigError
-from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 ckpt = 'out/spamlang_wide/ckpt.pt'  # a checkpoint written by train.py
@@ -34,9 +33,7 @@ if c['temperature'] < 0 or c['top_k'] < 0:
 device = common.pick_device(c['device'])
 state = common.load_checkpoint(c['ckpt'])
 cfg = state['config']
-model = GPT(GPTConfig(**{k: cfg[k] for k in common.MODEL_KEYS}))
-model.load_state_dict(state['model'])
-model.to(device).eval()
+model = common.model_from_checkpoint(state).to(device).eval()
 
 # the tokenizer: none for SpamLang; tiktoken for text, with the map of a compacted vocabulary when there is one
 text = cfg['data'] != 'spamlang'

@@ -679,12 +679,6 @@ def metered_run(request, tmp_path_factory):
     return out, {'gradient_accumulation_steps': 1, **opts}
 
 
-def model_of(ckpt):
-    model = GPT(GPTConfig(**{k: ckpt['config'][k] for k in common.MODEL_KEYS}))
-    model.load_state_dict(ckpt['model'])
-    return model
-
-
 def lr_at(it, o):
     """The schedule, written out: linear warmup to learning_rate, then a half cosine down to min_lr at max_iters."""
     lr, lo, warm, top = o['learning_rate'], o['min_lr'], o['warmup_iters'], o['max_iters']
@@ -713,7 +707,7 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
     out, o = metered_run
     prev = common.load_checkpoint(str(out / 'prev_ckpt.pt'))
     assert prev['iter_num'] == o['max_iters'] - 1
-    model = model_of(prev)
+    model = common.model_from_checkpoint(prev)
     gen = torch.Generator()
     gen.set_state(prev['rng']['train_gen'])
     data = dict(kind='spamlang', vocab_size=o['vocab_size'])
@@ -725,7 +719,7 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
     assert row['iter'] == o['max_iters']
     assert abs(row['grad_destroyed'] / refs[-1] - 1) < 1e-5, (row, refs)
     assert abs(row['grad_cosine'] / math.sqrt(1 - refs[-1] ** 2) - 1) < 1e-5
-    after = model_of(common.load_checkpoint(str(out / 'ckpt.pt')))  # the W after the step reads differently
+    after = common.model_from_checkpoint(common.load_checkpoint(str(out / 'ckpt.pt')))  # W after the step
     with torch.no_grad():
         x, y = micro[-1]
         moved = qr_ratio(softmax_minus_onehot(after(x)[0], y), col_basis(after.lm_head))
@@ -741,7 +735,7 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
     each recomputed from ckpt.pt with explicit formulas."""
     out, o = metered_run
     ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))
-    model = model_of(ckpt).eval()
+    model = common.model_from_checkpoint(ckpt).eval()
     gen = spamlang.make_generator(ckpt['config']['seed'] + 1)
     batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen) for _ in range(o['eval_iters'])]
     with torch.no_grad():

@@ -1,4 +1,4 @@
-# The test grid of reproduce.py (ours): every experiment end to end in seconds on a CPU (test_reproduce_part.py).
+# The test grid of reproduce.py (ours): every experiment end to end in seconds on a CPU (test_all.py).
 # Numbers mean nothing at this size. Any --key=value on the command line wins.
 seeds = 2
 sweep_seeds = 1
