@@ -34,6 +34,7 @@ what to compare, since a shared machine's absolute speed drifts.
 """
 import os
 import inspect
+import math
 import subprocess
 import tempfile
 import sys
@@ -130,6 +131,13 @@ def head_inputs(N, V, D, device, dtype, seed=0):
     return h, W, y
 
 
+def torch_lce_missing():
+    """Why PyTorch's chunked F.linear_cross_entropy cannot run with this torch, or None when it can."""
+    if hasattr(F, 'linear_cross_entropy') and hasattr(nn, 'LinearCrossEntropyOptions'):
+        return None
+    return f'torch {torch.__version__} has no F.linear_cross_entropy with options'
+
+
 def cce_kwargs(exact):
     """cut-cross-entropy's arguments for its default mode (which skips gradient entries below a threshold)
     or its exact one, in the installed version: (kwargs, None), or (None, why it cannot run)."""
@@ -172,8 +180,8 @@ def head_fn(variant, h, W, y):
     if variant == 'fused':  # ours, the chunked loop (the CPU path)
         return run(lambda: chunked_linear_cross_entropy(h, W, y))
     if variant == 'torch':
-        if not hasattr(F, 'linear_cross_entropy') or not hasattr(nn, 'LinearCrossEntropyOptions'):
-            return f'torch {torch.__version__} has no F.linear_cross_entropy with options'
+        if torch_lce_missing():
+            return torch_lce_missing()
         opts = nn.LinearCrossEntropyOptions()  # its chunked path, 'auto' policy (the default, options=None, is naive)
         return run(lambda: F.linear_cross_entropy(h, W, y, options=opts))
     if dev != 'cuda':
@@ -336,8 +344,8 @@ gpu_check_iters = 200    # training steps of each gpu_check run
 def head_rows(shapes, device, reps, add):
     """Section 1: every head-and-loss variant at every shape, with its fraction of the bare matmuls' FLOP/s."""
     cannot = {}  # variant -> why it cannot run here: said once, not tried again
-    if not hasattr(F, 'linear_cross_entropy') or not hasattr(nn, 'LinearCrossEntropyOptions'):
-        cannot['torch'] = f'torch {torch.__version__} has no F.linear_cross_entropy with options'
+    if torch_lce_missing():  # known here: no worker process needed to find out
+        cannot['torch'] = torch_lce_missing()
         print(f"{'head':<8} {'torch':<16} not run: {cannot['torch']}", flush=True)
     for N, V, D in shapes:
         bare = None
@@ -370,7 +378,7 @@ def step_rows(device, cfg, steps, quick, add):
                 res = run_worker(spec)
                 add(dict(section='step', variant=loss + '+compile' * compiled, N=cfg['B'] * cfg['T'], V=V,
                          D=cfg['D'], **res))
-                tok_per_s[compiled, V, loss] = res.get('tok_per_s', 0)
+                tok_per_s[compiled, V, loss] = res.get('tok_per_s', math.nan)  # nan: the worker failed
         # a win is a step at least WIN_MARGIN faster: a tie within a machine's noise keeps the reference
         ratio = [tok_per_s[compiled, V, 'fused'] / tok_per_s[compiled, V, 'naive'] for V in vocabs]
         wins = [r > 1 + WIN_MARGIN for r in ratio]

@@ -75,7 +75,7 @@ def parse_args(argv, defaults, source, types=None, choices=None):
         print(usage(source, defaults, choices))
         sys.exit(0)
     config, given = dict(defaults), set()
-    files = [a for a in argv if not a.startswith('--')]
+    files = config_files(argv)
     for path in files:
         if not path.endswith('.py') or not os.path.isfile(path):
             raise ConfigError(f"bad argument {path!r}: use --key=value (e.g. --head=wide) or a config file "
@@ -99,6 +99,11 @@ def parse_args(argv, defaults, source, types=None, choices=None):
         if config[key] not in allowed:
             raise ConfigError(f"--{key} must be one of {', '.join(map(str, allowed))}; got {config[key]!r}")
     return config, given
+
+
+def config_files(argv):
+    """The config files among a script's arguments: every argument that is not --key=value."""
+    return [a for a in argv if not a.startswith('--')]
 
 
 def check_key(key, defaults, where=''):

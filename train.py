@@ -168,7 +168,7 @@ flops_per_iter = model.flops_per_token() * tokens_per_iter / world  # per GPU, l
 peak = c['peak_flops'] or (common.peak_flops(torch.cuda.get_device_name(device))[0] if device_type == 'cuda' else None)
 if master:
     r = getattr(model.lm_head, 'rank', gptconf.n_embd)
-    files = [a for a in sys.argv[1:] if not a.startswith('--')]
+    files = common.config_files(sys.argv[1:])
     print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{c['head']} head, "
           f"V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, r = {r}, "
           f"{model.get_num_params():,} parameters, data {c['data']}, {tokens_per_iter:,} tokens per step "
