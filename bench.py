@@ -395,10 +395,10 @@ def run_script(*args, timeout=600):
     return p.stdout
 
 
-def check_gpu(opts, add):
+def check_gpu(opts):
     """The GPU path end to end in a few minutes: train.py --head=wide (gpu preset, bf16) with the fused and
-    the naive loss, each compiled and eager; measure.py on the compiled fused run's checkpoint; the head +
-    loss at V = 131,072."""
+    the naive loss, each compiled and eager; measure.py on the compiled fused run's checkpoint. (The head +
+    loss table at V = 131,072 is `bench.py --sections=1` on the GPU.)"""
     out, runs = tempfile.mkdtemp(prefix='gpu_check_'), {}
     for name, extra in (('compiled_fused', ['--compile=True', '--loss=fused']),
                         ('compiled_naive', ['--compile=True', '--loss=naive']),
@@ -433,7 +433,6 @@ def check_gpu(opts, add):
         runs['measure'] = {k: m[k] for k in ('destroyed_ratio', 'visible_cosine', 'random_baseline',
                                              'visible_over_chance', 'ey_floor', 'ey_k')}
         print(f"gpu_check measure.py on {ok[0]}: {runs['measure']}", flush=True)
-    head_rows([s for s in CUDA_SHAPES if s[:2] == (8192, 131072)], 'cuda', opts['reps'], add)  # D = 768, 4096
     for mode in ('eager', 'compiled'):  # the gpu preset's step: the evidence for --loss=auto at its V
         if f'{mode}_fused' in ok and f'{mode}_naive' in ok:
             fused, naive = runs[f'{mode}_fused'], runs[f'{mode}_naive']
@@ -464,12 +463,12 @@ def main(argv):
 
     if opts['gpu_check']:
         t0 = time.time()
-        runs = check_gpu(opts, add)
+        runs = check_gpu(opts)
         path = opts['json'] or 'gpu_check.json'
         with open(path, 'w') as f:
             json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(), commit=common.code_version(),
-                           date=time.strftime('%Y-%m-%d %H:%M'), wall_s=round(time.time() - t0, 1), runs=runs,
-                           head_rows=rows), f, indent=1)
+                           date=time.strftime('%Y-%m-%d %H:%M'), wall_s=round(time.time() - t0, 1), runs=runs),
+                      f, indent=1)
         print(f"gpu_check done in {time.time() - t0:.0f} s: wrote {path}")
         failed = [name for name, r in runs.items() if 'error' in r]
         if failed:
