@@ -344,7 +344,7 @@ gpu_check_iters = 200    # training steps of each gpu_check run
 def head_rows(shapes, device, reps, add):
     """Section 1: every head-and-loss variant at every shape, with its fraction of the bare matmuls' FLOP/s."""
     cannot = {}  # variant -> why it cannot run here: said once, not tried again
-    if torch_lce_missing():  # known here: no worker process needed to find out
+    if 'torch' in VARIANTS and torch_lce_missing():  # known here: no worker process needed to find out
         cannot['torch'] = torch_lce_missing()
         print(f"{'head':<8} {'torch':<16} not run: {cannot['torch']}", flush=True)
     for N, V, D in shapes:
