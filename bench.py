@@ -45,7 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
+import options
+import runtime
 import measure
 from model import GPT, GPTConfig, chunked_linear_cross_entropy
 
@@ -261,7 +262,7 @@ def worker_step(spec):
     tok = spec['B'] * spec['T']
     out = dict(time_s=t, peak_mem_bytes=mem, tok_per_s=tok / t)
     if spec['device'] == 'cuda':
-        peak = common.peak_flops(torch.cuda.get_device_name())[0]
+        peak = runtime.peak_flops(torch.cuda.get_device_name())[0]
         out['mfu'] = model.flops_per_token() * tok / t / peak if peak else None
     return out
 
@@ -391,7 +392,7 @@ def step_rows(device, cfg, steps, quick, add):
 def run_script(*args, timeout=600):
     p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=timeout)
     if p.returncode:
-        raise common.TrainingError(f"{' '.join(args)} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise options.TrainingError(f"{' '.join(args)} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
     return p.stdout
 
 
@@ -409,7 +410,7 @@ def check_gpu(opts):
         try:  # a failed run is reported and the others still run: gpu_check then exits non-zero
             run_script('train.py', 'config/train_gpu.py', '--head=wide', f'--max_iters={iters}',
                        '--log_interval=50', f'--eval_interval={iters}', f'--out_dir={out}/{name}', *extra)
-        except common.TrainingError as e:
+        except options.TrainingError as e:
             runs[name] = {'error': str(e)}
             print(f"gpu_check {name}: FAILED: {e}", flush=True)
             continue
@@ -443,18 +444,18 @@ def check_gpu(opts):
 
 
 def main(argv):
-    opts, _ = common.parse_args(argv, common.defaults_of(globals()), __file__)
+    opts, _ = options.parse_args(argv, options.defaults_of(globals()), __file__)
     if not opts['sections'] or set(opts['sections']) - set('123'):
-        raise common.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 (e.g. --sections=13)")
-    common.positive(opts, 'reps', 'gpu_check_iters')
+        raise options.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 (e.g. --sections=13)")
+    options.positive(opts, 'reps', 'gpu_check_iters')
     if opts['gpu_check'] and not torch.cuda.is_available():
-        raise common.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; on a CPU run `python bench.py`")
-    opts['device'] = common.pick_device(opts['device'], auto=('cuda', 'cpu')).type
+        raise options.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; on a CPU run `python bench.py`")
+    opts['device'] = runtime.pick_device(opts['device'], auto=('cuda', 'cpu')).type
     device = opts['device']
     rows = []
     print(f"bench.py: torch {torch.__version__}, device {device}"
           f" ({torch.cuda.get_device_name() if device == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, commit {common.code_version()}")
+          f"{time.strftime('%Y-%m-%d %H:%M')}, commit {runtime.code_version()}")
     print(f"{'section':<8} {'variant':<16} {'N':>6} {'V':>7} {'D':>5} {'time_s':>9} {'peak_mem':>11} {'flops':>6}")
 
     def add(row):
@@ -466,13 +467,13 @@ def main(argv):
         runs = check_gpu(opts)
         path = opts['json'] or 'gpu_check.json'
         with open(path, 'w') as f:
-            json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(), commit=common.code_version(),
+            json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(), commit=runtime.code_version(),
                            date=time.strftime('%Y-%m-%d %H:%M'), wall_s=round(time.time() - t0, 1), runs=runs),
                       f, indent=1)
         print(f"gpu_check done in {time.time() - t0:.0f} s: wrote {path}")
         failed = [name for name, r in runs.items() if 'error' in r]
         if failed:
-            raise common.TrainingError(f"gpu_check: {', '.join(failed)} failed (above; details in {path})")
+            raise options.TrainingError(f"gpu_check: {', '.join(failed)} failed (above; details in {path})")
         return
     if '1' in opts['sections']:
         head_rows(QUICK_SHAPES if opts['quick'] else CUDA_SHAPES if device == 'cuda' else HEAD_SHAPES, device,
@@ -508,7 +509,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    common.one_line_errors()
+    options.one_line_errors()
     if len(sys.argv) == 2 and sys.argv[1].startswith('--worker='):
         sys.path.insert(0, HERE)
         print('RESULT ' + dumps(worker(loads(sys.argv[1][len('--worker='):]))), flush=True)

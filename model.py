@@ -108,8 +108,8 @@ class LMHead(nn.Module):
     def forward(self, h):  # (B, T, D) -> (B, T, V)
         return F.linear(h, self.padded_weight())[..., :self.vocab_size]
 
-    def fused_loss(self, h, targets, chunk_size=None, stats=None):  # (N, D), (N,) -> scalar; no (N, V) logits
-        return fused_linear_cross_entropy(h, self.padded_weight()[:self.vocab_size], targets, chunk_size, stats)
+    def fused_loss(self, h, targets, chunk_size=None):  # (N, D), (N,) -> scalar; no (N, V) logits
+        return fused_linear_cross_entropy(h, self.padded_weight()[:self.vocab_size], targets, chunk_size)
 
 
 class LinearHead(LMHead):
@@ -157,12 +157,9 @@ class FactorizedHead(LMHead):
     def forward(self, h):  # never forms the V×D product in the forward pass: D→r→V
         return F.linear(F.linear(h, self.A), self.B)[..., :self.vocab_size]
 
-    def fused_loss(self, h, targets, chunk_size=None, stats=None):
+    def fused_loss(self, h, targets, chunk_size=None):
         # logits = (h Aᵀ) Bᵀ: fuse the loss over (h Aᵀ, B), cost N·V·r, and let autograd carry h Aᵀ back to h and A
-        loss = fused_linear_cross_entropy(F.linear(h, self.A), self.B[:self.vocab_size], targets, chunk_size, stats)
-        if stats is not None:  # the fused path saw G·B (N, r); the meter wants G·W = G·B·A (N, D)
-            stats['gW'] = stats['gW'] @ self.A.detach().float()
-        return loss
+        return fused_linear_cross_entropy(F.linear(h, self.A), self.B[:self.vocab_size], targets, chunk_size)
 
 
 def narrow_rank(n_embd):
@@ -187,20 +184,6 @@ class WideHead(FactorizedHead):
 
 HEADS = {'linear': LinearHead, 'tied': TiedHead, 'narrow': NarrowHead, 'wide': WideHead}
 FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedHead)}
-
-
-@torch.no_grad()
-def logit_grad_stats(logits, targets, W):
-    """For the live meter, per token: ‖g‖² and g·W with g = softmax(logits) − onehot(target), from the logits
-    (…, V), targets (…) and W (V, D); 0 for targets of −1. ‖g‖² comes from g itself (p_y − 1 is exact in fp32),
-    not from Σp² − 2p_y + 1, which cancels to noise once a token is predicted with confidence. (N,), (N, D)"""
-    V = logits.size(-1)
-    y = targets.reshape(-1)
-    ok = (y >= 0).float().unsqueeze(1)                                # (N, 1)
-    g = torch.softmax(logits.reshape(-1, V).float(), dim=-1)          # (N, V)
-    g.scatter_add_(1, y.clamp(min=0).unsqueeze(1), -ok)
-    g.mul_(ok)
-    return torch.linalg.vector_norm(g, dim=1).square(), g @ W.float()
 
 
 def check_config(config):
@@ -241,6 +224,7 @@ class GPT(nn.Module):
             if pn.endswith('c_proj.weight'):  # residual projections, scaled per GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         self.lm_head = HEADS[config.head](config, self.transformer.wte)
+        self.fused = False  # train.py's --loss=fused: the training loss without the (B, T, V) logits
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -262,19 +246,15 @@ class GPT(nn.Module):
             x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, loss='naive', stats=None):
-        """(logits (B, T, V), loss). loss='fused': the loss without the logits, returned as None (see
-        fused_linear_cross_entropy; `stats`, a dict, receives the live meter's per-token quantities)."""
-        if targets is not None and loss == 'fused':
-            return None, self.lm_head.fused_loss(self.hidden(idx), targets, stats=stats)
-        if loss not in ('naive', 'fused'):
-            raise ValueError(f"loss must be 'naive' or 'fused', got {loss!r}")
-        logits = self.lm_head(self.hidden(idx))  # (B, T, V)
+    def forward(self, idx, targets=None):
+        """(logits (B, T, V), loss). With self.fused and targets: the loss without the logits (None), see
+        fused_linear_cross_entropy."""
+        x = self.hidden(idx)  # (B, T, D)
+        if targets is not None and self.fused:
+            return None, self.lm_head.fused_loss(x, targets)
+        logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
-        if stats is not None:  # the live meter's per-token quantities; the fused path has them from its own loop
-            gsq, gW = logit_grad_stats(logits.detach(), targets, self.lm_head.effective_weight().detach())
-            stats.update(gsq=gsq, gW=gW)
         # the loss: fp32 logits even under bf16 autocast; targets of -1 are ignored
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
@@ -314,28 +294,8 @@ class GPT(nn.Module):
         return idx
 
 
-# =============================================================================
-# Performance: the fused loss. Everything above is the model; this section only makes its loss cheaper at
-# large V (GPT.forward(..., loss='fused')). The naive loss in GPT.forward is the reference it is tested against.
-# =============================================================================
-
-# The loss. 'naive' forms the N×V logits and lets autograd keep them and their gradient: ~3 N×V fp32 buffers at
-# the peak (N = 8192, V = 131,072: 13 GB). 'fused' walks over chunks of tokens and, for each, forms the chunk's
-# logits, its loss, and its gradient G_c = softmax − onehot, then folds G_c at once into ∇h (G_c W) and ∇W
-# (G_cᵀ h_c): memory O(chunk·V + V·D), the same matmuls, the same result to fp32 rounding.
-#
-# The chunk: on CPU 512 tokens (small chunks rewrite ∇W once per chunk, large ones stream (c, V) buffers through
-# memory several times; 512 was fastest in the README's measurements). On CUDA, as many tokens as fit a budget of
-# one chunk's (c, V) buffers: each matmul stays large enough to run near peak at any V.
-FUSED_CPU_CHUNK = 512
-FUSED_CUDA_BYTES = 2**31  # one fp32 (c, V) softmax plus its compute-dtype copy, at most
-
-
-def fused_chunk(device_type, vocab_size):
-    if device_type != 'cuda':
-        return FUSED_CPU_CHUNK
-    return max(256, FUSED_CUDA_BYTES // (6 * vocab_size) // 256 * 256)
-
+# -----------------------------------------------------------------------------
+# the loss: naive (in GPT.forward, the reference) or fused (fused_loss.py), and which one --loss=auto takes
 
 # Default --loss (train.py's 'auto'): the smallest V from which the fused loss made a training step at least
 # 5% faster than the naive one (bench.WIN_MARGIN), per device type, eager and compiled; None: at no V
@@ -353,114 +313,11 @@ def default_loss(device_type, vocab_size, compiled):
     return 'fused' if smallest is not None and vocab_size >= smallest else 'naive'
 
 
-class FusedLinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of softmax(h Wᵀ) over the tokens whose target is ≥ 0, with its gradients computed in
-    the forward pass, chunk by chunk, so the N×V logits never exist; backward only scales ∇h and ∇W by the
-    incoming gradient. Outputs: loss, gsq (N,) = ‖softmax − onehot‖² per token (0 where ignored), and ∇h."""
-
-    @staticmethod
-    def forward(ctx, h, W, targets, chunk_size, need_dh, need_dW, need_gsq):
-        # h (N, D) and W (V, D) in the compute dtype (fp32 or bf16), targets (N,) long with -1 = ignored
-        N, D = h.shape
-        V = W.size(0)
-        valid = targets >= 0                                          # (N,)
-        n_valid = valid.sum()                                         # a tensor: no device sync
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        gsq = torch.zeros(N if need_gsq else 0, dtype=torch.float32, device=h.device)  # ‖g_i‖², for the meter
-        dh = torch.empty_like(h) if need_dh else h.new_empty(0)      # (N, D)
-        dW = torch.zeros(V, D, dtype=torch.float32, device=h.device) if need_dW else None  # fp32 accumulator
-        buf = torch.empty(min(chunk_size, N), V, dtype=torch.float32, device=h.device)  # reused by every chunk
-        for s in range(0, N, chunk_size):
-            hc, yc, ok = h[s:s + chunk_size], targets[s:s + chunk_size], valid[s:s + chunk_size]
-            y0 = yc.clamp(min=0).unsqueeze(1)                         # (c, 1), ignored rows point at 0
-            p = buf[:len(hc)]                                         # (c, V): the logits, then the softmax
-            if h.dtype == torch.float32:
-                torch.mm(hc, W.t(), out=p)
-            else:
-                p.copy_(hc @ W.t())                                   # matmul in the compute dtype, softmax in fp32
-            p.sub_(p.amax(1, keepdim=True))                           # in place: no (c, V) buffer is allocated
-            logit_y = p.gather(1, y0).squeeze(1)                      # (c,), shifted like the row
-            z = p.exp_().sum(1)                                       # (c,)
-            p.div_(z.unsqueeze(1))
-            loss += ((z.log() - logit_y) * ok).sum()                  # −log p_y = log Σ exp − logit_y
-            if not (need_dh or need_dW or need_gsq):
-                continue
-            p.scatter_add_(1, y0, -ok.float().unsqueeze(1))           # G_c = p − onehot (ignored rows: w = 0)
-            if need_gsq:  # ‖g‖² from G itself: p_y − 1 is exact in fp32, so confident tokens keep their digits
-                gsq[s:s + chunk_size] = torch.linalg.vector_norm(p, dim=1).square() * ok
-            w = (ok / n_valid).unsqueeze(1).to(h.dtype)               # (c, 1) row scale, 1/n_valid or 0
-            G = p if p.dtype == h.dtype else p.to(h.dtype)            # matmuls in the compute dtype
-            if need_dh:
-                dh[s:s + chunk_size] = (G @ W) * w                    # scales (c, D), never (c, V)
-            if need_dW:
-                if G.dtype == torch.float32:
-                    dW.addmm_(G.t(), hc * w)                          # (V, D) += (V, c) @ (c, D)
-                else:
-                    dW += G.t() @ (hc * w)
-            del G  # the compute-dtype copy, before the next chunk: one chunk's (c, V) buffers live at a time
-        ctx.save_for_backward(dh, dW)
-        ctx.W_dtype = W.dtype
-        ctx.mark_non_differentiable(gsq, dh)
-        return loss / n_valid, gsq, dh
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_gsq, grad_dh):
-        dh, dW = ctx.saved_tensors
-        # scale in fp32, then cast: a GradScaler's 65,536 is not an fp16 number (its largest is 65,504)
-        gh = (dh.float() * grad_loss).to(dh.dtype) if ctx.needs_input_grad[0] else None
-        gW = (dW * grad_loss).to(ctx.W_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gW, None, None, None, None, None
-
-
-_cuda_kernel = []  # filled at the first CUDA call: triton_ce's loss, or None where Triton cannot run
-
-
-def cuda_kernel():
-    """triton_ce.triton_linear_cross_entropy when Triton can run here, else None. Imported at the first
-    CUDA call only, so a CPU run never loads it (torch.compile traces through this import)."""
-    if not _cuda_kernel:
-        try:
-            import triton_ce
-            ok = triton_ce.available()[0]
-        except ImportError:
-            ok = False
-        _cuda_kernel.append(triton_ce.triton_linear_cross_entropy if ok else None)
-    return _cuda_kernel[0]
-
-
-def fused_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
-    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: on CUDA with
-    Triton the kernel of triton_ce.py (when no chunk and no meter stats are asked for), else the chunked loop
-    below."""
-    kernel = cuda_kernel() if h.is_cuda and chunk_size is None and stats is None else None
-    if kernel is not None:
-        return kernel(h, W, targets)
-    return chunked_linear_cross_entropy(h, W, targets, chunk_size, stats)
-
-
-def chunked_linear_cross_entropy(h, W, targets, chunk_size=None, stats=None):
-    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: chunks of tokens.
-
-    h (..., D), W (V, D) (the real rows only: never the padding), targets (...) long. Under autocast the matmuls
-    run in the autocast dtype and the softmax in fp32, as on the naive path. If `stats` is a dict it receives,
-    for the live meter, what this path computes anyway: 'gsq' (N,) = ‖p_i − e_{y_i}‖² per token, 'gW' (N, D) =
-    (p_i − e_{y_i}) W per token (both unscaled, 0 on ignored tokens), and 'n_valid'. Works under no_grad too.
-    """
-    D = h.size(-1)
-    h, targets = h.reshape(-1, D), targets.reshape(-1)
-    dev = h.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, W.dtype)
-    chunk_size = chunk_size or fused_chunk(dev, W.size(0))
-    grad = torch.is_grad_enabled()
-    need_dh = (grad and h.requires_grad) or stats is not None
-    need_dW = grad and W.requires_grad
-    with torch.autocast(dev, enabled=False):
-        loss, gsq, dh = FusedLinearCrossEntropy.apply(h.to(dtype), W.to(dtype), targets, chunk_size, need_dh, need_dW,
-                                                      stats is not None)
-    if stats is not None:  # n_valid stays a tensor: no device sync, no graph break under torch.compile
-        n_valid = (targets >= 0).sum()
-        stats.update(gsq=gsq, gW=dh.float() * n_valid, n_valid=n_valid)
-    return loss
+def fused_linear_cross_entropy(h, W, targets, chunk_size=None):
+    """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1) without the (N, V) logits (--loss=fused):
+    fused_loss.py, imported at the first call, so a run on the naive loss never loads it."""
+    import fused_loss
+    return fused_loss.linear_cross_entropy(h, W, targets, chunk_size)
 
 
 if __name__ == '__main__':

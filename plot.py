@@ -16,13 +16,13 @@ import sys
 
 import numpy as np
 
-import common
+import options
 from model import narrow_rank
 
 # -----------------------------------------------------------------------------
 out = ''                   # the PNG to write; '' = beside the log, with the log's name and .png
 # -----------------------------------------------------------------------------
-DEFAULTS = common.defaults_of(globals())
+DEFAULTS = options.defaults_of(globals())
 EDGE = {'low edge': 'lr at the grid\'s low edge', 'high edge': 'lr at the grid\'s high edge', 'one lr': 'one lr, not swept'}
 
 
@@ -92,7 +92,7 @@ def log(path, png=''):
     except ValueError:  # not JSON lines
         rows = []
     if not rows or not isinstance(rows[0], dict) or rows[0].get('type') != 'config':
-        raise common.ConfigError(f"{path} is not a train.py log.jsonl (its first line is not the config row)")
+        raise options.ConfigError(f"{path} is not a train.py log.jsonl (its first line is not the config row)")
     cfg, evals = rows[0], [r for r in rows if r.get('type') == 'eval']
     train = [r for r in rows if r.get('type') == 'train']
     spam = any('val_acc' in r for r in evals)
@@ -285,13 +285,13 @@ def exp4(path, panels):
 
 def main(argv):
     logs = [a for a in argv if not a.startswith('-')]
-    c, _ = common.parse_args([a for a in argv if a.startswith('-')], DEFAULTS, __file__)
+    c, _ = options.parse_args([a for a in argv if a.startswith('-')], DEFAULTS, __file__)
     if len(logs) != 1 or not os.path.isfile(logs[0]):
-        raise common.ConfigError(f"give one log.jsonl written by train.py (got {' '.join(logs) or 'none'}): "
+        raise options.ConfigError(f"give one log.jsonl written by train.py (got {' '.join(logs) or 'none'}): "
                                  f"python plot.py out/RUN/log.jsonl [--out=FILE.png]")
     print(log(logs[0], c['out']))
 
 
 if __name__ == '__main__':
-    common.one_line_errors()
+    options.one_line_errors()
     main(sys.argv[1:])

@@ -30,11 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import common
+import checkpoint
+import options
+import runtime
+import textdata
 import measure
 import plot
 import spamlang
-from common import ConfigError, TrainingError
+from options import ConfigError, TrainingError
 from model import FACTORIZED, HEADS, GPTConfig, check_config, fused_linear_cross_entropy
 
 # -----------------------------------------------------------------------------
@@ -96,8 +99,9 @@ e3_spectrum_tokens = 2048  # the first validation tokens, for the spectrum of G
 e3_gate_unigram = 0.5      # stage gate: the widest head must end ≥ this many nats below the unigram loss
 e3_gate_bigram = 0.3       # ... and ≤ this many nats above the bigram loss
 # -----------------------------------------------------------------------------
-DEFAULTS = common.defaults_of(globals())
-TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+DEFAULTS = options.defaults_of(globals())
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN = os.path.join(HERE, 'train.py')
 TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at equal exposures: (D, V) and (r, V) grids',
           '3': 'text, head rank on one backbone', '4': 'the meter along training'}
 FIGURES = {'1': ['exp1_head_rank.png'], '2': ['exp2_vd_heatmap.png', 'exp2_rank_heatmap.png'], '3': ['exp3_text.png'],
@@ -132,15 +136,32 @@ def head(spec, D):  # train.py's arguments, rank(W) and a label of a head writte
 # -----------------------------------------------------------------------------
 
 
-def options(argv):
-    c, given = common.parse_args(argv, DEFAULTS, __file__, types=dict(compile=bool))
+def apply_preset(config, given, script, name):
+    """The values of config/<script>_<name>.py for every key not given on the command line ('cpu' and '' are the
+    script's own defaults). Returns the config; an unknown preset names the ones there are."""
+    if name in ('', 'cpu'):
+        return config
+    path = os.path.join(HERE, 'config', f"{script}_{name}.py")
+    if not os.path.isfile(path):
+        there = sorted(f[len(script) + 1:-3] for f in os.listdir(os.path.join(HERE, 'config'))
+                       if f.startswith(script + '_') and f.endswith('.py'))
+        raise ConfigError(f"--preset={name}: no config/{script}_{name}.py; presets: {', '.join(['cpu', *there])}")
+    for key, val in options.read_config_file(path).items():
+        options.check_key(key, config, f" in {path}")
+        if key not in given:
+            config[key] = options.typed(key, val, config)
+    return config
+
+
+def parse_options(argv):
+    c, given = options.parse_args(argv, DEFAULTS, __file__, types=dict(compile=bool))
     if c['quick'] and c['preset'] not in ('cpu', 'quick'):
         raise ConfigError(f"--quick is --preset=quick: drop --quick or --preset={c['preset']}")
     c['preset'] = 'quick' if c['quick'] else c['preset']
-    c = common.apply_preset(c, given, 'reproduce', c['preset'])
-    c['device'] = str(common.pick_device(c['device']))
+    c = apply_preset(c, given, 'reproduce', c['preset'])
+    c['device'] = str(runtime.pick_device(c['device']))
     zero_ok = ('threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram')
-    common.positive(c, *(k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok))
+    options.positive(c, *(k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok))
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:
         raise ConfigError(f"--{', --'.join(zero_ok)} must be ≥ 0 and --warmup < 1")
     c['exps'], c['notes'] = list(dict.fromkeys(e.strip() for e in c['experiments'].split(',') if e.strip())), {}
@@ -201,7 +222,7 @@ def plan(c):
     items(c, 'e3_freq_bins', int)
     for s in specs:
         try:
-            check_config(GPTConfig(**{k: s['args'][k] for k in common.MODEL_KEYS if k in s['args']}))
+            check_config(GPTConfig(**{k: s['args'][k] for k in checkpoint.MODEL_KEYS if k in s['args']}))
         except ValueError as e:
             raise ConfigError(f"{s['exp']} {s['label']}: {e}")
     return specs
@@ -410,9 +431,9 @@ def baselines(train, x, y, V):
 def analyse(c, rec, data, xv, yv, bins):
     """From a run's final checkpoint: the loss by frequency bin, a fresh full-rank probe fitted on the frozen backbone
     (the same windows, steps and lr for every head), and the spectrum of G on the first validation tokens."""
-    ckpt = common.load_checkpoint(os.path.join(c['out'], 'exp3', rec['name'], 'ckpt.pt'))
+    ckpt = checkpoint.load_checkpoint(os.path.join(c['out'], 'exp3', rec['name'], 'ckpt.pt'))
     cfg, dev = ckpt['config'], c['device']
-    model = common.model_from_checkpoint(ckpt).to(dev)
+    model = checkpoint.model_from_checkpoint(ckpt).to(dev)
     model.eval().requires_grad_(False)
     V, D, y, W = cfg['vocab_size'], cfg['n_embd'], yv.reshape(-1).to(dev), model.lm_head.effective_weight()
     with torch.no_grad():
@@ -426,7 +447,7 @@ def analyse(c, rec, data, xv, yv, bins):
     opt = torch.optim.AdamW(probe.parameters(), lr=c['e3_probe_lr'], betas=(0.9, 0.95), weight_decay=0.0)
     gen = spamlang.make_generator(c['seed'] + 7)  # the same training windows for every head
     for _ in range(c['e3_probe_steps']):
-        xb, yb = common.get_batch(data, 'train', cfg['batch_size'], cfg['block_size'], gen, dev)
+        xb, yb = textdata.get_batch(data, 'train', cfg['batch_size'], cfg['block_size'], gen, dev)
         with torch.no_grad():
             h = model.hidden(xb)
         opt.zero_grad(set_to_none=True)
@@ -448,9 +469,9 @@ def tokens_to(evals, level):
 
 def summary_exp3(c, recs):
     D, T = c['e3_n_embd'], c['e3_block_size']
-    data = common.load_data(dict(data=c['_tok'], block_size=T))
+    data = textdata.load_data(dict(data=c['_tok'], block_size=T))
     V, train_ids = data['vocab_size'], np.asarray(data['train'], dtype=np.int64)
-    xv, yv = common.val_windows(data, T)  # every window of the validation split, as train.py --eval_iters=0
+    xv, yv = textdata.val_windows(data, T)  # every window of the validation split, as train.py --eval_iters=0
     base = baselines(train_ids, xv.numpy().ravel(), yv.numpy().ravel(), V)
     sizes, order = items(c, 'e3_freq_bins', int), np.empty(V, dtype=np.int64)
     order[np.argsort(-np.bincount(train_ids, minlength=V), kind='stable')] = np.arange(V)
@@ -540,16 +561,16 @@ def summary_exp4(c, recs):
 
 
 def main(argv):
-    c, _ = options(argv), COUNTS.update(trained=0, reused=0, train_seconds=0.0)
+    c, _ = parse_options(argv), COUNTS.update(trained=0, reused=0, train_seconds=0.0)
     torch.set_num_threads(c['threads'] or torch.get_num_threads())  # experiment 3's analysis runs here
     specs, c['_best'], _ = plan(c), {}, prepare_out(c)  # _best: the best lr's runs of each head; experiment 4 reads them
     if '3' in c['exps']:
         os.makedirs(os.path.join(c['out'], 'exp3'), exist_ok=True)
-        c['_tok'] = common.tokenize_text(c['text'], c['e3_encoding'], os.path.join(c['out'], 'exp3'), compact=True)
+        c['_tok'] = textdata.tokenize_text(c['text'], c['e3_encoding'], os.path.join(c['out'], 'exp3'), compact=True)
         for s in (s for s in specs if s['exp'] == 'exp3'):
             s['args']['data'] = c['_tok']
     meta = dict(command=' '.join(['python reproduce.py', *argv]), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-                commit=common.code_version(), device=c['device'], gpu=torch.cuda.get_device_name(c['device']) if
+                commit=runtime.code_version(), device=c['device'], gpu=torch.cuda.get_device_name(c['device']) if
                 c['device'].startswith('cuda') else None, platform=platform.platform(), cpu_count=os.cpu_count(),
                 threads=c['threads'] or os.environ.get('OMP_NUM_THREADS'), torch=torch.__version__, wall_s={}, runs=COUNTS,
                 runs_by_experiment={}, config={k: v for k, v in c.items() if not k.startswith('_')})
@@ -594,6 +615,6 @@ def write_summary(c, meta, done):
 
 SUMMARIES = {'1': summary_exp1, '2': summary_exp2, '3': summary_exp3, '4': summary_exp4}
 if __name__ == '__main__':
-    common.one_line_errors()
+    options.one_line_errors()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: unwind like Ctrl-C (run_one stops its run)
     main(sys.argv[1:])

@@ -11,8 +11,11 @@ import sys
 import numpy as np
 import torch
 
-import common
-from common import ConfigError
+import checkpoint
+import options
+import runtime
+import textdata
+from options import ConfigError
 
 # -----------------------------------------------------------------------------
 ckpt = 'out/spamlang_wide/ckpt.pt'  # a checkpoint written by train.py
@@ -25,19 +28,19 @@ top_k = 200                # sample among the k most likely tokens only; 0 = all
 seed = 1337                # the same seed gives the same samples
 device = 'auto'            # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
 # -----------------------------------------------------------------------------
-common.one_line_errors()
-c, _ = common.parse_args(sys.argv[1:], common.defaults_of(globals()), __file__)
-common.positive(c, 'num_samples', 'max_new_tokens')
+options.one_line_errors()
+c, _ = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__)
+options.positive(c, 'num_samples', 'max_new_tokens')
 if c['temperature'] < 0 or c['top_k'] < 0:
     raise ConfigError(f"--temperature and --top_k must be ≥ 0, got {c['temperature']} and {c['top_k']}")
-device = common.pick_device(c['device'])
-state = common.load_checkpoint(c['ckpt'])
+device = runtime.pick_device(c['device'])
+state = checkpoint.load_checkpoint(c['ckpt'])
 cfg = state['config']
-model = common.model_from_checkpoint(state).to(device).eval()
+model = checkpoint.model_from_checkpoint(state).to(device).eval()
 
 # the tokenizer: none for SpamLang; tiktoken for text, with the map of a compacted vocabulary when there is one
 text = cfg['data'] != 'spamlang'
-enc = common.get_encoding(cfg['encoding']) if text else None
+enc = textdata.get_encoding(cfg['encoding']) if text else None
 id_map = state.get('id_map')  # compact id -> the tokenizer's id, or None
 if c['start_ids']:
     try:

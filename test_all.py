@@ -33,12 +33,16 @@ import transformers  # requirements.txt, as matplotlib
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import bench
-import common
+import checkpoint
+import options
+import runtime
+import textdata
 import measure
+import measure_cli
 import plot
 import reproduce
 import spamlang
-from common import ConfigError
+from options import ConfigError
 from model import (FACTORIZED, FUSED_FROM_VOCAB, GPT, GPTConfig, HEADS, cuda_kernel,
                    fused_linear_cross_entropy)
 
@@ -69,7 +73,7 @@ def cuda_only(test):
 
 def measure_main(args):
     """measure.py in this process, on the CPU (its --device=auto would take a GPU where there is one)."""
-    return measure.main([*args, '--device=cpu'])
+    return measure_cli.main([*args, '--device=cpu'])
 
 
 @pytest.fixture(autouse=True)
@@ -367,23 +371,23 @@ TYPES = dict(compile=bool, head_rank=int)
 
 
 def test_parser_types_values_like_their_defaults():
-    c, given = common.parse_args(['--head=wide', '--learning_rate=1', '--max_iters=7', '--compile=False',
+    c, given = options.parse_args(['--head=wide', '--learning_rate=1', '--max_iters=7', '--compile=False',
                                   '--head_rank=12', '--bias', '--data=123'], OPTIONS, __file__, TYPES)
     assert c['head'] == 'wide' and c['learning_rate'] == 1.0 and type(c['learning_rate']) is float
     assert c['max_iters'] == 7 and c['compile'] is False and c['head_rank'] == 12 and c['bias'] is True
     assert c['data'] == '123' and given == {'head', 'learning_rate', 'max_iters', 'compile', 'head_rank', 'bias', 'data'}
-    assert common.parse_args(['--head_rank=None'], OPTIONS, __file__, TYPES)[0]['head_rank'] is None
+    assert options.parse_args(['--head_rank=None'], OPTIONS, __file__, TYPES)[0]['head_rank'] is None
 
 
 def test_parser_config_file_then_command_line(tmp_path):
     cfg = tmp_path / 'my.py'
     cfg.write_text("max_iters = 50\nhead = 'narrow'\n")
-    c, given = common.parse_args([str(cfg), '--head=wide'], OPTIONS, __file__, TYPES)
+    c, given = options.parse_args([str(cfg), '--head=wide'], OPTIONS, __file__, TYPES)
     assert c['max_iters'] == 50 and c['head'] == 'wide' and given == {'max_iters', 'head'}
-    assert common.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'  # a string, unquoted
+    assert options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'  # a string, unquoted
     cfg.write_text("max_itres = 50\n")
     with pytest.raises(ConfigError, match='unknown option --max_itres in .*did you mean --max_iters'):
-        common.parse_args([str(cfg)], OPTIONS, __file__, TYPES)
+        options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)
 
 
 @pytest.mark.parametrize('args,msg', [(['--nope=1'], 'unknown option --nope'),
@@ -397,7 +401,7 @@ def test_parser_config_file_then_command_line(tmp_path):
                                       (['head=wide'], 'use --key=value')])
 def test_parser_rejects(args, msg):
     with pytest.raises(ConfigError, match=msg.replace('.', r'\.').replace('?', r'\?')):
-        common.parse_args(args, OPTIONS, __file__, TYPES)
+        options.parse_args(args, OPTIONS, __file__, TYPES)
 
 
 @pytest.mark.slow
@@ -412,15 +416,15 @@ def test_every_script_prints_its_options_with_help():
 def test_peak_flops_matches_whole_names():
     """MFU's denominator: the longest table key that is a whole word of the GPU's name (A100 is not A10, L40S
     is not L40); an unknown GPU gives (None, None)."""
-    table = common.PEAK_FLOPS
+    table = runtime.PEAK_FLOPS
     for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'), ('NVIDIA A10', 'A10'),
                       ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'), ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'),
                       ('NVIDIA H100 80GB HBM3', 'H100'), ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
                       ('NVIDIA GeForce RTX 4090', 'RTX 4090')]:
-        assert common.peak_flops(name) == (table[key], key), name
-    assert common.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
+        assert runtime.peak_flops(name) == (table[key], key), name
+    assert runtime.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
     for unknown in ('Tesla T4', 'NVIDIA A1000', 'cpu', ''):
-        assert common.peak_flops(unknown) == (None, None), unknown
+        assert runtime.peak_flops(unknown) == (None, None), unknown
 
 # -----------------------------------------------------------------------------
 # common: data (token files, tokenizing, batches)
@@ -437,43 +441,43 @@ def test_text_batches_are_shifted_by_one():
     data = text_data(np.arange(2000, dtype=np.uint16))
     g = torch.Generator().manual_seed(0)
     for split, lo, hi in (('train', 0, 1800), ('val', 1800, 2000)):
-        x, y = common.get_batch(data, split, 64, 16, g, 'cpu')
+        x, y = textdata.get_batch(data, split, 64, 16, g, 'cpu')
         assert x.shape == y.shape == (64, 16) and x.dtype == y.dtype == torch.int64
         assert torch.equal(y, x + 1)                                   # the ids are consecutive, so y = x + 1
         assert torch.equal(x[:, 1:], x[:, :1] + torch.arange(1, 16))  # contiguous windows
         assert x.min() >= lo and y.max() < hi                          # inside its split
-    x2, _ = common.get_batch(data, 'train', 64, 16, torch.Generator().manual_seed(0), 'cpu')
-    x3, _ = common.get_batch(data, 'train', 64, 16, torch.Generator().manual_seed(0), 'cpu')
+    x2, _ = textdata.get_batch(data, 'train', 64, 16, torch.Generator().manual_seed(0), 'cpu')
+    x3, _ = textdata.get_batch(data, 'train', 64, 16, torch.Generator().manual_seed(0), 'cpu')
     assert torch.equal(x2, x3)  # the generator alone decides the windows
 
 
 def test_validation_windows_are_fixed_and_shifted():
     data = text_data(np.arange(1000, dtype=np.uint16))  # val = ids 900..999: 99 targets → 12 windows of 8
-    x, y = common.val_windows(data, 8)
+    x, y = textdata.val_windows(data, 8)
     assert x.shape == (12, 8) and torch.equal(x.reshape(-1), torch.arange(900, 996)) and torch.equal(y, x + 1)
-    x5, y5 = common.val_windows(data, 8, max_windows=5)
+    x5, y5 = textdata.val_windows(data, 8, max_windows=5)
     assert torch.equal(x5, x[:5]) and torch.equal(y5, y[:5])
 
 
 def test_token_file_round_trip_and_checks(tmp_path):
     path = str(tmp_path / 'a.tok')
     ids = np.array([0, 5, 99, 3, 3, 7])
-    common.write_tokens(path, ids, vocab_size=100, encoding='enc', source={'path': 'a.txt'})
-    got, meta = common.load_tokens(path)
+    textdata.write_tokens(path, ids, vocab_size=100, encoding='enc', source={'path': 'a.txt'})
+    got, meta = textdata.load_tokens(path)
     assert np.array_equal(got, ids) and meta['dtype'] == 'uint16' and meta['vocab_size'] == 100
     assert meta['encoding'] == 'enc' and meta['n_tokens'] == 6 and meta['id_map'] is None
     assert len(meta['fingerprint']) == 16
-    common.write_tokens(str(tmp_path / 'b.tok'), ids[::-1], vocab_size=100, encoding='enc')
-    assert common.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']  # content, not name
+    textdata.write_tokens(str(tmp_path / 'b.tok'), ids[::-1], vocab_size=100, encoding='enc')
+    assert textdata.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']  # content, not name
     big = str(tmp_path / 'big.tok')
-    common.write_tokens(big, np.array([70_000, 1]), vocab_size=100_277, encoding='enc')
-    assert common.load_tokens(big)[1]['dtype'] == 'uint32' and common.load_tokens(big)[0][0] == 70_000
-    common.write_tokens(path, np.array([1, 2, 100]), vocab_size=100, encoding='enc')  # an id equal to V
+    textdata.write_tokens(big, np.array([70_000, 1]), vocab_size=100_277, encoding='enc')
+    assert textdata.load_tokens(big)[1]['dtype'] == 'uint32' and textdata.load_tokens(big)[0][0] == 70_000
+    textdata.write_tokens(path, np.array([1, 2, 100]), vocab_size=100, encoding='enc')  # an id equal to V
     with pytest.raises(ConfigError, match='token id 100 ≥ vocab_size 100'):
-        common.load_tokens(path)
+        textdata.load_tokens(path)
     (tmp_path / 'raw.bin').write_bytes(b'\x00\x01' * 600)
     with pytest.raises(ConfigError, match='no GBTOKENS header'):
-        common.load_tokens(str(tmp_path / 'raw.bin'))
+        textdata.load_tokens(str(tmp_path / 'raw.bin'))
 
 
 SAMPLE_TEXT = ('The head of a language model passes back only part of the gradient to its body.\n'
@@ -487,23 +491,23 @@ def test_compacted_vocabulary_round_trips(tmp_path):
     text.write_text(SAMPLE_TEXT)
     cache = tmp_path / 'cache'
     cache.mkdir()
-    full_path = common.tokenize_text(str(text), 'cl100k_base', str(cache))
-    compact_path = common.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True)
+    full_path = textdata.tokenize_text(str(text), 'cl100k_base', str(cache))
+    compact_path = textdata.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True)
     assert full_path != compact_path and os.path.dirname(compact_path) == str(cache)
-    full, meta_full = common.load_tokens(full_path)
-    ids, meta = common.load_tokens(compact_path)
+    full, meta_full = textdata.load_tokens(full_path)
+    ids, meta = textdata.load_tokens(compact_path)
     K = len(np.unique(full))
     assert meta_full['vocab_size'] == 100_277 and meta_full['id_map'] is None
     assert meta['vocab_size'] == K and len(meta['id_map']) == K and len(ids) == len(full)
     assert ids.min() == 0 and ids.max() == K - 1 and len(np.unique(ids)) == K
     assert np.array_equal(meta['id_map'][ids], full)
     assert np.all(np.diff(meta['id_map'].astype(np.int64)) > 0)  # the tokenizer's order
-    enc = common.get_encoding('cl100k_base')
+    enc = textdata.get_encoding('cl100k_base')
     assert enc.decode(meta['id_map'][ids].tolist()) == SAMPLE_TEXT
     mtime = os.stat(compact_path).st_mtime_ns
-    assert common.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True) == compact_path
+    assert textdata.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True) == compact_path
     assert os.stat(compact_path).st_mtime_ns == mtime  # reused while the text is unchanged
-    data = common.load_data(dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True), str(cache))
+    data = textdata.load_data(dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True), str(cache))
     assert data['vocab_size'] == K and np.array_equal(data['id_map'], meta['id_map'])
 
 
@@ -513,7 +517,7 @@ def test_binary_file_given_as_text_is_refused(tmp_path, content, msg):
     path = tmp_path / 'model.txt'
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=msg) as e:
-        common.load_data(dict(data=str(path), block_size=8, encoding='cl100k_base'), str(tmp_path))
+        textdata.load_data(dict(data=str(path), block_size=8, encoding='cl100k_base'), str(tmp_path))
     assert '\n' not in str(e.value)
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tok')]
 
@@ -522,7 +526,7 @@ def test_too_short_text_leaves_no_token_file(tmp_path):
     path = tmp_path / 'short.txt'
     path.write_text('just a few words of text')
     with pytest.raises(ConfigError, match='too short'):
-        common.load_data(dict(data=str(path), block_size=32, encoding='cl100k_base'), str(tmp_path))
+        textdata.load_data(dict(data=str(path), block_size=32, encoding='cl100k_base'), str(tmp_path))
     assert not [f for f in os.listdir(tmp_path) if '.tok' in f]
 
 # -----------------------------------------------------------------------------
@@ -532,35 +536,35 @@ def test_too_short_text_leaves_no_token_file(tmp_path):
 def test_checkpoint_digest_previous_and_fallback(tmp_path):
     path = str(tmp_path / 'ckpt.pt')
     state = lambda it: dict(model={'w': torch.full((3, 4), float(it))}, config={'head': 'wide'}, iter_num=it)
-    common.save_checkpoint(path, state(1))
-    assert not os.path.exists(common.previous_checkpoint(path))
-    common.save_checkpoint(path, state(2))
-    assert common.load_checkpoint(path)['iter_num'] == 2
-    assert common.load_checkpoint(str(tmp_path / 'prev_ckpt.pt'))['iter_num'] == 1  # the one before, kept
+    checkpoint.save_checkpoint(path, state(1))
+    assert not os.path.exists(checkpoint.previous_checkpoint(path))
+    checkpoint.save_checkpoint(path, state(2))
+    assert checkpoint.load_checkpoint(path)['iter_num'] == 2
+    assert checkpoint.load_checkpoint(str(tmp_path / 'prev_ckpt.pt'))['iter_num'] == 1  # the one before, kept
     assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'prev_ckpt.pt']  # no temp files left
     # a value changed inside a file torch.load still reads: only the digest notices
     ck = torch.load(path, weights_only=False)
     ck['model']['w'][1, 2] += 1e-3
     torch.save(ck, path)
     with pytest.raises(ConfigError, match='truncated or corrupt.*--resume_fallback=True'):
-        common.load_checkpoint(path)
-    assert common.load_checkpoint(path, fallback=True)['iter_num'] == 1
+        checkpoint.load_checkpoint(path)
+    assert checkpoint.load_checkpoint(path, fallback=True)['iter_num'] == 1
     with pytest.raises(ConfigError, match='is a folder'):
-        common.load_checkpoint(str(tmp_path))
+        checkpoint.load_checkpoint(str(tmp_path))
     torch.save({'model_args': {}}, str(tmp_path / 'other.pt'))
     with pytest.raises(ConfigError, match='not a checkpoint of this project'):
-        common.load_checkpoint(str(tmp_path / 'other.pt'))
-    a = common.state_digest(state(1)).hexdigest()
-    assert a == common.state_digest(state(1)).hexdigest() != common.state_digest(state(3)).hexdigest()
+        checkpoint.load_checkpoint(str(tmp_path / 'other.pt'))
+    a = checkpoint.state_digest(state(1)).hexdigest()
+    assert a == checkpoint.state_digest(state(1)).hexdigest() != checkpoint.state_digest(state(3)).hexdigest()
 
 
 def test_rng_state_restores_the_data_stream():
     gen = spamlang.make_generator(5)
-    common.get_batch(dict(kind='spamlang', vocab_size=50), 'train', 4, 3, gen, 'cpu')
-    saved = common.get_rng_state(gen, 'cpu')
+    textdata.get_batch(dict(kind='spamlang', vocab_size=50), 'train', 4, 3, gen, 'cpu')
+    saved = checkpoint.get_rng_state(gen, 'cpu')
     after = [spamlang.get_batch(4, 3, 50, gen)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
     gen2 = spamlang.make_generator(99)
-    common.set_rng_state(saved, gen2, 'cpu')
+    checkpoint.set_rng_state(saved, gen2, 'cpu')
     again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
     assert torch.equal(after[0], again[0]) and torch.equal(after[1], again[1]) and after[2:] == again[2:]
 
@@ -573,12 +577,12 @@ def test_a_cuda_device_passes_set_devices_own_argument_check(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     for name, index in (('cuda', 0), ('auto', 0), ('cuda:1', 1)):
-        assert _get_device_index(common.pick_device(name)) == index, name
-    assert _get_device_index(common.pick_device('cuda', local_rank=1)) == 1  # torchrun's second process
+        assert _get_device_index(runtime.pick_device(name)) == index, name
+    assert _get_device_index(runtime.pick_device('cuda', local_rank=1)) == 1  # torchrun's second process
     with pytest.raises(ConfigError, match='sees 2 GPU'):
-        common.pick_device('cuda:2')
+        runtime.pick_device('cuda:2')
     with pytest.raises(ConfigError, match='under torchrun'):
-        common.pick_device('cuda:1', local_rank=0)
+        runtime.pick_device('cuda:1', local_rank=0)
 
 
 class DrawsOnItsGeneratorsDevice(torch.overrides.TorchFunctionMode):
@@ -601,25 +605,25 @@ def test_every_batch_source_draws_on_its_generator_then_moves(tmp_path):
     spam = dict(kind='spamlang', vocab_size=50)
     text = text_data(np.arange(2000, dtype=np.uint16) % 97)
     tok = tmp_path / 'ids.tok'
-    common.write_tokens(str(tok), np.arange(2000) % 97, vocab_size=97, encoding='test')
+    textdata.write_tokens(str(tok), np.arange(2000) % 97, vocab_size=97, encoding='test')
     with DrawsOnItsGeneratorsDevice():
         with pytest.raises(AssertionError, match='drew on meta'):  # the check itself can fail
             torch.randint(5, (3,), generator=torch.Generator(), device='meta')
         for data in (spam, text):
             for split in ('train', 'val'):
-                x, y = common.get_batch(data, split, 4, 8, spamlang.make_generator(0), 'meta')
+                x, y = textdata.get_batch(data, split, 4, 8, spamlang.make_generator(0), 'meta')
                 assert x.device.type == y.device.type == 'meta' and x.shape == y.shape == (4, 8)
         for data_cfg in (dict(data='spamlang', vocab_size=50), dict(data=str(tok), block_size=8)):
-            _, batches = measure.batches_from(data_cfg, dict(seed=0, batch_size=4), 2, 8, 'meta')
+            _, batches = measure_cli.batches_from(data_cfg, dict(seed=0, batch_size=4), 2, 8, 'meta')
             assert all(t.device.type == 'meta' for b in batches for t in b)
 
 
 @cuda_only
 def test_cuda_batches_arrive_from_pinned_memory_and_match_the_cpu_draw():
-    device = common.pick_device('cuda')
+    device = runtime.pick_device('cuda')
     for data in (dict(kind='spamlang', vocab_size=50), text_data(np.arange(2000, dtype=np.uint16) % 97)):
-        x, y = common.get_batch(data, 'train', 4, 8, spamlang.make_generator(3), device)
-        cx, cy = common.get_batch(data, 'train', 4, 8, spamlang.make_generator(3), 'cpu')
+        x, y = textdata.get_batch(data, 'train', 4, 8, spamlang.make_generator(3), device)
+        cx, cy = textdata.get_batch(data, 'train', 4, 8, spamlang.make_generator(3), 'cpu')
         assert x.device == device and torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)
 
 
@@ -628,12 +632,12 @@ def test_resume_config_keeps_shape_and_asks_for_changes():
     now = dict(saved, n_embd=64, learning_rate=3e-3, max_iters=20, out_dir='b')
     run_keys = ('out_dir',)
     with pytest.raises(ConfigError, match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
-        common.resume_config(now, {'n_embd'}, saved, run_keys, allow_changes=True)
+        checkpoint.resume_config(now, {'n_embd'}, saved, run_keys, allow_changes=True)
     with pytest.raises(ConfigError, match='--learning_rate=0.003 differs.*--allow_changes=True'):
-        common.resume_config(now, {'learning_rate'}, saved, run_keys, allow_changes=False)
-    c = common.resume_config(now, {'learning_rate', 'max_iters', 'out_dir'}, saved, run_keys, allow_changes=True)
+        checkpoint.resume_config(now, {'learning_rate'}, saved, run_keys, allow_changes=False)
+    c = checkpoint.resume_config(now, {'learning_rate', 'max_iters', 'out_dir'}, saved, run_keys, allow_changes=True)
     assert c == dict(saved, learning_rate=3e-3, max_iters=20, out_dir='b')
-    assert common.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')  # run keys: free
+    assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')  # run keys: free
 
 # -----------------------------------------------------------------------------
 # train.py, run as a script: the paper's effect, the schedule, the meter, evaluation, text, resume, signals, bad input
@@ -695,7 +699,7 @@ def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
     for r in rows:  # the row of iter k logs step k − 1's learning rate
         assert r['lr'] == pytest.approx(lr_at(r['iter'] - 1, o), rel=1e-12, abs=0), r
     assert rows[-1]['lr'] > o['min_lr'] and min(r['lr'] for r in rows) >= o['min_lr'] * (1 - 1e-12)
-    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))  # and every parameter group stepped with it
+    ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))  # and every parameter group stepped with it
     assert [g['lr'] for g in ckpt['optimizer']['param_groups']] == [rows[-1]['lr']] * 2
 
 
@@ -705,13 +709,13 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
     i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data stream
     just before the last step), for the naive loss and for the fused one with 2 micro-batches."""
     out, o = metered_run
-    prev = common.load_checkpoint(str(out / 'prev_ckpt.pt'))
+    prev = checkpoint.load_checkpoint(str(out / 'prev_ckpt.pt'))
     assert prev['iter_num'] == o['max_iters'] - 1
-    model = common.model_from_checkpoint(prev)
+    model = checkpoint.model_from_checkpoint(prev)
     gen = torch.Generator()
     gen.set_state(prev['rng']['train_gen'])
     data = dict(kind='spamlang', vocab_size=o['vocab_size'])
-    micro = [common.get_batch(data, 'train', o['batch_size'], o['block_size'], gen, 'cpu')
+    micro = [textdata.get_batch(data, 'train', o['batch_size'], o['block_size'], gen, 'cpu')
              for _ in range(o['gradient_accumulation_steps'])]
     with torch.no_grad():
         refs = [qr_ratio(softmax_minus_onehot(model(x)[0], y), col_basis(model.lm_head)) for x, y in micro]
@@ -719,7 +723,7 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
     assert row['iter'] == o['max_iters']
     assert abs(row['grad_destroyed'] / refs[-1] - 1) < 1e-5, (row, refs)
     assert abs(row['grad_cosine'] / math.sqrt(1 - refs[-1] ** 2) - 1) < 1e-5
-    after = common.model_from_checkpoint(common.load_checkpoint(str(out / 'ckpt.pt')))  # W after the step
+    after = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(str(out / 'ckpt.pt')))  # W after the step
     with torch.no_grad():
         x, y = micro[-1]
         moved = qr_ratio(softmax_minus_onehot(after(x)[0], y), col_basis(after.lm_head))
@@ -734,8 +738,8 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
     (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart, exposures and tokens:
     each recomputed from ckpt.pt with explicit formulas."""
     out, o = metered_run
-    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))
-    model = common.model_from_checkpoint(ckpt).eval()
+    ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
+    model = checkpoint.model_from_checkpoint(ckpt).eval()
     gen = spamlang.make_generator(ckpt['config']['seed'] + 1)
     batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen) for _ in range(o['eval_iters'])]
     with torch.no_grad():
@@ -793,7 +797,7 @@ def test_text_run_and_tokenization_cache(tmp_path):
     last = train_run(tmp_path, 'text', **args)
     cache = tmp_path / 'small.cl100k_base.tok'
     assert cache.exists()
-    ids, meta = common.load_tokens(str(cache))
+    ids, meta = textdata.load_tokens(str(cache))
     assert meta['vocab_size'] == 100_277 and meta['dtype'] == 'uint32' and ids.max() < 100_277
     assert ckpt_config(tmp_path / 'text')['vocab_size'] == 100_277
     # it predicts the next token better than a uniform guess over the K tokens that occur (measured 3.02 < log 29 =
@@ -837,7 +841,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     assert run_train(*args, f'--out_dir={full}')[0] == 0
     code, out, err = sigterm_after_rows(args, part, 20, CHILD_ENV)
-    assert code == common.REQUEUE_EXIT, err
+    assert code == runtime.REQUEUE_EXIT, err
     stopped = torch.load(os.path.join(part, 'ckpt.pt'), weights_only=False)['iter_num']
     assert 20 <= stopped < 600 and 'saved' in out
     code, out, err = run_train(*args, f'--out_dir={part}', '--init_from=resume')
@@ -912,10 +916,10 @@ def test_second_signal_exits_at_once_without_saving(tmp_path):
     os.kill(p.pid, signal.SIGINT)  # two different signals, so the kernel cannot merge them into one
     os.kill(p.pid, signal.SIGTERM)
     stdout, err = p.communicate(timeout=60)
-    assert p.returncode == common.REQUEUE_EXIT, err
+    assert p.returncode == runtime.REQUEUE_EXIT, err
     assert 'SIGINT: saving after this step' in stdout and 'second SIGTERM: exiting now, without saving' in stdout
     assert 'saved ' not in stdout
-    assert common.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0  # the start's checkpoint, untouched
+    assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0  # the start's checkpoint, untouched
 
 
 @pytest.mark.slow
@@ -927,9 +931,9 @@ def test_bad_input_is_one_clear_line(tmp_path):
     binary = tmp_path / 'binary.txt'
     binary.write_bytes(b'\x7fELF\x02\x01\x01\x00\x00\x00' * 50)
     bad_ids = tmp_path / 'bad.tok'
-    common.write_tokens(str(bad_ids), np.array([1, 2, 150, 3] * 100), vocab_size=100, encoding='test')
+    textdata.write_tokens(str(bad_ids), np.array([1, 2, 150, 3] * 100), vocab_size=100, encoding='test')
     truncated = tmp_path / 'trunc.tok'
-    common.write_tokens(str(truncated), np.arange(100), vocab_size=100, encoding='test')
+    textdata.write_tokens(str(truncated), np.arange(100), vocab_size=100, encoding='test')
     with open(truncated, 'r+b') as f:
         f.truncate(os.path.getsize(truncated) - 3)
     raw = tmp_path / 'raw.bin'
@@ -992,8 +996,8 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
             landed = attempt
             break
     assert landed is not None, f'no kill landed while a checkpoint was being written: {seen}'
-    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))  # verified: complete and unchanged
-    prev = common.load_checkpoint(str(out / 'prev_ckpt.pt'))
+    ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))  # verified: complete and unchanged
+    prev = checkpoint.load_checkpoint(str(out / 'prev_ckpt.pt'))
     # both complete: the kill may land before the old ckpt.pt became prev_ckpt.pt (prev < ckpt) or after it,
     # before the new one was renamed into place (prev == ckpt)
     assert prev['iter_num'] <= ckpt['iter_num']
@@ -1004,7 +1008,7 @@ def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
     out = tmp_path / 'run'
     assert run_train(*TINY_RUN, '--max_iters=4', '--eval_interval=2', f'--out_dir={out}')[0] == 0
     ckpt, prev = out / 'ckpt.pt', out / 'prev_ckpt.pt'
-    assert common.load_checkpoint(str(prev))['iter_num'] == 2
+    assert checkpoint.load_checkpoint(str(prev))['iter_num'] == 2
     good = ckpt.read_bytes()
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # torch.load reads this silently; the digest does not
@@ -1018,19 +1022,19 @@ def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
                                 '--allow_changes=True', f'--out_dir={out}')
     assert code == 0, err
     assert 'resuming from the previous one' in outp and 'at iter 2' in outp
-    assert common.load_checkpoint(str(ckpt))['iter_num'] == 6
+    assert checkpoint.load_checkpoint(str(ckpt))['iter_num'] == 6
 
 
 @pytest.mark.slow
 def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     tok_a, tok_b = str(tmp_path / 'a.tok'), str(tmp_path / 'b.tok')
     rng = np.random.default_rng(0)
-    common.write_tokens(tok_a, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
-    common.write_tokens(tok_b, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
+    textdata.write_tokens(tok_a, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
+    textdata.write_tokens(tok_b, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
     out = str(tmp_path / 'run')
     base = [a for a in TINY_RUN if not a.startswith('--vocab_size')]
     assert run_train(*base, f'--data={tok_a}', '--max_iters=2', '--eval_interval=2', f'--out_dir={out}')[0] == 0
-    saved = common.load_checkpoint(os.path.join(out, 'ckpt.pt'))['config']
+    saved = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['config']
     assert saved['encoding'] == 'enc-a' and saved['vocab_size'] == 50 and saved['head'] == 'linear'
     assert len(saved['data_fingerprint']) == 16 and saved['code_version']
     before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
@@ -1049,7 +1053,7 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     assert code == 1 and 'was tokenized with enc-a' in err, err  # a token file from another tokenizer
     code, _, err = run_train('--init_from=resume', '--max_iters=4', '--allow_changes=True', f'--out_dir={out}')
     assert code == 0, err  # intended changes (new data, more steps) are allowed when said so
-    assert common.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
+    assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
 
 
 @pytest.mark.slow
@@ -1059,7 +1063,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                              '--max_iters=50', '--eval_interval=1000', f'--out_dir={out}')
     assert code == 1 and ('loss is nan' in err or 'loss is inf' in err), err
     assert len(err.strip().splitlines()) == 1 and 'nonfinite_batch.pt' in err
-    ckpt = common.load_checkpoint(str(out / 'ckpt.pt'))
+    ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     assert all(torch.isfinite(v).all() for v in ckpt['model'].values())
     assert f"(iter {ckpt['iter_num']})" in err
     assert set(torch.load(out / 'nonfinite_batch.pt')) == {'x', 'y'}
@@ -1370,9 +1374,9 @@ def test_measure_head_update_is_each_heads_own_step():
     torch.testing.assert_close(measure.head_update(S, (B.detach(), A.detach())), -dW, rtol=1e-12, atol=1e-12)
     assert measure.head_update(S) is S
     model = GPT(tiny('narrow', head_rank=3))
-    B_, A_ = measure.head_factors(model.lm_head)
+    B_, A_ = measure_cli.head_factors(model.lm_head)
     assert B_.shape == (100, 3) and torch.equal(B_ @ A_, model.lm_head.effective_weight())  # real rows only
-    assert measure.head_factors(GPT(tiny('linear')).lm_head) is None
+    assert measure_cli.head_factors(GPT(tiny('linear')).lm_head) is None
 
 
 def test_measure_hidden_direction_does_not_depend_on_N():
@@ -1414,9 +1418,9 @@ def test_measure_with_an_output_bias():
 
 def save_ckpt_like_train(path, model, iter_num=7, **config):
     """A checkpoint as train.py writes it (model, config, iteration), for measure.py's --ckpt."""
-    cfg = {**{k: getattr(model.config, k) for k in common.MODEL_KEYS}, 'data': 'spamlang', 'encoding': 'cl100k_base',
+    cfg = {**{k: getattr(model.config, k) for k in checkpoint.MODEL_KEYS}, 'data': 'spamlang', 'encoding': 'cl100k_base',
            **config}
-    common.save_checkpoint(str(path), dict(model=model.state_dict(), config=cfg, iter_num=iter_num))
+    checkpoint.save_checkpoint(str(path), dict(model=model.state_dict(), config=cfg, iter_num=iter_num))
 
 
 def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
@@ -1424,8 +1428,8 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     model = GPT(tiny('narrow', head_rank=3, vocab_size=90))
     ckpt = tmp_path / 'ckpt.pt'
     save_ckpt_like_train(ckpt, model)
-    c = measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4'])
-    H, Y, W, bias, factors, about = measure.source_ckpt(c, 'cpu')
+    c = measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4'])
+    H, Y, W, bias, factors, about = measure_cli.source_ckpt(c, 'cpu')
     desc = about['source']
     assert 'iter 7' in desc and 'narrow' in desc and bias is None and factors[0].shape == (90, 3)
     torch.testing.assert_close(W, model.lm_head.effective_weight())
@@ -1434,7 +1438,7 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     ref = qr_ratio(softmax_minus_onehot(H[:100] @ W.detach().T, Y[:100]), col_basis(model.lm_head))
     assert m['rank_W'] == 3 and m['destroyed_ratio'] == pytest.approx(ref, rel=1e-9)
     other = tmp_path / 'v50.tok'
-    common.write_tokens(str(other), np.arange(500) % 50, vocab_size=50, encoding='enc')
+    textdata.write_tokens(str(other), np.arange(500) % 50, vocab_size=50, encoding='enc')
     for args, msg in [([f'--ckpt={ckpt}', '--block_size=64'], 'exceeds the checkpoint'),
                       ([f'--ckpt={ckpt}', f'--data={other}'], 'V = 50 but the checkpoint'),
                       ([f'--ckpt={ckpt}', f'--json={tmp_path}/no/such/m.json'], 'not a writable file path'),
@@ -1525,7 +1529,7 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
         assert key in res['spectrum'], key
     assert res['per_token']['q05'] <= res['per_token']['q50'] <= res['per_token']['q95'] <= 1
     # the same tokens, from the checkpoint's model by hand: the QR reference; and chunking changes nothing
-    H, Y, W, _, _, _ = measure.source_ckpt(measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
+    H, Y, W, _, _, _ = measure_cli.source_ckpt(measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
     H, Y = H[:300], Y[:300]
     ref = qr_ratio(softmax_minus_onehot(H @ W.detach().T, Y), W)
     assert abs(m['destroyed_ratio'] / ref - 1) < 1e-9
@@ -1575,14 +1579,14 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('TRANSFORMERS_OFFLINE', '1')
     tok = _tiny_hf(tmp_path, arch)
-    model, tok2, W, bias = measure.load_hf(str(tmp_path))
+    model, tok2, W, bias = measure_cli.load_hf(str(tmp_path))
     out = model.get_output_embeddings().weight
     assert W.data_ptr() == out.data_ptr() and W.shape == (len(tok), 32) and out.size(0) == len(tok) + 7
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert tied == (arch == 'gpt2')
-    c = measure.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32', '--n_tokens=256',
+    c = measure_cli.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32', '--n_tokens=256',
                             '--batch_size=4'])
-    H, Y, W, bias, _, about = measure.source_hf(c, 'cpu')
+    H, Y, W, bias, _, about = measure_cli.source_hf(c, 'cpu')
     desc = about['source']
     ids = tok(open(tmp_path / 'text.txt').read(), return_tensors='pt')['input_ids'][0]
     xs = torch.stack([ids[k * 32:(k + 1) * 32] for k in range(8)])
@@ -1791,7 +1795,7 @@ def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
         assert abs(runs[name][0]['val_loss'] - runs['eager'][0]['val_loss']) < 1e-3
     state = torch.load(tmp_path / 'compiled' / 'ckpt.pt', weights_only=False)['model']
     assert not any(k.startswith('_orig_mod') for k in state)  # the eager module is saved, loadable as is
-    GPT(GPTConfig(**{k: args.get(k, getattr(GPTConfig, k)) for k in common.MODEL_KEYS})).load_state_dict(state)
+    GPT(GPTConfig(**{k: args.get(k, getattr(GPTConfig, k)) for k in checkpoint.MODEL_KEYS})).load_state_dict(state)
 
 
 @pytest.mark.slow
@@ -1863,7 +1867,7 @@ def test_cuda_resume_after_sigterm_follows_the_uninterrupted_run(tmp_path):
     full, part = tmp_path / 'full', tmp_path / 'part'
     assert run_on_gpu('train.py', *args, f'--out_dir={full}')[0] == 0
     code, _, err = sigterm_after_rows(args, part, 40, GPU_ENV, wait=300)
-    assert code == common.REQUEUE_EXIT, err[-3000:]
+    assert code == runtime.REQUEUE_EXIT, err[-3000:]
     code, out, err = run_on_gpu('train.py', *args, f'--out_dir={part}', '--init_from=resume')
     assert code == 0 and 'resuming' in out, err[-3000:]
     a, b = (read_log(d, 'train') for d in (full, part))
@@ -1974,7 +1978,7 @@ def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
                              '--batch_size=8', '--max_iters=60', '--learning_rate=1e-2', '--eval_interval=60',
                              '--eval_iters=1', f'--out_dir={out}')
     assert code == 0, err
-    state = common.load_checkpoint(str(out / 'ckpt.pt'))
+    state = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     assert state['config']['vocab_size'] == len(state['id_map']) < 20  # compacted: the ids that occur
     run = lambda *a: subprocess.run([sys.executable, 'sample.py', f'--ckpt={out}/ckpt.pt', *a], cwd=HERE,
                                     env=CHILD_ENV, capture_output=True, text=True, timeout=120)
@@ -2139,8 +2143,8 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--text=/nonexistent.txt'], 'is not a file'),
 ])
 def test_bad_flags_are_refused(args, msg):
-    with pytest.raises(common.ConfigError, match=re.escape(msg)):
-        reproduce.plan(reproduce.options(args + ['--device=cpu']))
+    with pytest.raises(options.ConfigError, match=re.escape(msg)):
+        reproduce.plan(reproduce.parse_options(args + ['--device=cpu']))
 
 
 def test_bad_flag_is_one_line_exit_1():
@@ -2153,9 +2157,9 @@ def test_bad_flag_is_one_line_exit_1():
                                                    if f.startswith('reproduce_') and f.endswith('.py')))
 def test_every_preset_validates(name, tmp_path):
     if name != 'cpu':
-        for k, v in common.read_config_file(os.path.join(HERE, 'config', f'reproduce_{name}.py')).items():
+        for k, v in options.read_config_file(os.path.join(HERE, 'config', f'reproduce_{name}.py')).items():
             assert type(v) is type(reproduce.DEFAULTS[k]) or reproduce.DEFAULTS[k] is None, k
-    c = reproduce.options([f'--preset={name}', '--device=cpu', f"--text={write_text(tmp_path / 't.txt', 5)}"])
+    c = reproduce.parse_options([f'--preset={name}', '--device=cpu', f"--text={write_text(tmp_path / 't.txt', 5)}"])
     specs = reproduce.plan(c)
     assert {s['exp'] for s in specs} == {f'exp{e}' for e in c['exps'] if e != '4'}
     assert all(s['lr'] is not None or not s['sweep'] for s in specs)

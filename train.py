@@ -20,12 +20,15 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-import common
+import checkpoint
 import measure
+import options
+import runtime
 import spamlang
-from common import ConfigError, TrainingError
 from model import GPT, GPTConfig, HEADS, check_config, default_loss
+from options import ConfigError, TrainingError
 
 # -----------------------------------------------------------------------------
 # defaults: the CPU preset, `python train.py --head=wide` learns SpamLang in a minute on 2 cores
@@ -69,116 +72,125 @@ min_lr = 1e-4
 device = 'auto'            # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
 dtype = 'auto'             # auto (bfloat16 autocast on CUDA, float32 elsewhere) | float32 | bfloat16 | float16
 compile = None             # torch.compile the training step; None = on for CUDA, off elsewhere
-loss = 'auto'              # naive (N×V logits, the reference) | fused (chunked, no logits) | auto: model.default_loss
-peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (common.PEAK_FLOPS)
+loss = 'auto'              # naive (N×V logits, the reference) | fused (no logits) | auto: model.default_loss
+peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (runtime.PEAK_FLOPS)
 seed = 1337
 # -----------------------------------------------------------------------------
 STOP_EVERY = 10  # under torchrun, steps between the processes' exchanges of the stop flag (a read each)
 MAX_PENDING = 1000  # micro-steps whose losses wait for check_finite at most, whatever log_interval is
+METER_SEQUENCES = 8  # --meter_every_step: sequences of the step's last micro-batch that the meter reads
 RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints', 'device',
             'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step',
             'peak_flops')  # may differ when resuming
-common.one_line_errors()
-c, given = common.parse_args(sys.argv[1:], common.defaults_of(globals()), __file__,
-                             types=dict(head_rank=int, compile=bool, gradient_accumulation_steps=int),
-                             choices=dict(init_from=('scratch', 'resume'), head=tuple(HEADS),
-                                          dtype=('auto', *common.DTYPES), loss=('auto', 'naive', 'fused')))
+options.one_line_errors()
+config, given = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__,
+                                   types=dict(head_rank=int, compile=bool, gradient_accumulation_steps=int),
+                                   choices=dict(init_from=('scratch', 'resume'), head=tuple(HEADS),
+                                                dtype=('auto', *runtime.DTYPES), loss=('auto', 'naive', 'fused')))
+globals().update(config)
 # processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; DistributedDataParallel, nccl on CUDA, gloo on CPU
 ddp = int(os.environ.get('RANK', -1)) != -1
 rank, local_rank, world = 0, 0, 1
 if ddp:
     rank, local_rank, world = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
-device = common.pick_device(c['device'], local_rank=local_rank if ddp else None)  # CUDA: with its index
-device_type = device.type
-c['device'] = str(device)
-c['dtype'] = c['dtype'] if c['dtype'] != 'auto' else 'bfloat16' if device_type == 'cuda' else 'float32'
-c['compile'] = device_type == 'cuda' if c['compile'] is None else c['compile']
-common.positive(c, 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'learning_rate')
-if c['eval_iters'] < 0 or (c['eval_iters'] == 0 and c['data'] == 'spamlang'):
-    raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {c['eval_iters']}")
-if not 0 <= c['dropout'] < 1 or c['min_lr'] < 0:
-    raise ConfigError(f"--dropout must be in [0, 1) and --min_lr ≥ 0, got {c['dropout']} and {c['min_lr']}")
-dataset = 'spamlang' if c['data'] == 'spamlang' else os.path.splitext(os.path.basename(c['data']))[0].split('.')[0]
+device = str(runtime.pick_device(device, local_rank=local_rank if ddp else None))  # CUDA: with its index
+device_type = device.split(':')[0]
+dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' else dtype
+compile = device_type == 'cuda' if compile is None else compile
+options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'learning_rate')
+if eval_iters < 0 or (eval_iters == 0 and data == 'spamlang'):
+    raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {eval_iters}")
+if not 0 <= dropout < 1 or min_lr < 0:
+    raise ConfigError(f"--dropout must be in [0, 1) and --min_lr ≥ 0, got {dropout} and {min_lr}")
+data_name = 'spamlang' if data == 'spamlang' else os.path.splitext(os.path.basename(data))[0].split('.')[0]
 try:
-    c['out_dir'] = c['out_dir'].format(**c, dataset=dataset)
+    out_dir = out_dir.format(**{k: globals()[k] for k in config}, dataset=data_name)
 except (KeyError, IndexError, ValueError) as e:
-    raise ConfigError(f"--out_dir={c['out_dir']!r}: bad {{field}} ({e}); fields are config keys such as {{head}}")
+    raise ConfigError(f"--out_dir={out_dir!r}: bad {{field}} ({e}); fields are config keys such as {{head}}")
 
 # the checkpoint, the data and the model are checked before any file is written
-ckpt_path, log_path = os.path.join(c['out_dir'], 'ckpt.pt'), os.path.join(c['out_dir'], 'log.jsonl')
+ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 ckpt = None
-if c['init_from'] == 'resume':
-    ckpt = common.load_checkpoint(ckpt_path, c['resume_fallback'], 'start with --init_from=scratch, or point '
-                                  '--out_dir at a run')
-    c = common.resume_config(c, given, ckpt['config'], RUN_KEYS, c['allow_changes'])
-elif os.path.exists(ckpt_path) and not c['overwrite']:
+if init_from == 'resume':
+    ckpt = checkpoint.load_checkpoint(ckpt_path, resume_fallback, 'start with --init_from=scratch, or point '
+                                      '--out_dir at a run')
+    globals().update(checkpoint.resume_config({k: globals()[k] for k in config}, given, ckpt['config'], RUN_KEYS,
+                                              allow_changes))
+elif os.path.exists(ckpt_path) and not overwrite:
     raise ConfigError(f"{ckpt_path} already exists: continue it with --init_from=resume, replace it with "
                       f"--overwrite=True, or choose another --out_dir")
-data = common.load_data(c)
-common.check_data(c, given, data, ckpt and ckpt['config'])  # text sets V and the encoding; a resume keeps its data
-c['data_fingerprint'], c['code_version'] = data['fingerprint'], common.code_version()
-if ckpt is not None and ckpt['iter_num'] >= c['max_iters']:
-    print(f"{ckpt_path} is already at max_iters = {c['max_iters']}: nothing to do; to train further, resume "
+if data == 'spamlang':
+    corpus = dict(kind='spamlang', vocab_size=vocab_size, fingerprint=f"spamlang-V{vocab_size}")
+else:
+    import textdata  # text is an optional source: tokenizer, token files and their batches live there
+    corpus = textdata.load_data({k: globals()[k] for k in config})
+    vocab_size, encoding = textdata.check_vocab(corpus, given, vocab_size, encoding)  # V comes from the tokens
+checkpoint.check_data(corpus, vocab_size, encoding, allow_changes, ckpt and ckpt['config'])  # a resume keeps its data
+data_fingerprint, code_version = corpus['fingerprint'], runtime.code_version()
+if ckpt is not None and ckpt['iter_num'] >= max_iters:
+    print(f"{ckpt_path} is already at max_iters = {max_iters}: nothing to do; to train further, resume "
           f"with a larger --max_iters and --allow_changes=True")
     sys.exit(0)
-c['loss'] = default_loss(device_type, c['vocab_size'], c['compile']) if c['loss'] == 'auto' else c['loss']
-gptconf = GPTConfig(**{k: c[k] for k in common.MODEL_KEYS})
+loss = default_loss(device_type, vocab_size, compile) if loss == 'auto' else loss
+gradient_accumulation_steps = gradient_accumulation_steps or world
+if gradient_accumulation_steps % world:
+    raise ConfigError(f"--gradient_accumulation_steps={gradient_accumulation_steps} (micro-batches per step, over "
+                      f"all processes) must be a multiple of the {world} processes")
+gptconf = GPTConfig(**{k: globals()[k] for k in checkpoint.MODEL_KEYS})
 try:
     check_config(gptconf)
 except ValueError as e:
     raise ConfigError(str(e))
+config = {k: globals()[k] for k in (*config, 'data_fingerprint', 'code_version')}  # the run, as saved and logged
 
-c['gradient_accumulation_steps'] = c['gradient_accumulation_steps'] or world
-if c['gradient_accumulation_steps'] % world:
-    raise ConfigError(f"--gradient_accumulation_steps={c['gradient_accumulation_steps']} (micro-batches per step, "
-                      f"over all processes) must be a multiple of the {world} processes")
 if device_type == 'cuda':
     torch.cuda.set_device(device)  # so memory statistics and the CUDA RNG refer to this GPU
 if ddp:
     torch.distributed.init_process_group('nccl' if device_type == 'cuda' else 'gloo')
 master = rank == 0  # only rank 0 prints, logs, evaluates and saves
-accum = c['gradient_accumulation_steps'] // world  # micro-steps per process
-tokens_per_iter = c['batch_size'] * c['block_size'] * c['gradient_accumulation_steps']  # over all processes
-os.makedirs(c['out_dir'], exist_ok=True)
-id_map = None if data.get('id_map') is None else torch.from_numpy(data['id_map'].astype(np.int64))  # for decoding
+accum = gradient_accumulation_steps // world  # micro-steps per process
+tokens_per_iter = batch_size * block_size * gradient_accumulation_steps  # over all processes
+os.makedirs(out_dir, exist_ok=True)
+id_map = None if corpus.get('id_map') is None else torch.from_numpy(corpus['id_map'].astype(np.int64))  # decoding
 
 # model, optimizer, data streams (training and evaluation have separate generators: evaluating never shifts the
 # training data; all are on the CPU, so a checkpoint resumes on any device)
-torch.manual_seed(c['seed'])
+torch.manual_seed(seed)
 model = GPT(gptconf).to(device)
-optimizer = model.configure_optimizers(c['weight_decay'], c['learning_rate'], (c['beta1'], c['beta2']), device_type)
-train_gen = spamlang.make_generator(c['seed'])
+model.fused = loss == 'fused'
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+train_gen = spamlang.make_generator(seed)
 iter_num, saved_iter = 0, None
 if ckpt is not None:
     model.load_state_dict(ckpt['model'])
     optimizer.load_state_dict(ckpt['optimizer'])
     iter_num = saved_iter = ckpt['iter_num']
-    common.set_rng_state(ckpt['rng'], train_gen, device_type)
+    checkpoint.set_rng_state(ckpt['rng'], train_gen, device_type)
     if master:
         print(f"resuming {ckpt_path} at iter {iter_num}")
 if rank > 0:  # dropout masks differ between processes; the model init above is the same on all of them
-    torch.manual_seed(c['seed'] + rank + world * iter_num)
+    torch.manual_seed(seed + rank + world * iter_num)
 step_model = model
 if ddp:  # wrap, then compile: the compiler then sees DDP's bucket boundaries
-    step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-step_model = torch.compile(step_model) if c['compile'] else step_model  # the eager `model` evaluates and saves
-ctx = common.autocast(device_type, c['dtype'])
-scaler = torch.amp.GradScaler(device_type, enabled=c['dtype'] == 'float16')
+    step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == 'cuda'
+                                                           else None)
+step_model = torch.compile(step_model) if compile else step_model  # the eager `model` evaluates and saves
+ctx = runtime.autocast(device_type, dtype)
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 flops_per_iter = model.flops_per_token() * tokens_per_iter / world  # per GPU, like the peak it is divided by
-peak = c['peak_flops'] or (common.peak_flops(torch.cuda.get_device_name(device))[0] if device_type == 'cuda' else None)
+peak = peak_flops or (runtime.peak_flops(torch.cuda.get_device_name(device))[0] if device_type == 'cuda' else None)
 if master:
-    r = getattr(model.lm_head, 'rank', gptconf.n_embd)
-    files = common.config_files(sys.argv[1:])
-    print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{c['head']} head, "
-          f"V = {gptconf.vocab_size:,}, D = {gptconf.n_embd}, r = {r}, "
-          f"{model.get_num_params():,} parameters, data {c['data']}, {tokens_per_iter:,} tokens per step "
-          f"({c['batch_size']} × {c['block_size']} × {c['gradient_accumulation_steps']}), device {device} "
-          f"({c['dtype']}, {c['loss']} loss{', compiled' if c['compile'] else ''}{f', {world} processes' if ddp else ''})")
+    files = options.config_files(sys.argv[1:])
+    print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{head} head, V = {vocab_size:,}, "
+          f"D = {n_embd}, r = {getattr(model.lm_head, 'rank', n_embd)}, {model.get_num_params():,} parameters, "
+          f"data {data}, {tokens_per_iter:,} tokens per step ({batch_size} × {block_size} × "
+          f"{gradient_accumulation_steps}), device {device} ({dtype}, {loss} loss{', compiled' if compile else ''}"
+          f"{f', {world} processes' if ddp else ''})")
     if device_type == 'cuda' and not peak:
-        print(f"MFU not reported: {torch.cuda.get_device_name(device)} is not in common.PEAK_FLOPS; set --peak_flops")
+        print(f"MFU not reported: {torch.cuda.get_device_name(device)} is not in runtime.PEAK_FLOPS; set --peak_flops")
     log_file = open(log_path, 'a' if ckpt is not None else 'w')
     if ckpt is None:
-        log_file.write(json.dumps({'type': 'config', **c}) + '\n')
+        log_file.write(json.dumps({'type': 'config', **config}) + '\n')
 
 
 def log(kind, record, line=None):
@@ -189,12 +201,19 @@ def log(kind, record, line=None):
 
 
 def get_lr(it):
-    if it < c['warmup_iters']:  # linear warmup
-        return c['learning_rate'] * (it + 1) / (c['warmup_iters'] + 1)
-    if it >= c['max_iters']:
-        return c['min_lr']
-    ratio = (it - c['warmup_iters']) / max(1, c['max_iters'] - c['warmup_iters'])
-    return c['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c['learning_rate'] - c['min_lr'])
+    if it < warmup_iters:  # linear warmup
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= max_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, max_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def get_batch(split, gen):
+    """x, y: (B, T) on the CPU, drawn with the CPU generator `gen` (a checkpoint then resumes on any device)."""
+    if corpus['kind'] == 'spamlang':
+        return spamlang.get_batch(batch_size, block_size, vocab_size, gen)
+    return textdata.get_batch(corpus, split, batch_size, block_size, gen, 'cpu')
 
 
 @torch.no_grad()
@@ -202,24 +221,27 @@ def evaluate():
     """Loss on fixed held-out data (SpamLang: loss and accuracy on positions ≥ 1 and at position 0; text: fixed
     non-overlapping windows of the validation split) and the gradient-bottleneck meter on the first batch."""
     model.eval()
-    if data['kind'] == 'spamlang':
-        gen = spamlang.make_generator(c['seed'] + 1)  # the same held-out batches at every evaluation
-        batches = [common.get_batch(data, 'val', c['batch_size'], c['block_size'], gen, device)
-                   for _ in range(c['eval_iters'])]
+    if corpus['kind'] == 'spamlang':
+        gen = spamlang.make_generator(seed + 1)  # the same held-out batches at every evaluation
+        batches = [get_batch('val', gen) for _ in range(eval_iters)]
     else:
-        xs, ys = common.val_windows(data, c['block_size'], c['eval_iters'] * c['batch_size'])
-        batches = [(x.to(device), y.to(device)) for x, y in zip(xs.split(c['batch_size']), ys.split(c['batch_size']))]
+        xs, ys = textdata.val_windows(corpus, block_size, eval_iters * batch_size)
+        batches = list(zip(xs.split(batch_size), ys.split(batch_size)))
     out, W, first = [], model.lm_head.effective_weight(), None
     for x, y in batches:
+        x, y = runtime.to_device(x, device), runtime.to_device(y, device)
         with ctx:
-            logits, loss = model(x, y)
-        out.append(spamlang.metrics(logits, y) if data['kind'] == 'spamlang' else {'loss': loss.item()})
+            logits, _ = model(x)  # (B, T, V): accuracy and the meter need the logits
+        if corpus['kind'] == 'spamlang':
+            out.append(spamlang.metrics(logits, y))
+        else:
+            out.append({'loss': F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)).item()})
         out[-1]['n'] = y.numel()
         first = first or (logits, y)
     m = {k: sum(o[k] * o['n'] for o in out) / sum(o['n'] for o in out) for k in out[0] if k != 'n'}
     if math.isfinite(m['loss']):  # the meter on the first batch; SpamLang: positions ≥ 1, and position 0 apart
         logits, y = first
-        if data['kind'] == 'spamlang':
+        if corpus['kind'] == 'spamlang':
             m['grad_destroyed_pos0'] = measure.live_meter(logits[:, :1], y[:, :1], W)['grad_destroyed']
             logits, y = logits[:, 1:], y[:, 1:]
         m.update(measure.live_meter(logits, y, W))
@@ -227,16 +249,27 @@ def evaluate():
     return m
 
 
+@torch.no_grad()
+def meter_step(x, y):
+    """--meter_every_step: the live meter on the first METER_SEQUENCES sequences of a micro-batch, from a forward
+    pass of its own (eval mode: no dropout, no random draw), before the optimizer step changes W."""
+    model.eval()
+    with ctx:
+        logits, _ = model(x[:METER_SEQUENCES])
+    model.train()
+    return measure.live_meter(logits, y[:METER_SEQUENCES], model.lm_head.effective_weight())
+
+
 def save():
     global saved_iter
-    if not c['save_checkpoints']:
+    if not save_checkpoints:
         return
-    rng = common.get_rng_state(train_gen, device_type)
+    rng = checkpoint.get_rng_state(train_gen, device_type)
     rng['train_gen'] = unread_state  # the stream from the fetched batch that no step has used yet
-    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=c, iter_num=iter_num,
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=config, iter_num=iter_num,
                  rng=rng, id_map=id_map)
     try:
-        common.save_checkpoint(ckpt_path, state)
+        checkpoint.save_checkpoint(ckpt_path, state)
     except OSError as e:
         kept = f"the previous checkpoint (iter {saved_iter}) is intact" if saved_iter is not None else "none was saved"
         raise TrainingError(f"could not save {ckpt_path} at iter {iter_num} ({e.strerror or e}): {kept}; "
@@ -255,13 +288,13 @@ def check_finite():
     loss since the last check was not finite, saving its batch; called at log steps, evaluations and saves."""
     if not pending:
         return
-    losses = torch.stack([loss for loss, _, _ in pending]).float().cpu()  # one device sync
+    losses = torch.stack([lossv for lossv, _, _ in pending]).float().cpu()  # one device sync
     bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
     if bad:
         _, (bad_x, bad_y), it = pending[bad[0]]
-        torch.save(dict(x=bad_x, y=bad_y), os.path.join(c['out_dir'], 'nonfinite_batch.pt'))
-        where = f"the batch is in {c['out_dir']}/nonfinite_batch.pt"
-        raise diverged(f"loss is {losses[bad[0]].item()}", where, at=it + 1)
+        torch.save(dict(x=bad_x, y=bad_y), os.path.join(out_dir, 'nonfinite_batch.pt'))
+        raise diverged(f"loss is {losses[bad[0]].item()}", f"the batch is in {out_dir}/nonfinite_batch.pt",
+                       at=it + 1)
     pending.clear()
 
 
@@ -270,10 +303,10 @@ def next_batch():
     k % world: every process draws them all from the same stream and keeps its own, so the data do not depend
     on the number of processes."""
     for k in range(world):
-        batch = common.get_batch(data, 'train', c['batch_size'], c['block_size'], train_gen, 'cpu')
+        batch = get_batch('train', train_gen)
         if k == rank:
             mine = batch
-    return mine, tuple(common.to_device(t, device) for t in mine)
+    return mine, tuple(runtime.to_device(t, device) for t in mine)
 
 
 def eval_and_save():
@@ -283,13 +316,13 @@ def eval_and_save():
     m = evaluate()
     if not math.isfinite(m['loss']):
         raise diverged(f"loss is {m['loss']}", "on the held-out batches")
-    rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'],
-           **{k: m[k] for k in ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_destroyed_pos0') if k in m}}
+    meter = ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_destroyed_pos0')
+    rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'], **{k: m[k] for k in meter if k in m}}
     line = f"eval {iter_num}: val loss {m['loss']:.4f}"
-    if data['kind'] == 'spamlang':  # positions ≥ 1 are determined; position 0 is a uniform guess
-        sequences = iter_num * c['batch_size'] * c['gradient_accumulation_steps']
+    if corpus['kind'] == 'spamlang':  # positions ≥ 1 are determined; position 0 is a uniform guess
+        sequences = iter_num * batch_size * gradient_accumulation_steps
         rec.update(val_acc=m['acc'], val_loss_pos0=m['loss_pos0'], val_acc_pos0=m['acc_pos0'],
-                   exposures_per_symbol=spamlang.exposures_per_symbol(sequences, c['vocab_size']))
+                   exposures_per_symbol=spamlang.exposures_per_symbol(sequences, vocab_size))
         line = (f"eval {iter_num}: val loss {m['loss']:.4f}, acc {100 * m['acc']:.2f}% (positions ≥ 1; "
                 f"position 0 loss {m['loss_pos0']:.2f}), {rec['exposures_per_symbol']:.1f} exposures/symbol")
     log('eval', rec, line + f", grad destroyed {m['grad_destroyed']:.4f} (cos {m['grad_cosine']:.4f}, "
@@ -299,46 +332,44 @@ def eval_and_save():
 
 # -----------------------------------------------------------------------------
 # the training loop
-preemption = common.Preemption()
-step_meter = measure.StepMeter(model.lm_head) if c['meter_every_step'] else None
+preemption = runtime.Preemption()
 pending = []  # (loss on the device, CPU batch, iter) of each micro-step since the last check_finite
 unread_state = train_gen.get_state()  # the stream before the batch fetched ahead: what a checkpoint keeps
 cpu_batch, (x, y) = next_batch()
 if iter_num == 0 and master:
     eval_and_save()
 t0, timed, first_step = time.time(), 0, True
-while iter_num < c['max_iters']:
+while iter_num < max_iters:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr
     for micro in range(accum):
         if ddp:  # all-reduce the gradients only on the last micro-step
             step_model.require_backward_grad_sync = micro == accum - 1
-        stats = step_meter.stats if step_meter else None  # the loss fills it: no hooks, no graph break
         with ctx:
-            _, loss = step_model(x, y, loss=c['loss'], stats=stats)
-        pending.append((loss.detach(), cpu_batch, iter_num))
+            _, micro_loss = step_model(x, y)
+        pending.append((micro_loss.detach(), cpu_batch, iter_num))
         unread_state = train_gen.get_state()
-        cpu_batch, (x_next, y_next) = next_batch()  # fetched while the device runs the forward pass
-        scaler.scale(loss / accum).backward()  # DDP averages over processes: the mean over all micro-steps
-        x, y = x_next, y_next
-    if c['grad_clip'] > 0:
+        x_last, y_last = x, y
+        cpu_batch, (x, y) = next_batch()  # fetched while the device runs the forward pass
+        scaler.scale(micro_loss / accum).backward()  # DDP averages over processes: the mean over all micro-steps
+    if grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), c['grad_clip'])
-    metered = step_meter.read() if step_meter else None  # before the step changes W
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    metered = meter_step(x_last, y_last) if meter_every_step else None  # before the step changes W
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     iter_num, timed = iter_num + 1, timed + 1
 
-    if first_step and iter_num % c['log_interval']:  # it paid for compilation and allocation: not charged
+    if first_step and iter_num % log_interval:  # it paid for compilation and allocation: not charged
         if device_type == 'cuda':
             torch.cuda.synchronize(device)
         t0, timed, first_step = time.time(), 0, False
-    if iter_num % c['log_interval'] == 0 or len(pending) >= MAX_PENDING:
+    if iter_num % log_interval == 0 or len(pending) >= MAX_PENDING:
         check_finite()  # every process: each checks its own losses
-    if master and iter_num % c['log_interval'] == 0:
-        lossf = loss.item()  # syncs the device, so the timing is real
+    if master and iter_num % log_interval == 0:
+        lossf = micro_loss.item()  # syncs the device, so the timing is real
         dt = (time.time() - t0) / timed
         rec = {'loss': lossf, 'lr': lr, 'dt_ms': 1000 * dt, 'tok_per_s': tokens_per_iter / dt}
         line = f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {1000 * dt:.1f} ms, {rec['tok_per_s']:,.0f} tok/s"
@@ -356,7 +387,7 @@ while iter_num < c['max_iters']:
         t0, timed = time.time(), 0
     elif metered and master:  # --meter_every_step: every step's r and c go to log.jsonl, the printed line stays
         log('meter', metered)
-    if master and (iter_num % c['eval_interval'] == 0 or iter_num == c['max_iters']):
+    if master and (iter_num % eval_interval == 0 or iter_num == max_iters):
         eval_and_save()
         if device_type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)  # the eval's full logits are not the training step's memory
@@ -368,16 +399,16 @@ while iter_num < c['max_iters']:
         stop = bool(flag.item())
     elif ddp:
         stop = False
-    if stop and iter_num < c['max_iters']:
+    if stop and iter_num < max_iters:
         if master:
             check_finite()
             save()
-            print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={c['out_dir']}")
+            print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={out_dir}")
         break
 if master:
     log_file.close()
 if ddp:  # every process arrives before any tears its connections down (gloo can abort otherwise)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-if preemption.requested and iter_num < c['max_iters']:
-    sys.exit(common.REQUEUE_EXIT)
+if preemption.requested and iter_num < max_iters:
+    sys.exit(runtime.REQUEUE_EXIT)

@@ -1,0 +1,129 @@
+"""
+Checkpoints: atomic (a temp file, fsynced, renamed into place; the previous one kept as prev_ckpt.pt), verified
+by a digest of their contents, and resumed exactly (every random state of the run). train.py's `save()` and
+`--init_from=resume` use this file; a reader of the training loop can skip it.
+
+    checkpoint.save_checkpoint(path, state); ckpt = checkpoint.load_checkpoint(path)
+"""
+import hashlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+from options import ConfigError
+
+MODEL_KEYS = tuple(GPTConfig.__dataclass_fields__)  # what a checkpoint's model is built from
+
+
+def state_digest(obj, h=None):
+    """sha256 over a nested state (tensors by their bytes): catches the bit flips torch.load reads silently."""
+    h = h if h is not None else hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            state_digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            state_digest(v, h)
+    else:
+        h.update(repr(obj).encode())
+    return h
+
+def previous_checkpoint(path):
+    return os.path.join(os.path.dirname(path), 'prev_' + os.path.basename(path))
+
+def save_checkpoint(path, state):
+    """Atomic and verified: temp file in the same folder, fsync, the old checkpoint kept as prev_ckpt.pt, rename.
+    At every instant `path` is a complete checkpoint; a failed write (disk full) leaves it untouched."""
+    state = {**state, 'digest': state_digest(state).hexdigest()}
+    tmp, prev = f"{path}.tmp{os.getpid()}", previous_checkpoint(path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):  # keep the old one as prev_ckpt.pt: a hard link, so no copy and no moment without it
+            os.link(path, tmp + '.prev')
+            os.replace(tmp + '.prev', prev)
+        os.replace(tmp, path)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        os.fsync(dir_fd)  # the renames themselves survive a crash
+        os.close(dir_fd)
+    finally:
+        for leftover in (tmp, tmp + '.prev'):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+def model_from_checkpoint(ckpt):
+    """The GPT of a loaded checkpoint, with its weights (on the CPU, in training mode)."""
+    model = GPT(GPTConfig(**{k: ckpt['config'][k] for k in MODEL_KEYS}))
+    model.load_state_dict(ckpt['model'])
+    return model
+
+def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py run"):
+    """Load and verify a checkpoint of this project; with fallback, a corrupt one gives way to prev_ckpt.pt."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder: give the checkpoint file inside it, e.g. {os.path.join(path, 'ckpt.pt')}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path} not found: {hint}")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:
+        return _fallback(path, fallback, e)
+    if not isinstance(ckpt, dict) or 'digest' not in ckpt or not {'model', 'config'} <= set(ckpt):
+        raise ConfigError(f"{path} is a torch file but not a checkpoint of this project (no model, config and "
+                          f"digest): give a ckpt.pt written by train.py")
+    digest = ckpt.pop('digest')
+    if digest != state_digest(ckpt).hexdigest():
+        return _fallback(path, fallback, ValueError('checksum mismatch'))
+    return ckpt
+
+def _fallback(path, fallback, e):
+    prev = previous_checkpoint(path)
+    if fallback and os.path.isfile(prev):
+        print(f"warning: {path} is corrupt ({type(e).__name__}); resuming from the previous one, {prev}")
+        return load_checkpoint(prev)
+    hint = f"; --resume_fallback=True resumes from {prev}" if os.path.isfile(prev) else ''
+    raise ConfigError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:60]}){hint}")
+
+def resume_config(c, given, saved, run_keys, allow_changes):
+    """The checkpoint's config with the keys given now; a changed model shape is refused, a changed training knob
+    too unless allow_changes."""
+    for key in sorted(given - set(run_keys)):
+        if c[key] != saved.get(key) and (key in MODEL_KEYS or not allow_changes):
+            fix = ("a resumed model keeps its shape: start a new --out_dir" if key in MODEL_KEYS else
+                   "pass --allow_changes=True if the change is intended")
+            raise ConfigError(f"--{key}={c[key]!r} differs from the checkpoint's {saved.get(key)!r}: {fix}")
+    return {**saved, **{k: c[k] for k in set(given) | set(run_keys)}}
+
+def check_data(data, vocab_size, encoding, allow_changes, saved=None):
+    """A resumed run (saved = the checkpoint's config) keeps its data, V and encoding (its data file may change
+    with allow_changes)."""
+    for key, now in (('data_fingerprint', data['fingerprint']), ('vocab_size', vocab_size), ('encoding', encoding)):
+        was = (saved or {}).get(key, now)
+        if was != now and not (key == 'data_fingerprint' and allow_changes):
+            raise ConfigError(f"the data differs from the checkpoint's ({key}: {was} then, {now} now): resume "
+                              f"with the same data file, or pass --allow_changes=True if the change is intended")
+
+
+def get_rng_state(data_gen, device_type):
+    """Every random state a run depends on: its data stream (a CPU generator), torch, CUDA, numpy, Python."""
+    return dict(train_gen=data_gen.get_state(), torch=torch.get_rng_state(), numpy=np.random.get_state(),
+                python=random.getstate(), cuda=torch.cuda.get_rng_state() if device_type == 'cuda' else None)
+
+def set_rng_state(rng, data_gen, device_type):
+    try:
+        data_gen.set_state(rng['train_gen'])
+    except (RuntimeError, TypeError):
+        raise ConfigError("the checkpoint's data-stream state is not a CPU generator's (a checkpoint written on "
+                          "another device by an older version): resume it there, or start again")
+    torch.set_rng_state(rng['torch'])
+    np.random.set_state(rng['numpy'])
+    random.setstate(rng['python'])
+    if device_type == 'cuda' and rng.get('cuda') is not None:
+        torch.cuda.set_rng_state(rng['cuda'])

@@ -1,0 +1,297 @@
+"""
+The command line of the gradient-bottleneck meter (measure.py holds the meter itself; Godey & Artzi 2026,
+arXiv 2603.10145): how much of the logit gradient G the head W destroys, on a checkpoint, on a freshly
+initialized model, or on a pretrained Hugging Face LM (`python measure.py ...` runs this file):
+
+    python measure.py --ckpt=out/spamlang_wide/ckpt.pt                   # held-out batches of the data it was trained on
+    python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline (train.py's flag names)
+    python measure.py --init --head=narrow --head_rank=4        # a factorized head D→r→V
+    python measure.py --hf=gpt2 --data=input.txt                # any HF causal LM (needs `pip install transformers`)
+    python measure.py --hf=EleutherAI/pythia-160m --json=p.json --plot=p.png
+
+Printed (and written with --json=FILE): the destroyed ratio r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F over all measured tokens,
+the visible cosine c = √(1 − r²), the random-subspace baseline √(1 − rank(W)/V), the per-token distribution of r,
+the spectrum of G (ranks, energy in the top D / 2D / k components, components for 70 / 99 / 99.9% energy, the
+Eckart–Young floor) and the direction test (loss decrease of equal-norm logit steps). --plot=FILE.png draws the
+energy curve (needs matplotlib). Every option is --key=value; see the defaults below.
+
+"""
+import os
+import sys
+import time
+from json import dump as json_dump
+
+import torch
+
+import checkpoint
+import options
+import runtime
+import spamlang
+import textdata
+from measure import ENERGY_LEVELS, QUANTILES, measure
+from model import GPT, GPTConfig, check_config
+from options import ConfigError
+
+# -----------------------------------------------------------------------------
+# defaults, each overridable with --key=value
+ckpt = ''                # a train.py checkpoint
+hf = ''                  # a Hugging Face model name or local folder
+init = False             # a freshly initialized GPT built from the model flags below
+data = ''                # '' = the checkpoint's data (--ckpt) or SpamLang; else a .txt file or train.py token file
+# model flags for --init (the same names and defaults as train.py)
+vocab_size = 1024
+n_embd = 64
+n_layer = 2
+n_head = 4
+head = 'linear'
+head_rank = None
+block_size = 0           # sequence length; 0 = the checkpoint's, 32 for --init, min(1024, context) for --hf
+# what is measured
+n_tokens = 8192          # tokens in the measured set (r, c and per-token statistics)
+batch_size = 8           # sequences per forward pass
+chunk = 512              # rows of G held at once: memory O(chunk·V + V·D)
+spectrum_tokens = 2048   # the first tokens of the set, for the spectrum (cost ∝ tokens²·V)
+direction_tokens = 1024  # the first tokens of the set, for the direction test
+top_k = 1000             # the spectrum reports the energy held by the top k components too
+dtype = 'float64'        # precision of G and its projections: float64 or float32
+device = 'auto'          # auto = cuda if available, else cpu
+seed = 0
+plot = ''                # --plot=FILE.png: the energy curve (matplotlib)
+json = ''                # --json=FILE: the results for machines
+# -----------------------------------------------------------------------------
+DEFAULTS = options.defaults_of(globals())
+
+# -----------------------------------------------------------------------------
+# where the hidden states come from: a train.py checkpoint, a fresh model, or a Hugging Face LM
+
+def batches_from(data_cfg, c, n_batches, block, device):
+    """(x, y) batches of the data a train.py config names: held-out split for text, fresh draws for SpamLang."""
+    data = textdata.load_data(data_cfg)
+    gen = spamlang.make_generator(c['seed'] + 12345)
+    return data, [textdata.get_batch(data, 'val', c['batch_size'], block, gen, device) for _ in range(n_batches)]
+
+
+def head_factors(lm_head):
+    """(B, A) of a factorized head (its real rows only), None for a plain one."""
+    return (lm_head.B[:lm_head.vocab_size], lm_head.A) if hasattr(lm_head, 'A') else None
+
+
+@torch.no_grad()
+def hidden_of_gpt(model, batches):
+    H, Y = [], []
+    for x, y in batches:
+        H.append(model.hidden(x).reshape(-1, model.config.n_embd))
+        Y.append(y.reshape(-1))
+    return torch.cat(H), torch.cat(Y)
+
+
+def source_ckpt(c, device):
+    path = c['ckpt']
+    ck = checkpoint.load_checkpoint(path)  # verified against its digest, as train.py's resume does
+    saved = ck['config']
+    try:
+        model = checkpoint.model_from_checkpoint(ck)
+    except Exception as e:
+        raise ConfigError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})".splitlines()[0])
+    model.to(device).eval()
+    block = c['block_size'] or saved['block_size']
+    if block > saved['block_size']:
+        raise ConfigError(f"--block_size={block} exceeds the checkpoint's block_size {saved['block_size']}")
+    data_cfg = {**saved, 'data': c['data'] or saved['data']}
+    data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
+    if data['vocab_size'] != saved['vocab_size']:
+        raise ConfigError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
+    H, Y = hidden_of_gpt(model, batches)
+    desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
+    about = dict(source=desc, head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'])
+    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), about
+
+
+def source_init(c, device):
+    block = c['block_size'] or 32
+    cfg = dict(vocab_size=c['vocab_size'], n_embd=c['n_embd'], n_layer=c['n_layer'], n_head=c['n_head'],
+               block_size=block, head=c['head'], head_rank=c['head_rank'])
+    data_cfg = {'data': c['data'] or 'spamlang', 'vocab_size': c['vocab_size'], 'block_size': block,
+                'encoding': 'cl100k_base'}
+    torch.manual_seed(c['seed'])
+    data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
+    cfg['vocab_size'] = data['vocab_size']
+    try:
+        check_config(GPTConfig(**cfg))
+    except ValueError as e:
+        raise ConfigError(str(e))
+    torch.manual_seed(c['seed'])
+    model = GPT(GPTConfig(**cfg)).to(device).eval()
+    H, Y = hidden_of_gpt(model, batches)
+    rank = getattr(model.lm_head, 'rank', None)
+    desc = f"fresh init, {c['head']} head{f' (r = {rank})' if rank else ''}, data {data_cfg['data']}"
+    about = dict(source=desc, head=c['head'], iter=0, data=data_cfg['data'])
+    return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), about
+
+
+def load_hf(name, device='cpu'):
+    """(model, tokenizer, W, bias): W (V, D) is the model's own output matrix, cut to the tokenizer's V (the
+    rows beyond it are padding); tied or untied, the same tensor the model multiplies by."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("--hf needs the transformers package: pip install transformers")
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name)
+    except Exception as e:
+        raise ConfigError(f"cannot load {name!r} with transformers ({type(e).__name__}: {e})".splitlines()[0])
+    model.float().to(device).eval()  # fp32 whatever the stored dtype (Pythia ships fp16)
+    out = model.get_output_embeddings()
+    if out is None or not hasattr(out, 'weight'):
+        raise ConfigError(f"{name}: the model exposes no linear output embedding (get_output_embeddings)")
+    V = min(len(tok), out.weight.size(0))
+    bias = getattr(out, 'bias', None)
+    return model, tok, out.weight[:V], None if bias is None else bias[:V]
+
+
+@torch.no_grad()
+def hf_hidden(model, x, W, bias):
+    """Final hidden states (B, T, D), the final norm applied: the input of the output matrix. Checked against the
+    model's own logits at the last position, so a model whose logits are not H Wᵀ (+ b) is refused."""
+    try:
+        out = model(x, output_hidden_states=True, logits_to_keep=1)
+    except TypeError:  # older models without logits_to_keep
+        out = model(x, output_hidden_states=True)
+    H = out.hidden_states[-1]
+    ours = H[:, -1] @ W.T + (0 if bias is None else bias)
+    theirs = out.logits[:, -1, :W.size(0)]
+    if not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.abs().max().item()):
+        raise ConfigError("the model's logits are not (last hidden state) @ W.T: unsupported head (softcapping, "
+                           "scaling or a nonlinear head)")
+    return H
+
+
+def source_hf(c, device):
+    model, tok, W, bias = load_hf(c['hf'], device)
+    V, ctx = W.size(0), getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', 1024)
+    block = c['block_size'] or min(1024, ctx)
+    n_seq = -(-c['n_tokens'] // block)
+    if c['data'] in ('', 'spamlang'):
+        gen = spamlang.make_generator(c['seed'] + 12345)
+        xs, ys = spamlang.get_batch(n_seq, block, V, gen)
+        what = 'SpamLang'
+    else:
+        if not os.path.isfile(c['data']):
+            raise ConfigError(f"data file {c['data']!r} not found: pass a .txt file or --data=spamlang")
+        with open(c['data'], encoding='utf-8', errors='replace') as f:
+            ids = tok(f.read(), return_tensors='pt', verbose=False)['input_ids'][0]
+        if len(ids) < block + 1:
+            raise ConfigError(f"{c['data']} has {len(ids):,} tokens, fewer than block_size + 1 = {block + 1}")
+        n_seq = min(n_seq, (len(ids) - 1) // block)  # consecutive windows from the start of the text
+        xs = torch.stack([ids[k * block:(k + 1) * block] for k in range(n_seq)])
+        ys = torch.stack([ids[k * block + 1:(k + 1) * block + 1] for k in range(n_seq)])
+        what = c['data']
+    if int(ys.max()) >= V:
+        raise ConfigError(f"token id {int(ys.max())} ≥ the output matrix's V = {V}")
+    H, Y = [], []
+    for i in range(0, n_seq, c['batch_size']):
+        x, y = xs[i:i + c['batch_size']].to(device), ys[i:i + c['batch_size']].to(device)
+        H.append(hf_hidden(model, x, W, bias).reshape(-1, W.size(1)))
+        Y.append(y.reshape(-1))
+    tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    desc = f"{c['hf']} ({type(model).__name__}, {'tied' if tied else 'untied'} head), data {what}"
+    about = dict(source=desc, head='tied' if tied else 'untied', iter=None, data=what)
+    return torch.cat(H), torch.cat(Y), W, bias, None, about
+
+# -----------------------------------------------------------------------------
+# command line
+
+def parse_args(argv):
+    c, _ = options.parse_args(argv, DEFAULTS, __file__, types=dict(head_rank=int),
+                             choices=dict(dtype=('float64', 'float32')))
+    if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
+        raise ConfigError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
+    options.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
+    for key, ext in (('json', '.json'), ('plot', '.png')):  # checked before the work, not after it
+        folder = os.path.dirname(os.path.abspath(c[key])) if c[key] else None
+        if folder and (os.path.isdir(c[key]) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
+            raise ConfigError(f"--{key}={c[key]}: not a writable file path (is its folder there?); give e.g. "
+                              f"--{key}=out/m{ext}")
+    if c['plot']:
+        try:
+            import matplotlib  # noqa: F401  (optional: only --plot needs it)
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install matplotlib")
+    c['device'] = str(runtime.pick_device(c['device'], auto=('cuda', 'cpu')))
+    return c
+
+
+def report(m, desc, seconds):
+    """The readable table."""
+    print(f"{desc}\nN = {m['n_tokens']:,} tokens, V = {m['V']:,}, D = {m['D']}, rank(W) = {m['rank_W']}, "
+          f"loss {m['loss']:.4f}, {seconds:.1f} s")
+    print(f"  destroyed ratio r    {m['destroyed_ratio']:.4f}    (random {m['rank_W']}-dim subspace: "
+          f"√(1 − rank/V) = {m['random_baseline']:.4f})")
+    print(f"  visible cosine c     {m['visible_cosine']:.4f}    (visible energy c² = {m['visible_over_chance']:.2f}× "
+          f"chance, rank/V)")
+    pt = m['per_token']
+    print("  per-token r          mean {:.4f}, quantiles 5/25/50/75/95%: {}".format(
+        pt['mean'], ' / '.join(f"{pt[f'q{int(100 * q):02d}']:.4f}" for q in QUANTILES)))
+    if 'spectrum' in m:
+        s, r = m['spectrum'], m['rank_W']
+        print(f"  spectrum of G ({s['n_tokens']:,} tokens): numerical rank {s['numerical_rank']:,}, "
+              f"effective rank {s['effective_rank']:.1f}")
+        print(f"    energy in top r = {r}: {s['energy_top_r']:.4f}, top 2r = {2 * r}: {s['energy_top_2r']:.4f}, "
+              f"top k = {s['top_k']}: {s['energy_top_k']:.4f}  (r = rank(W))")
+        print("    components for {}".format(', '.join(f"{100 * l:g}%: {s[f'components_{l:g}']:,}" for l in ENERGY_LEVELS)))
+        print(f"    Eckart–Young floor Σ_(i>k) σ² / Σ σ² at k = 2r = {s['ey_k']}: {s['ey_floor']:.4f}")
+    if 'direction' in m:
+        d = m['direction']
+        print(f"  direction test ({d['n_tokens']:,} tokens): loss decrease of equal-norm logit steps")
+        print(f"    {'step ε':>8s} {'along G':>11s} {'hidden':>11s} {'hidden+head':>11s} {'ratio H':>9s} {'ratio H+W':>9s}")
+        print("    (ratio = decrease / decrease along G; hidden+head: each head's own parameter step)")
+        for row in d['steps']:
+            print(f"    {row['step']:8g} {row['decrease_G']:11.3e} {row['decrease_H']:11.3e} {row['decrease_HW']:11.3e} "
+                  f"{row['ratio_hidden']:9.4f} {row['ratio_hidden_head']:9.4f}")
+
+
+def draw(m, path):
+    import matplotlib  # optional; parse_args has checked that it is there
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    sig2, D, r = m['_sig2'], m['D'], m['rank_W']
+    energy = (sig2.cumsum(0) / sig2.sum()).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(energy) + 1), energy, label='cumulative σ² of G')
+    for k, style, name in ((r, '--', 'r = rank(W)'), (2 * r, ':', '2r')):
+        ax.axvline(k, color='k', ls=style, lw=1, label=f'{name} = {k}')
+    floor = m['spectrum']['ey_floor']
+    ax.axhline(1 - floor, color='r', lw=1, label=f'top-2r energy = 1 − floor ({floor:.3f})')
+    ax.set(xscale='log', xlabel='components', ylabel='energy fraction', ylim=(0, 1.01),
+           title=f"V = {m['V']:,}, D = {D}, N = {m['spectrum']['n_tokens']:,}")
+    ax.legend(loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv):
+    c = parse_args(argv)
+    t0 = time.time()
+    source = source_ckpt if c['ckpt'] else source_hf if c['hf'] else source_init
+    H, Y, W, bias, factors, about = source(c, c['device'])
+    n = min(c['n_tokens'], len(H))
+    keep = Y[:n] >= 0
+    m = measure(H[:n][keep], Y[:n][keep], W, bias, c['chunk'], c['spectrum_tokens'], c['direction_tokens'],
+                c['top_k'], getattr(torch, c['dtype']), factors)
+    report(m, about['source'], time.time() - t0)
+    if c['json']:
+        with open(c['json'], 'w') as f:
+            json_dump({**about, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)  # V, D, rank_W in m
+        print(f"wrote {c['json']}")
+    if c['plot'] and 'spectrum' in m:
+        draw(m, c['plot'])
+        print(f"wrote {c['plot']}")
+    return m
+
+
+if __name__ == '__main__':
+    options.one_line_errors()
+    main(sys.argv[1:])

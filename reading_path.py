@@ -1,0 +1,53 @@
+"""
+The reading path of `python train.py --head=wide`: train.py and the project files it imports when it starts,
+transitively (module-level imports that always run). A file imported only inside a function or a branch (the
+fused loss, the CUDA kernel, text data, Hugging Face sources) is off the path: the default run never loads it.
+Lines are raw lines, comments, docstrings and blank lines included.
+
+    python reading_path.py              # one line per file, the total against the budget
+    python reading_path.py measure.py   # the same for another entry point
+"""
+import ast
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUDGET = 1200  # lines: nanoGPT's model.py, train.py and configurator.py come to 713
+
+
+def always_imported(path):
+    """The project modules a file imports at module level, outside any branch, function or try."""
+    names = []
+    for node in ast.parse(open(path, encoding='utf-8').read()).body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return [n for n in names if os.path.isfile(os.path.join(HERE, n + '.py'))]
+
+
+def reading_path(entry):
+    """The files on the path from `entry`, in the order they are first imported."""
+    seen, todo = [], [entry]
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.append(name)
+        todo += [m + '.py' for m in always_imported(os.path.join(HERE, name))]
+    return seen
+
+
+def line_count(name):
+    with open(os.path.join(HERE, name), encoding='utf-8') as f:
+        return sum(1 for _ in f)
+
+
+if __name__ == '__main__':
+    entry = sys.argv[1] if len(sys.argv) > 1 else 'train.py'
+    files = reading_path(entry)
+    for name in files:
+        print(f"{line_count(name):6d}  {name}")
+    total = sum(line_count(name) for name in files)
+    print(f"{total:6d}  the reading path of {entry} (budget {BUDGET:,})")
+    sys.exit(1 if entry == 'train.py' and total > BUDGET else 0)
