@@ -692,6 +692,7 @@ def lr_at(it, o):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('metered_run')
 def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
     out, o = metered_run
     rows = read_log(out, 'train')
@@ -704,6 +705,7 @@ def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('metered_run')
 def test_train_step_meter_reads_W_before_the_step(metered_run):
     """--meter_every_step: the meter of step k is G of the step's last micro-batch against the W that produced it,
     i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data stream
@@ -733,6 +735,7 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('metered_run')
 def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
     """An eval row of SpamLang: loss and accuracy on positions ≥ 1 and at position 0 over the fixed held-out batches
     (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart, exposures and tokens:
@@ -2023,6 +2026,7 @@ def tiny_repro(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('tiny_repro')
 def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     out, _, stdout = tiny_repro
     for figs in reproduce.FIGURES.values():
@@ -2073,6 +2077,7 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('tiny_repro')
 def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_path):
     out, text, _ = tiny_repro
     before = tree(out)
@@ -2166,6 +2171,7 @@ def test_every_preset_validates(name, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('tiny_repro')
 def test_plot_py_draws_a_real_log(tiny_repro, tmp_path):
     out, _, _ = tiny_repro
     for log in (glob.glob(os.path.join(out, exp, '*', 'log.jsonl'))[0] for exp in ('exp1', 'exp3')):
