@@ -7,7 +7,7 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
     python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py
 
 1. Head and loss, forward + backward, over V ∈ {32k, 128k} and a few N, D: naive (N×V logits, autograd),
-   fused (model.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch (F.linear_cross_entropy
+   fused (fused_loss.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch (F.linear_cross_entropy
    with its chunked options, where the installed torch has it), liger and cce (Liger-Kernel;
    cut-cross-entropy in its default mode, which skips small gradient entries, and its exact one: only on CUDA,
    only when installed). A variant that cannot run prints one line saying why. flops_frac = the time of the
@@ -17,9 +17,8 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
    subtracts them counted in fp32, (N·D + V·D)·4 bytes.
 2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over
    a few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
-3. The live meter's overhead on a training step (its stats from the fused loss's own loop, or one more pass over
-   the naive path's logits), and
-   measure.py's cost per token.
+3. The live meter's overhead on a training step (train.py --meter_every_step: a forward pass of its own on
+   the step's first measure.METER_SEQUENCES sequences), and measure.py's cost per token.
 
 How memory is measured. Every (variant, shape) runs in a fresh subprocess, so nothing one variant allocated or
 cached can flatter or burden another. CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(),
@@ -48,7 +47,9 @@ import torch.nn.functional as F
 import options
 import runtime
 import measure
-from model import GPT, GPTConfig, chunked_linear_cross_entropy
+import measure_cli
+from fused_loss import chunked_linear_cross_entropy
+from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (8192, 131072, 256)]
@@ -234,20 +235,19 @@ def step_setup(spec):
     cfg = GPTConfig(vocab_size=spec['V'], n_embd=spec['D'], n_layer=spec['n_layer'], n_head=spec['n_head'],
                     block_size=spec['T'], head=spec.get('head', 'linear'))
     model = GPT(cfg).to(device)
+    model.fused = spec['loss'] == 'fused'
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device)
     x = torch.randint(0, spec['V'], (spec['B'], spec['T']), device=device)
     step_model = torch.compile(model) if spec.get('compile') else model
     ctx = torch.autocast(device, dtype=torch.bfloat16) if device == 'cuda' else torch.autocast(device, enabled=False)
 
     def step(meter=False):
-        if meter:
-            meter = measure.StepMeter(model.lm_head)
-        stats = meter.stats if meter else None
         with ctx:
-            _, loss = step_model(x, x, loss=spec['loss'], stats=stats)
+            _, loss = step_model(x, x)
         loss.backward()
-        if meter:
-            assert meter.read() is not None
+        if meter:  # as train.py --meter_every_step: a forward pass of its own on a few sequences
+            with ctx:
+                measure.model_meter(model, x[:measure.METER_SEQUENCES], x[:measure.METER_SEQUENCES])
         opt.step()
         opt.zero_grad(set_to_none=True)
     return model, step
@@ -290,7 +290,7 @@ def worker_measure(spec):
     N, V, D = spec['N'], spec['V'], spec['D']
     h, W, y = head_inputs(N, V, D, spec['device'], torch.float32)
     h, W = h.detach(), W.detach() * 10  # logits of order 1, as in a trained model
-    t, mem = measure_call(lambda: measure.measure(h, y, W), spec['device'], 1)
+    t, mem = measure_call(lambda: measure_cli.measure(h, y, W), spec['device'], 1)
     return dict(time_s=t, peak_mem_bytes=mem, time_per_token_s=t / N)
 
 
@@ -493,7 +493,7 @@ def main(argv):
                 add(dict(section='meter', variant=f'{loss}+meter', N=N, V=V, D=D, **res))
             mN, mV, mD = (512, 4096, 64) if opts['quick'] else (2048, 32768, 256)
             res = run_worker(dict(kind='measure', device=device, N=mN, V=mV, D=mD))
-            add(dict(section='measure', variant='measure.measure', N=mN, V=mV, D=mD, **res))
+            add(dict(section='measure', variant='measure_cli.measure', N=mN, V=mV, D=mD, **res))
     by = {(r['section'], r['variant'], r['N'], r['V'], r['D']): r for r in rows}
     naive, fused = by.get(('head', 'naive', *TARGET)), by.get(('head', 'fused', *TARGET))
     if naive and fused and 'time_s' in naive and 'time_s' in fused:

@@ -12,11 +12,8 @@ import random
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, MODEL_KEYS
 from options import ConfigError
-
-MODEL_KEYS = tuple(GPTConfig.__dataclass_fields__)  # what a checkpoint's model is built from
-
 
 def state_digest(obj, h=None):
     """sha256 over a nested state (tensors by their bytes): catches the bit flips torch.load reads silently."""

@@ -1,7 +1,7 @@
 """
-The command line of the gradient-bottleneck meter (measure.py holds the meter itself; Godey & Artzi 2026,
-arXiv 2603.10145): how much of the logit gradient G the head W destroys, on a checkpoint, on a freshly
-initialized model, or on a pretrained Hugging Face LM (`python measure.py ...` runs this file):
+The full measurement of the gradient bottleneck (Godey & Artzi 2026, arXiv 2603.10145), and its command line
+(`python measure.py ...` runs this file; measure.py holds the definition and the live meter): how much of the
+logit gradient G the head W destroys, on a checkpoint, a freshly initialized model or a Hugging Face LM:
 
     python measure.py --ckpt=out/spamlang_wide/ckpt.pt                   # held-out batches of the data it was trained on
     python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline (train.py's flag names)
@@ -16,21 +16,27 @@ Eckart–Young floor) and the direction test (loss decrease of equal-norm logit 
 energy curve (needs matplotlib). Every option is --key=value; see the defaults below.
 
 """
+import math
 import os
 import sys
 import time
 from json import dump as json_dump
 
 import torch
+import torch.nn.functional as F
 
 import checkpoint
 import options
 import runtime
 import spamlang
 import textdata
-from measure import ENERGY_LEVELS, QUANTILES, measure
+from measure import RANK_RTOL, column_basis, logit_grad
 from model import GPT, GPTConfig, check_config
 from options import ConfigError
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+ENERGY_LEVELS = (0.7, 0.99, 0.999)
+STEP_SIZES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # direction test: per-token RMS size of the logit step (ours)
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value
@@ -60,6 +66,158 @@ plot = ''                # --plot=FILE.png: the energy curve (matplotlib)
 json = ''                # --json=FILE: the results for machines
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
+
+# -----------------------------------------------------------------------------
+# the full measurement, chunk by chunk: never N×V at once
+
+def _chunks(n, size):
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _grad_block(H, targets, W, bias, i, j, dtype):
+    """Logits and G of tokens i..j. (n, V) each"""
+    logits = H[i:j] @ W.T
+    if bias is not None:
+        logits = logits + bias
+    return logits, logit_grad(logits, targets[i:j], dtype)
+
+
+@torch.no_grad()
+def per_token(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
+    """‖g_i‖² and ‖P_col(W) g_i‖² for every token, and the mean loss."""
+    Q = column_basis(W).to(H.device, dtype)                                      # (V, k)
+    total, visible, loss = [], [], 0.0
+    for i, j in _chunks(len(H), chunk):
+        logits, G = _grad_block(H, targets, W, bias, i, j, dtype)
+        total.append(G.pow(2).sum(1).double())
+        visible.append((G @ Q).pow(2).sum(1).double())
+        loss += F.cross_entropy(logits.float(), targets[i:j], reduction='sum').item()
+    return torch.cat(total), torch.cat(visible), loss / len(H), Q.size(1)
+
+
+@torch.no_grad()
+def spectrum(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
+    """σ² of G (descending), from the smaller Gram matrix: G Gᵀ (N×N, block by block) when N ≤ V, else GᵀG."""
+    N, V = len(H), W.size(0)
+    blocks = _chunks(N, chunk)
+    if N <= V:
+        K = torch.zeros(N, N, dtype=torch.float64, device=H.device)              # (N, N)
+        for a, (i, j) in enumerate(blocks):
+            Ga = _grad_block(H, targets, W, bias, i, j, dtype)[1]
+            for k, l in blocks[:a + 1]:  # G_b is rebuilt rather than stored: memory stays O(chunk·V)
+                Gb = Ga if (k, l) == (i, j) else _grad_block(H, targets, W, bias, k, l, dtype)[1]
+                block = (Ga @ Gb.T).double()
+                K[i:j, k:l], K[k:l, i:j] = block, block.T
+    else:
+        K = torch.zeros(V, V, dtype=torch.float64, device=H.device)              # (V, V)
+        for i, j in blocks:
+            G = _grad_block(H, targets, W, bias, i, j, dtype)[1]
+            K += (G.T @ G).double()
+    return torch.linalg.eigvalsh(K).flip(0).clamp(min=0)
+
+
+def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
+    """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending). A first-order update of the
+    hidden states and a head of rank r changes the logits by at most rank 2r, so by Eckart–Young the energy beyond
+    the top k = 2r components is out of reach of any such update: the floor."""
+    sig2 = sig2.double()
+    energy = sig2.cumsum(0) / sig2.sum()
+    s = sig2.sqrt()
+    p = s / s.sum()
+    p = p[p > 0]
+    at = lambda k: energy[min(k, len(energy)) - 1].item()  # energy held by the top k components
+    out = {'numerical_rank': int((s > rtol * s[0]).sum()),
+           'effective_rank': math.exp(-(p * p.log()).sum().item()),  # Roy & Vetterli: exp(entropy of σ/Σσ), ours
+           'energy_top_r': at(rank_W), 'energy_top_2r': at(2 * rank_W), 'energy_top_k': at(top_k), 'top_k': top_k,
+           'ey_k': 2 * rank_W, 'ey_floor': max(0.0, 1 - at(2 * rank_W))}
+    for level in ENERGY_LEVELS:
+        level_t = torch.tensor(level - 1e-12, dtype=energy.dtype, device=energy.device)
+        out[f'components_{level:g}'] = int(torch.searchsorted(energy, level_t).item()) + 1
+    return out
+
+
+def head_update(S, factors=None):
+    """The change of the effective matrix W that a gradient step on the head's own parameters makes, for the
+    gradient S = ∂L/∂W (V, D): S itself for a plain head; for W = B·A, ΔW = (S Aᵀ) A + B (Bᵀ S), first order."""
+    if factors is None:
+        return S
+    B, A = (f.to(S) for f in factors)
+    return (S @ A.T) @ A + B @ (B.T @ S)
+
+
+@torch.no_grad()
+def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES, factors=None):
+    """Loss decrease of equal-norm logit steps Z − ε√N·u/‖u‖ (ours) along
+        u = G                   the direct logit gradient,
+        u = G W Wᵀ              what a gradient step on each token's hidden state realizes (Δh_i = −η g_i W),
+        u = G W Wᵀ + H ΔWᵀ      hidden states plus the head's own step, ΔW = head_update(Gᵀ H / N).
+    Each hidden state is a per-token input and takes its own token's gradient; the head is shared, so its step is
+    that of the mean loss, Gᵀ H / N, made through the head's own parameters (factors = (B, A) when W = B·A). The
+    hidden-state figure does not depend on N; the head's does, as a shared update must: the more distinct targets a
+    batch holds, the smaller each row's share (compare models at equal N; the N used is reported). ε is the
+    per-token RMS size of the step. Three passes over G: the head's gradient, the directions' norms, the losses."""
+    N, dt = len(H), dtype
+    Wd, Hd = W.to(dt), H.to(dt)
+    S, loss0 = torch.zeros_like(Wd), 0.0                                         # (V, D), Gᵀ H / N
+    for i, j in _chunks(N, chunk):
+        logits, G = _grad_block(H, targets, W, bias, i, j, dt)
+        S += G.T @ Hd[i:j] / N
+        loss0 += F.cross_entropy(logits.double(), targets[i:j], reduction='sum').item()
+    dW = head_update(S, factors)                                                 # (V, D)
+
+    def directions(i, j):
+        logits, G = _grad_block(H, targets, W, bias, i, j, dt)
+        uH = (G @ Wd) @ Wd.T                                                     # (n, V)
+        return logits, {'G': G, 'H': uH, 'H+W': uH + Hd[i:j] @ dW.T}
+    norms = dict.fromkeys(('G', 'H', 'H+W'), 0.0)
+    for i, j in _chunks(N, chunk):
+        for u, d in directions(i, j)[1].items():
+            norms[u] += d.pow(2).sum().item()
+    norms = {u: math.sqrt(v) for u, v in norms.items()}
+    losses = {u: [0.0] * len(step_sizes) for u in norms}
+    for i, j in _chunks(N, chunk):
+        logits, dirs = directions(i, j)
+        for u, d in dirs.items():
+            for e, eps in enumerate(step_sizes):
+                z = logits.to(dt) - (eps * math.sqrt(N) / norms[u]) * d
+                losses[u][e] += F.cross_entropy(z, targets[i:j], reduction='sum').item()
+    rows = []
+    for e, eps in enumerate(step_sizes):
+        dec = {u: loss0 / N - losses[u][e] / N for u in norms}
+        rows.append({'step': eps, 'decrease_G': dec['G'], 'decrease_H': dec['H'], 'decrease_HW': dec['H+W'],
+                     'ratio_hidden': dec['H'] / dec['G'], 'ratio_hidden_head': dec['H+W'] / dec['G']})
+    return rows
+
+
+def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction_tokens=1024, top_k=1000,
+            dtype=torch.float64, factors=None):
+    """Everything, from final hidden states H (N, D), targets (N,) and the effective output matrix W (V, D);
+    factors = (B, A) when W = B·A (a factorized head: its own update enters the direction test)."""
+    H, W = H.float(), W.detach().float()
+    bias = None if bias is None else bias.detach().float()
+    factors = None if factors is None else tuple(f.detach().float() for f in factors)
+    V, D = W.shape
+    total, visible, loss, rank = per_token(H, targets, W, bias, chunk, dtype)
+    frac = (visible.sum() / total.sum()).clamp(0, 1).item()
+    r_tok = (1 - visible / total).clamp(0, 1).sqrt()
+    out = {'n_tokens': len(H), 'V': V, 'D': D, 'rank_W': rank, 'loss': loss,
+           'destroyed_ratio': math.sqrt(1 - frac), 'visible_cosine': math.sqrt(frac),
+           'random_baseline': math.sqrt(1 - rank / V), 'visible_over_chance': frac * V / rank,
+           'per_token': {'mean': r_tok.mean().item(),
+                         **{f'q{int(100 * q):02d}': r_tok.quantile(q).item() for q in QUANTILES}}}
+    if spectrum_tokens > 0:
+        n = min(spectrum_tokens, len(H))
+        sig2 = spectrum(H[:n], targets[:n], W, bias, chunk, dtype)
+        out['spectrum'] = {'n_tokens': n, **spectrum_stats(sig2, rank, top_k)}
+        out.update(ey_floor=out['spectrum']['ey_floor'], ey_k=out['spectrum']['ey_k'])
+        out['_sig2'] = sig2  # for --plot; not written to JSON
+    if direction_tokens > 0:
+        n = min(direction_tokens, len(H))
+        out['direction'] = {'n_tokens': n, 'steps': direction_test(H[:n], targets[:n], W, bias, chunk, dtype,
+                                                                   factors=factors)}
+        first = out['direction']['steps'][0]  # the smallest step: the first-order figure
+        out['direction'].update(ratio_hidden=first['ratio_hidden'], ratio_hidden_head=first['ratio_hidden_head'])
+    return out
 
 # -----------------------------------------------------------------------------
 # where the hidden states come from: a train.py checkpoint, a fresh model, or a Hugging Face LM

@@ -43,6 +43,9 @@ class GPTConfig:
         return -(-self.vocab_size // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
+MODEL_KEYS = tuple(GPTConfig.__dataclass_fields__)  # what a checkpoint's model is built from
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -56,8 +59,10 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        hs = C // self.n_head
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -158,7 +163,7 @@ class FactorizedHead(LMHead):
         return F.linear(F.linear(h, self.A), self.B)[..., :self.vocab_size]
 
     def fused_loss(self, h, targets, chunk_size=None):
-        # logits = (h Aᵀ) Bᵀ: fuse the loss over (h Aᵀ, B), cost N·V·r, and let autograd carry h Aᵀ back to h and A
+        # logits = (h Aᵀ) Bᵀ: fuse the loss over (h Aᵀ, B), cost N·V·r; autograd carries h Aᵀ back to h and A
         return fused_linear_cross_entropy(F.linear(h, self.A), self.B[:self.vocab_size], targets, chunk_size)
 
 
@@ -268,8 +273,8 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_token(self):
-        """Forward + backward FLOPs per token (PaLM, appendix B): 6 per weight that takes part in a matmul (the
-        blocks and the head; not the embedding lookups, which are reads) + 12·L·T·D for attention."""
+        """Forward + backward FLOPs per token (PaLM, appendix B): 6 per weight that takes part in a matmul
+        (the blocks and the head; not the embedding lookups, which are reads) + 12·L·T·D for attention."""
         cfg = self.config
         blocks = sum(p.numel() for p in self.transformer.h.parameters() if p.dim() == 2)
         rank = getattr(self.lm_head, 'rank', None)
@@ -278,8 +283,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Continue idx (B, T) by max_new_tokens sampled tokens, each from softmax(logits / temperature) cut to
-        the top_k most likely (temperature 0: greedy). Returns (B, T + max_new_tokens)."""
+        """Continue idx (B, T) by max_new_tokens sampled tokens, each from softmax(logits / temperature) cut
+        to the top_k most likely (temperature 0: greedy). Returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.config.block_size:])[0][:, -1, :].float()  # (B, V)
             if temperature == 0:

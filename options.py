@@ -94,9 +94,10 @@ def read_config_file(path):
         raise ConfigError(f"config file {path} does not run ({type(e).__name__}: {e})".splitlines()[0])
     return {k: v for k, v in namespace.items() if not k.startswith('_')}
 
+
 def typed(key, val, defaults, types=None):
-    """A value from a config file, typed like the default, as on the command line (a None default of no known type
-    takes any value)."""
+    """A value from a config file, typed like the default, as on the command line (a None default of no
+    known type takes any value)."""
     if defaults[key] is None and key not in (types or {}):
         return val
     return coerce(key, val if isinstance(val, str) else repr(val), defaults, types)
@@ -121,7 +122,8 @@ def coerce(key, raw, defaults, types=None):
     return val
 
 def usage(source, defaults, choices=None):
-    """The script's docstring, then one line per option: --key=default, its comment in the source, its choices."""
+    """The script's docstring, then one line per option: --key=default, its comment in the source, its
+    choices."""
     text = open(source).read()
     doc = ast.get_docstring(ast.parse(text)) or ''
     comments = {m[1]: m[2] for m in re.finditer(r'^(\w+) *=[^\n#]*#+ *(.*)$', text, re.M)}
@@ -129,7 +131,8 @@ def usage(source, defaults, choices=None):
     for k, v in defaults.items():
         extra = f" (one of {', '.join(map(str, choices[k]))})" if choices and k in choices else ''
         lines.append(f"  --{k}={v}".ljust(34) + f" {comments.get(k, '')}{extra}".rstrip())
-    return f"{doc}\n\noptions (--key=value; the command line wins over a config file FILE.py):\n" + '\n'.join(lines)
+    head = "options (--key=value; the command line wins over a config file FILE.py):"
+    return f"{doc}\n\n{head}\n" + '\n'.join(lines)
 
 def positive(config, *keys):
     for key in keys:

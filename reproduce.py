@@ -34,7 +34,7 @@ import checkpoint
 import options
 import runtime
 import textdata
-import measure
+import measure_cli
 import plot
 import spamlang
 from options import ConfigError, TrainingError
@@ -440,7 +440,7 @@ def analyse(c, rec, data, xv, yv, bins):
         H = torch.cat([model.hidden(x.to(dev)).reshape(-1, D) for x in xv.split(64)])
         loss = torch.cat([F.cross_entropy(h @ W.T, t, reduction='none') for h, t in zip(H.split(4096), y.split(4096))])
     b, n = torch.as_tensor(bins, device=dev)[y], min(c['e3_spectrum_tokens'], len(y))
-    m = measure.measure(H[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
+    m = measure_cli.measure(H[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
     torch.manual_seed(c['seed'])
     probe = torch.nn.Linear(D, V, bias=False).to(dev)
     torch.nn.init.normal_(probe.weight, std=0.02)

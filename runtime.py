@@ -1,6 +1,6 @@
 """
-The machine a run is on: the device (with its index on CUDA), the autocast dtype, the GPU's peak FLOP/s for MFU,
-batches moved to the device, the code's git commit, and SIGINT/SIGTERM handling (finish the step, save, exit 75).
+The machine a run is on: the device (with its index on CUDA), the autocast dtype, batches moved to the device,
+the code's git commit, the GPU's peak FLOP/s for MFU, and SIGINT/SIGTERM (finish the step, save, exit 75).
 """
 import os
 import re
@@ -58,16 +58,20 @@ def to_device(t, device):
 def code_version():
     """The git commit of this code (with '+dirty' for uncommitted changes), or 'unknown' outside a repo."""
     try:
-        run = lambda *a: subprocess.run(['git', *a], cwd=HERE, capture_output=True, text=True, timeout=10).stdout.strip()
-        commit = run('rev-parse', 'HEAD')
-        return (commit + ('+dirty' if run('status', '--porcelain', '--untracked-files=no') else '')) or 'unknown'
+        def git(*args):
+            out = subprocess.run(['git', *args], cwd=HERE, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip()
+        commit = git('rev-parse', 'HEAD')
+        status = git('status', '--porcelain', '--untracked-files=no')
+        return (commit + ('+dirty' if status else '')) or 'unknown'
     except (OSError, subprocess.SubprocessError):
         return 'unknown'
 
 
-PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'H800': 989e12, 'GH200': 989e12, 'B200': 2250e12, 'A100': 312e12,
-              'A800': 312e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12, 'A10G': 70e12, 'A10': 125e12,
-              'RTX 4090': 165e12, 'RTX 3090': 71e12}  # dense bf16 tensor-core peaks from the vendors' data sheets
+# dense bf16 tensor-core peaks from the vendors' data sheets
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'H800': 989e12, 'GH200': 989e12, 'B200': 2250e12,
+              'A100': 312e12, 'A800': 312e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12, 'A10G': 70e12,
+              'A10': 125e12, 'RTX 4090': 165e12, 'RTX 3090': 71e12}
 
 
 def peak_flops(device_name):
@@ -80,8 +84,8 @@ def peak_flops(device_name):
     return PEAK_FLOPS[k], k
 
 class Preemption:
-    """First SIGINT/SIGTERM: `requested` is set (finish the step, save, exit REQUEUE_EXIT). Second: exit at once,
-    without saving (the last checkpoint is intact)."""
+    """First SIGINT/SIGTERM: `requested` is set (finish the step, save, exit REQUEUE_EXIT). Second: exit
+    at once, without saving (the last checkpoint is intact)."""
 
     def __init__(self):
         self.requested = False

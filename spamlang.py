@@ -1,7 +1,7 @@
 """
-SpamLang (Godey & Artzi 2026, arXiv 2603.10145): each sequence repeats one symbol, drawn uniformly from the vocabulary, for its whole
-length ("AAAA…"). A width D ≥ 2 can express a perfect solution for any V, so failing to learn it is an
-optimization failure: the gradient bottleneck of the LM head.
+SpamLang (Godey & Artzi 2026, arXiv 2603.10145): each sequence repeats one symbol, drawn uniformly from the
+vocabulary, for its whole length ("AAAA…"). A width D ≥ 2 can express a perfect solution for any V, so failing
+to learn it is an optimization failure: the gradient bottleneck of the LM head.
 
 Our choices (the paper's text is not available): token 0 is a BOS token that starts every sequence and is
 never a symbol, so the V − 1 symbols are 1..V−1. Position 0 (predicting the symbol from BOS) is
@@ -39,7 +39,8 @@ def make_generator(seed):
 
 @torch.no_grad()
 def metrics(logits, y):
-    """Loss and top-1 accuracy at position 0 and on positions ≥ 1, from logits (B, T, V) and targets (B, T)."""
+    """Loss and top-1 accuracy at position 0 and on positions ≥ 1, from logits (B, T, V) and targets
+    (B, T)."""
     logits = logits.float()
     loss = F.cross_entropy(logits.transpose(1, 2), y, reduction='none')  # (B, T)
     correct = (logits.argmax(-1) == y).float()                           # (B, T)
@@ -72,7 +73,7 @@ if __name__ == '__main__':  # a few sequences, and the exposure statistics that 
         for _ in range(steps):
             counts += torch.bincount(get_batch(B, 1, V, g)[1][:, 0], minlength=V)
         seen = counts[1:]
-        print(f"V = {V:,}, {steps} steps of {B} sequences: {exposures_per_symbol(steps * B, V):.2f} expected exposures "
-              f"per symbol, observed min {seen.min():.0f} / mean {seen.mean():.2f} / max {seen.max():.0f}, "
+        print(f"V = {V:,}, {steps} steps of {B} sequences: {exposures_per_symbol(steps * B, V):.2f} expected "
+              f"exposures per symbol, observed min {seen.min():.0f} / mean {seen.mean():.2f} / max {seen.max():.0f}, "
               f"{(seen == 0).sum():.0f} symbols never seen; best loss at position 0: log(V - 1) = "
               f"{optimal_loss_pos0(V):.3f}, at positions ≥ 1: 0")

@@ -147,7 +147,8 @@ def load_data(c, cache_dir=None):
         raise ConfigError(f"{c['data']} is too short: {len(ids):,} tokens leave {len(val):,} for validation, "
                           f"fewer than block_size + 1 = {c['block_size'] + 1}; use a longer text or a smaller --block_size")
     return dict(kind='text', vocab_size=meta['vocab_size'], encoding=meta['encoding'], path=path, source_path=c['data'],
-                fingerprint=meta['fingerprint'], id_map=meta['id_map'], train=train, val=val)
+                fingerprint=meta['fingerprint'], train=train, val=val,
+                id_map=None if meta['id_map'] is None else torch.from_numpy(meta['id_map'].astype(np.int64)))
 
 def val_windows(data, block_size, max_windows=0):
     """The validation split as fixed non-overlapping windows x, y: (n, T), all of them or the first max_windows."""

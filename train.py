@@ -1,7 +1,7 @@
 """
 Train a GPT whose LM head is chosen by name, on SpamLang (default) or on real text.
 
-    python train.py --head=wide                      # SpamLang, full-rank head: learns it (2 CPU cores: ~1 min)
+    python train.py --head=wide                      # SpamLang, full-rank head: learns it (2 CPU cores)
     python train.py --head=narrow                    # the same model with a rank-4 head: fails
     python train.py --head=wide --data=input.txt     # text, tokenized once with cl100k_base (V = 100,277)
     python train.py --head=wide --init_from=resume   # continue out/spamlang_wide/ckpt.pt
@@ -18,27 +18,25 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-import checkpoint
 import measure
 import options
 import runtime
 import spamlang
-from model import GPT, GPTConfig, HEADS, check_config, default_loss
+from model import GPT, GPTConfig, HEADS, MODEL_KEYS, check_config, default_loss
 from options import ConfigError, TrainingError
 
 # -----------------------------------------------------------------------------
 # defaults: the CPU preset, `python train.py --head=wide` learns SpamLang in a minute on 2 cores
 # I/O
-out_dir = 'out/{dataset}_{head}'  # {key} fields are filled from the config; {dataset}: spamlang or the data file's name
+out_dir = 'out/{dataset}_{head}'  # {key}: a config value; {dataset}: spamlang or the data file's name
 init_from = 'scratch'      # scratch | resume (from out_dir/ckpt.pt)
 overwrite = False          # let a scratch run replace an existing out_dir/ckpt.pt
-allow_changes = False      # let a resumed run change its data file or training knobs (never the model's shape)
+allow_changes = False      # let a resumed run change its data or training knobs (never the model's shape)
 resume_fallback = False    # resume from out_dir/prev_ckpt.pt when ckpt.pt is corrupt
-save_checkpoints = True    # False: never write ckpt.pt (sweeps whose runs are never resumed; log.jsonl is kept)
+save_checkpoints = True    # False: never write ckpt.pt (sweeps that never resume; log.jsonl is kept)
 log_interval = 100         # steps between training-loss lines
 eval_interval = 500        # steps between evaluations (and checkpoints)
 eval_iters = 10            # held-out batches per evaluation (text: 0 = every window of the validation split)
@@ -46,21 +44,21 @@ meter_every_step = False   # the live meter (grad_destroyed, grad_cosine) on eve
 # data
 data = 'spamlang'          # spamlang, a .txt file (tokenized once, cached beside it) or a token file
 encoding = 'cl100k_base'   # tiktoken encoding for .txt data
-compact_vocab = False      # .txt data: keep only the token ids that occur (V = their count; decoded through a map)
+compact_vocab = False      # .txt data: only the token ids that occur (V = their count; decoded through a map)
 vocab_size = 1024          # SpamLang only; text takes V from its tokenizer
 batch_size = 32            # sequences per micro-batch
 block_size = 32            # sequence length T
 gradient_accumulation_steps = None  # micro-batches per step over all processes; None = one per process
 # model
 head = 'linear'            # the LM head (model.HEADS)
-head_rank = None           # r of factorized heads; None = the head's default (wide: n_embd, narrow: n_embd // 16)
+head_rank = None           # r of a factorized head; None: its default (wide n_embd, narrow n_embd // 16)
 n_layer = 2
 n_head = 4
 n_embd = 64
 dropout = 0.0
 bias = False
 # AdamW, linear warmup then cosine decay to min_lr
-learning_rate = 1e-3       # the factorized wide head stalled near 95% at 3e-3 and reached 100% at 1e-3 (README)
+learning_rate = 1e-3       # the factorized wide head stalled near 95% at 3e-3, reached 100% at 1e-3 (README)
 max_iters = 2000
 weight_decay = 0.1
 beta1 = 0.9
@@ -70,7 +68,7 @@ warmup_iters = 100
 min_lr = 1e-4
 # system
 device = 'auto'            # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-dtype = 'auto'             # auto (bfloat16 autocast on CUDA, float32 elsewhere) | float32 | bfloat16 | float16
+dtype = 'auto'             # auto (bfloat16 autocast on CUDA, else float32) | float32 | bfloat16 | float16
 compile = None             # torch.compile the training step; None = on for CUDA, off elsewhere
 loss = 'auto'              # naive (N×V logits, the reference) | fused (no logits) | auto: model.default_loss
 peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (runtime.PEAK_FLOPS)
@@ -78,15 +76,14 @@ seed = 1337
 # -----------------------------------------------------------------------------
 STOP_EVERY = 10  # under torchrun, steps between the processes' exchanges of the stop flag (a read each)
 MAX_PENDING = 1000  # micro-steps whose losses wait for check_finite at most, whatever log_interval is
-METER_SEQUENCES = 8  # --meter_every_step: sequences of the step's last micro-batch that the meter reads
-RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints', 'device',
-            'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters', 'meter_every_step',
-            'peak_flops')  # may differ when resuming
+RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints',
+            'device', 'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters',
+            'meter_every_step', 'peak_flops')  # may differ when resuming
 options.one_line_errors()
-config, given = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__,
-                                   types=dict(head_rank=int, compile=bool, gradient_accumulation_steps=int),
-                                   choices=dict(init_from=('scratch', 'resume'), head=tuple(HEADS),
-                                                dtype=('auto', *runtime.DTYPES), loss=('auto', 'naive', 'fused')))
+types = dict(head_rank=int, compile=bool, gradient_accumulation_steps=int)  # options whose default is None
+choices = dict(init_from=('scratch', 'resume'), head=tuple(HEADS), dtype=('auto', *runtime.DTYPES),
+               loss=('auto', 'naive', 'fused'))
+config, given = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__, types, choices)
 globals().update(config)
 # processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; DistributedDataParallel, nccl on CUDA, gloo on CPU
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -97,7 +94,8 @@ device = str(runtime.pick_device(device, local_rank=local_rank if ddp else None)
 device_type = device.split(':')[0]
 dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' else dtype
 compile = device_type == 'cuda' if compile is None else compile
-options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval', 'learning_rate')
+options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval',
+                 'learning_rate')
 if eval_iters < 0 or (eval_iters == 0 and data == 'spamlang'):
     raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {eval_iters}")
 if not 0 <= dropout < 1 or min_lr < 0:
@@ -112,10 +110,11 @@ except (KeyError, IndexError, ValueError) as e:
 ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 ckpt = None
 if init_from == 'resume':
+    import checkpoint  # atomic, verified checkpoints and exact resume: a reader of the loop can skip it
     ckpt = checkpoint.load_checkpoint(ckpt_path, resume_fallback, 'start with --init_from=scratch, or point '
                                       '--out_dir at a run')
-    globals().update(checkpoint.resume_config({k: globals()[k] for k in config}, given, ckpt['config'], RUN_KEYS,
-                                              allow_changes))
+    now = {k: globals()[k] for k in config}
+    globals().update(checkpoint.resume_config(now, given, ckpt['config'], RUN_KEYS, allow_changes))
 elif os.path.exists(ckpt_path) and not overwrite:
     raise ConfigError(f"{ckpt_path} already exists: continue it with --init_from=resume, replace it with "
                       f"--overwrite=True, or choose another --out_dir")
@@ -124,8 +123,9 @@ if data == 'spamlang':
 else:
     import textdata  # text is an optional source: tokenizer, token files and their batches live there
     corpus = textdata.load_data({k: globals()[k] for k in config})
-    vocab_size, encoding = textdata.check_vocab(corpus, given, vocab_size, encoding)  # V comes from the tokens
-checkpoint.check_data(corpus, vocab_size, encoding, allow_changes, ckpt and ckpt['config'])  # a resume keeps its data
+    vocab_size, encoding = textdata.check_vocab(corpus, given, vocab_size, encoding)  # V: the tokenizer's
+if ckpt is not None:  # a resumed run keeps its data
+    checkpoint.check_data(corpus, vocab_size, encoding, allow_changes, ckpt['config'])
 data_fingerprint, code_version = corpus['fingerprint'], runtime.code_version()
 if ckpt is not None and ckpt['iter_num'] >= max_iters:
     print(f"{ckpt_path} is already at max_iters = {max_iters}: nothing to do; to train further, resume "
@@ -134,14 +134,14 @@ if ckpt is not None and ckpt['iter_num'] >= max_iters:
 loss = default_loss(device_type, vocab_size, compile) if loss == 'auto' else loss
 gradient_accumulation_steps = gradient_accumulation_steps or world
 if gradient_accumulation_steps % world:
-    raise ConfigError(f"--gradient_accumulation_steps={gradient_accumulation_steps} (micro-batches per step, over "
-                      f"all processes) must be a multiple of the {world} processes")
-gptconf = GPTConfig(**{k: globals()[k] for k in checkpoint.MODEL_KEYS})
+    raise ConfigError(f"--gradient_accumulation_steps={gradient_accumulation_steps} (micro-batches per step, "
+                      f"over all processes) must be a multiple of the {world} processes")
+gptconf = GPTConfig(**{k: globals()[k] for k in MODEL_KEYS})
 try:
     check_config(gptconf)
 except ValueError as e:
     raise ConfigError(str(e))
-config = {k: globals()[k] for k in (*config, 'data_fingerprint', 'code_version')}  # the run, as saved and logged
+config = {k: globals()[k] for k in (*config, 'data_fingerprint', 'code_version')}  # as saved and logged
 
 if device_type == 'cuda':
     torch.cuda.set_device(device)  # so memory statistics and the CUDA RNG refer to this GPU
@@ -151,10 +151,9 @@ master = rank == 0  # only rank 0 prints, logs, evaluates and saves
 accum = gradient_accumulation_steps // world  # micro-steps per process
 tokens_per_iter = batch_size * block_size * gradient_accumulation_steps  # over all processes
 os.makedirs(out_dir, exist_ok=True)
-id_map = None if corpus.get('id_map') is None else torch.from_numpy(corpus['id_map'].astype(np.int64))  # decoding
 
-# model, optimizer, data streams (training and evaluation have separate generators: evaluating never shifts the
-# training data; all are on the CPU, so a checkpoint resumes on any device)
+# model, optimizer, data streams (training and evaluation have separate generators, so evaluating never shifts
+# the training data; all are on the CPU, so a checkpoint resumes on any device)
 torch.manual_seed(seed)
 model = GPT(gptconf).to(device)
 model.fused = loss == 'fused'
@@ -172,22 +171,23 @@ if rank > 0:  # dropout masks differ between processes; the model init above is 
     torch.manual_seed(seed + rank + world * iter_num)
 step_model = model
 if ddp:  # wrap, then compile: the compiler then sees DDP's bucket boundaries
-    step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == 'cuda'
-                                                           else None)
+    device_ids = [local_rank] if device_type == 'cuda' else None
+    step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 step_model = torch.compile(step_model) if compile else step_model  # the eager `model` evaluates and saves
 ctx = runtime.autocast(device_type, dtype)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 flops_per_iter = model.flops_per_token() * tokens_per_iter / world  # per GPU, like the peak it is divided by
-peak = peak_flops or (runtime.peak_flops(torch.cuda.get_device_name(device))[0] if device_type == 'cuda' else None)
+gpu_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else None
+peak = peak_flops or (runtime.peak_flops(gpu_name)[0] if gpu_name else None)
 if master:
     files = options.config_files(sys.argv[1:])
     print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{head} head, V = {vocab_size:,}, "
-          f"D = {n_embd}, r = {getattr(model.lm_head, 'rank', n_embd)}, {model.get_num_params():,} parameters, "
+          f"D = {n_embd}, r = {getattr(model.lm_head, 'rank', n_embd)}, {model.get_num_params():,} params, "
           f"data {data}, {tokens_per_iter:,} tokens per step ({batch_size} × {block_size} × "
-          f"{gradient_accumulation_steps}), device {device} ({dtype}, {loss} loss{', compiled' if compile else ''}"
-          f"{f', {world} processes' if ddp else ''})")
+          f"{gradient_accumulation_steps}), device {device} ({dtype}, {loss} loss"
+          f"{', compiled' if compile else ''}{f', {world} processes' if ddp else ''})")
     if device_type == 'cuda' and not peak:
-        print(f"MFU not reported: {torch.cuda.get_device_name(device)} is not in runtime.PEAK_FLOPS; set --peak_flops")
+        print(f"MFU not reported: {gpu_name} is not in runtime.PEAK_FLOPS; set --peak_flops")
     log_file = open(log_path, 'a' if ckpt is not None else 'w')
     if ckpt is None:
         log_file.write(json.dumps({'type': 'config', **config}) + '\n')
@@ -210,7 +210,7 @@ def get_lr(it):
 
 
 def get_batch(split, gen):
-    """x, y: (B, T) on the CPU, drawn with the CPU generator `gen` (a checkpoint then resumes on any device)."""
+    """x, y: (B, T) on the CPU, drawn by the CPU generator `gen` (a checkpoint then resumes on any device)."""
     if corpus['kind'] == 'spamlang':
         return spamlang.get_batch(batch_size, block_size, vocab_size, gen)
     return textdata.get_batch(corpus, split, batch_size, block_size, gen, 'cpu')
@@ -218,8 +218,9 @@ def get_batch(split, gen):
 
 @torch.no_grad()
 def evaluate():
-    """Loss on fixed held-out data (SpamLang: loss and accuracy on positions ≥ 1 and at position 0; text: fixed
-    non-overlapping windows of the validation split) and the gradient-bottleneck meter on the first batch."""
+    """Loss on fixed held-out data (SpamLang: loss and accuracy on positions ≥ 1 and at position 0; text:
+    fixed non-overlapping windows of the validation split) and the gradient-bottleneck meter on the first
+    batch."""
     model.eval()
     if corpus['kind'] == 'spamlang':
         gen = spamlang.make_generator(seed + 1)  # the same held-out batches at every evaluation
@@ -239,7 +240,7 @@ def evaluate():
         out[-1]['n'] = y.numel()
         first = first or (logits, y)
     m = {k: sum(o[k] * o['n'] for o in out) / sum(o['n'] for o in out) for k in out[0] if k != 'n'}
-    if math.isfinite(m['loss']):  # the meter on the first batch; SpamLang: positions ≥ 1, and position 0 apart
+    if math.isfinite(m['loss']):  # the meter on the first batch; SpamLang: positions ≥ 1, position 0 apart
         logits, y = first
         if corpus['kind'] == 'spamlang':
             m['grad_destroyed_pos0'] = measure.live_meter(logits[:, :1], y[:, :1], W)['grad_destroyed']
@@ -249,29 +250,19 @@ def evaluate():
     return m
 
 
-@torch.no_grad()
-def meter_step(x, y):
-    """--meter_every_step: the live meter on the first METER_SEQUENCES sequences of a micro-batch, from a forward
-    pass of its own (eval mode: no dropout, no random draw), before the optimizer step changes W."""
-    model.eval()
-    with ctx:
-        logits, _ = model(x[:METER_SEQUENCES])
-    model.train()
-    return measure.live_meter(logits, y[:METER_SEQUENCES], model.lm_head.effective_weight())
-
-
 def save():
     global saved_iter
     if not save_checkpoints:
         return
+    import checkpoint  # atomic and verified: a temp file, fsynced, renamed into place
     rng = checkpoint.get_rng_state(train_gen, device_type)
     rng['train_gen'] = unread_state  # the stream from the fetched batch that no step has used yet
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=config, iter_num=iter_num,
-                 rng=rng, id_map=id_map)
+                 rng=rng, id_map=corpus.get('id_map'))
     try:
         checkpoint.save_checkpoint(ckpt_path, state)
     except OSError as e:
-        kept = f"the previous checkpoint (iter {saved_iter}) is intact" if saved_iter is not None else "none was saved"
+        kept = "none was saved" if saved_iter is None else f"the previous one (iter {saved_iter}) is intact"
         raise TrainingError(f"could not save {ckpt_path} at iter {iter_num} ({e.strerror or e}): {kept}; "
                             f"free disk space and resume with --init_from=resume")
     saved_iter = iter_num
@@ -352,11 +343,15 @@ while iter_num < max_iters:
         unread_state = train_gen.get_state()
         x_last, y_last = x, y
         cpu_batch, (x, y) = next_batch()  # fetched while the device runs the forward pass
-        scaler.scale(micro_loss / accum).backward()  # DDP averages over processes: the mean over all micro-steps
+        scaler.scale(micro_loss / accum).backward()  # DDP averages the processes: the mean of all micro-steps
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    metered = meter_step(x_last, y_last) if meter_every_step else None  # before the step changes W
+    metered = None
+    if meter_every_step:  # before the step changes W: its own forward pass on a few of this step's sequences
+        k = measure.METER_SEQUENCES
+        with ctx:
+            metered = measure.model_meter(model, x_last[:k], y_last[:k])
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -372,9 +367,10 @@ while iter_num < max_iters:
         lossf = micro_loss.item()  # syncs the device, so the timing is real
         dt = (time.time() - t0) / timed
         rec = {'loss': lossf, 'lr': lr, 'dt_ms': 1000 * dt, 'tok_per_s': tokens_per_iter / dt}
-        line = f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {1000 * dt:.1f} ms, {rec['tok_per_s']:,.0f} tok/s"
+        line = (f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {1000 * dt:.1f} ms, "
+                f"{rec['tok_per_s']:,.0f} tok/s")
         if device_type == 'cuda':
-            rec['peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 1e9  # training steps only: reset below
+            rec['peak_mem_gb'] = torch.cuda.max_memory_allocated(device) / 1e9  # of training steps only
             torch.cuda.reset_peak_memory_stats(device)
             line += f", mem {rec['peak_mem_gb']:.2f} GB"
             if peak:
@@ -385,12 +381,12 @@ while iter_num < max_iters:
             line += f", grad destroyed {metered['grad_destroyed']:.4f}"
         log('train', rec, line)
         t0, timed = time.time(), 0
-    elif metered and master:  # --meter_every_step: every step's r and c go to log.jsonl, the printed line stays
+    elif metered and master:  # --meter_every_step: each step's r and c go to log.jsonl, not to the screen
         log('meter', metered)
     if master and (iter_num % eval_interval == 0 or iter_num == max_iters):
         eval_and_save()
         if device_type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)  # the eval's full logits are not the training step's memory
+            torch.cuda.reset_peak_memory_stats(device)  # the eval's full logits are not a training step's
         t0, timed = time.time(), 0  # evaluating and saving are not charged to the next interval
     stop = preemption.requested
     if ddp and iter_num % STOP_EVERY == 0:  # a signal may reach the processes at different steps: every

@@ -6,13 +6,13 @@ gradients dh = G W and dW = Gᵀ h, G = softmax − onehot, without ever writing
     ok, why = available()
     loss = triton_linear_cross_entropy(h, W, targets)  # h (..., D), W (V, D), targets (...) long, -1 ignored
 
-It has the contract of model.fused_linear_cross_entropy (which stays the CPU path and the reference this file
+It has the contract of fused_loss.linear_cross_entropy (which stays the CPU path and the reference this file
 is tested against): mean cross-entropy over the tokens whose target is ≥ 0, gradients computed in the forward
 pass, backward only scales them by the incoming gradient. Under autocast the matmuls run in the autocast dtype
 and the softmax in fp32. A batch whose targets are all ignored gives a NaN loss and NaN gradients, like the
 reference (it divides by n_valid = 0); F.cross_entropy gives a NaN loss there too (but zero gradients).
 
-From the chunked version to this one. model.py walks over chunks of TOKENS: per chunk it forms all V logits
+From the chunked version to this one. fused_loss.py walks over chunks of TOKENS: per chunk it forms all V logits
 of c rows, so each row's softmax is exact at once, and folds G_c into dh and dW. Its dW accumulates over N/c
 chunks. At N = 8,192, V = 131,072 a 64 MiB budget allows c = 256 bf16 rows, so fp32 dW (2 GiB at D = 4,096)
 is read and written 32 times: 128 GiB of traffic, ~27 ms at 4.8 TB/s, against ~40 ms for all three matmuls
@@ -53,7 +53,7 @@ Measured 2026-12-04 (one H200, torch 2.11 + triton 3.6, bf16, N = 8,192, V = 131
 `python bench.py --sections=1` times it beside the other losses, as its `triton` row):
     D = 768:  13.4 ms, 0.47 of the bare matmuls (6.3 ms); pass 1 4.1 ms; 0 MiB beyond the gradients
     D = 4096: 60.0 ms, 0.56 of the bare matmuls (33.8 ms); pass 1 17.2 ms; 0 MiB beyond the gradients
-    (naive: 20.3 / 49.0 ms and 12 GiB; model.py's chunked loop: 24.0 / 59.8 ms and 2.1 / 3.1 GiB beyond)
+    (naive: 20.3 / 49.0 ms and 12 GiB; the chunked loop: 24.0 / 59.8 ms and 2.1 / 3.1 GiB beyond)
 
 Tests (a GPU, else the Triton interpreter on CPU, ~20 s): python3 -m pytest -q test_triton_ce.py
 Benchmark (CUDA):                                          python3 bench.py --sections=1
@@ -263,7 +263,7 @@ def fused_ce_forward(h, W, targets, need_dh, need_dW, chunk_v=0, segments=None, 
     gd = grad_dtype(dt)
     valid = targets >= 0
     n_valid = valid.sum()  # a tensor: no host sync
-    inv_n = 1.0 / n_valid.float()  # inf if every target is ignored: NaN loss and gradients, like model.py
+    inv_n = 1.0 / n_valid.float()  # inf if every target is ignored: NaN loss and gradients, like fused_loss.py
     lse, logit_y = lse_and_target(h, W, targets, segments, blocks)
     loss = ((lse - logit_y) * valid).sum() * inv_n
     dh = h.new_empty(0, dtype=gd)
