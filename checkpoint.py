@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from model import GPT, GPTConfig, MODEL_KEYS
-from options import ConfigError
+from options import ConfigError, TrainingError
+
 
 def state_digest(obj, h=None):
     """sha256 over a nested state (tensors by their bytes): catches the bit flips torch.load reads silently."""
@@ -31,8 +32,10 @@ def state_digest(obj, h=None):
         h.update(repr(obj).encode())
     return h
 
+
 def previous_checkpoint(path):
     return os.path.join(os.path.dirname(path), 'prev_' + os.path.basename(path))
+
 
 def save_checkpoint(path, state):
     """Atomic and verified: temp file in the same folder, fsync, the old checkpoint kept as prev_ckpt.pt, rename.
@@ -56,11 +59,23 @@ def save_checkpoint(path, state):
             if os.path.exists(leftover):
                 os.remove(leftover)
 
+
+def save_or_stop(path, state, saved_iter):
+    """save_checkpoint, or, when the write fails (a full disk), a TrainingError that says what is intact."""
+    try:
+        save_checkpoint(path, state)
+    except OSError as e:
+        kept = "none was saved" if saved_iter is None else f"the previous one (iter {saved_iter}) is intact"
+        raise TrainingError(f"could not save {path} at iter {state['iter_num']} ({e.strerror or e}): {kept}; "
+                            f"free disk space and resume with --init_from=resume")
+
+
 def model_from_checkpoint(ckpt):
     """The GPT of a loaded checkpoint, with its weights (on the CPU, in training mode)."""
     model = GPT(GPTConfig(**{k: ckpt['config'][k] for k in MODEL_KEYS}))
     model.load_state_dict(ckpt['model'])
     return model
+
 
 def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py run"):
     """Load and verify a checkpoint of this project; with fallback, a corrupt one gives way to prev_ckpt.pt."""
@@ -80,6 +95,7 @@ def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py r
         return _fallback(path, fallback, ValueError('checksum mismatch'))
     return ckpt
 
+
 def _fallback(path, fallback, e):
     prev = previous_checkpoint(path)
     if fallback and os.path.isfile(prev):
@@ -87,6 +103,7 @@ def _fallback(path, fallback, e):
         return load_checkpoint(prev)
     hint = f"; --resume_fallback=True resumes from {prev}" if os.path.isfile(prev) else ''
     raise ConfigError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:60]}){hint}")
+
 
 def resume_config(c, given, saved, run_keys, allow_changes):
     """The checkpoint's config with the keys given now; a changed model shape is refused, a changed training knob
@@ -97,6 +114,7 @@ def resume_config(c, given, saved, run_keys, allow_changes):
                    "pass --allow_changes=True if the change is intended")
             raise ConfigError(f"--{key}={c[key]!r} differs from the checkpoint's {saved.get(key)!r}: {fix}")
     return {**saved, **{k: c[k] for k in set(given) | set(run_keys)}}
+
 
 def check_data(data, vocab_size, encoding, allow_changes, saved=None):
     """A resumed run (saved = the checkpoint's config) keeps its data, V and encoding (its data file may change
@@ -112,6 +130,7 @@ def get_rng_state(data_gen, device_type):
     """Every random state a run depends on: its data stream (a CPU generator), torch, CUDA, numpy, Python."""
     return dict(train_gen=data_gen.get_state(), torch=torch.get_rng_state(), numpy=np.random.get_state(),
                 python=random.getstate(), cuda=torch.cuda.get_rng_state() if device_type == 'cuda' else None)
+
 
 def set_rng_state(rng, data_gen, device_type):
     try:

@@ -13,8 +13,6 @@ Heads (chosen by name with --head=, see HEADS at the bottom):
     tied     shares the token embedding wte
     narrow   factorized D→r→V, r = head_rank (default n_embd // 16): the paper's rank-r head
     wide     the same factorization with r = n_embd by default, so wide vs narrow differs only in r
-
-`python model.py` prints the parameter count and the effective-matrix rank of each head.
 """
 import math
 from dataclasses import dataclass
@@ -129,14 +127,14 @@ class LinearHead(LMHead):
 
 
 class TiedHead(LMHead):
-    """Shares storage with the token embedding wte (kept outside this module's parameters)."""
+    """Shares its weight with the token embedding wte: one Parameter under two names, as in nanoGPT."""
 
     def __init__(self, config, wte):
         super().__init__(config, wte)
-        self._wte = [wte]  # a list, so the embedding is not registered twice as a submodule
+        self.weight = wte.weight
 
     def padded_weight(self):
-        return self._wte[0].weight
+        return self.weight
 
 
 class FactorizedHead(LMHead):
@@ -300,16 +298,11 @@ class GPT(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# the loss: naive (in GPT.forward, the reference) or fused (fused_loss.py), and which one --loss=auto takes
-
-# Default --loss (train.py's 'auto'): the smallest V from which the fused loss made a training step at least
-# 5% faster than the naive one (bench.WIN_MARGIN), per device type, eager and compiled; None: at no V
-# measured. Elsewhere (mps, untested) naive. The naive loss stays the reference the tests compare fused
-# against, and evaluation, which needs the logits, uses it. Measured 2026-12-04:
-#   cpu: `python bench.py --sections=2` on 2 cores, torch 2.13.0, a 2-layer D = 256 GPT, 2,048 tokens a step,
-#        V ∈ {2,048, 8,192, 32,768}: fused/naive tokens/s eager 1.01, 1.28, 1.75; compiled 1.00, 0.99, 1.62.
-#   cuda: `python bench.py --gpu_check` on one H200, torch 2.11.0 + triton 3.6.0, the gpu preset (V = 16,384,
-#        D = 256, 4 layers, 8,192 tokens a step): fused/naive tokens/s eager 0.82, compiled 0.45.
+# the loss: naive (GPT.forward, the reference) or fused (fused_loss.py). --loss=auto takes fused from the
+# smallest V at which it made a training step ≥ 5% faster (bench.py; None: at no V measured; mps: naive).
+# Measured 2026-12-04 (README, Speed): cpu on 2 cores, torch 2.13 (fused/naive tokens/s at V = 2,048, 8,192,
+# 32,768: eager 1.01, 1.28, 1.75, compiled 1.00, 0.99, 1.62); cuda on one H200, torch 2.11 (V = 16,384: 0.77
+# eager, 0.76 compiled).
 FUSED_FROM_VOCAB = {('cpu', False): 8192, ('cpu', True): 32768, ('cuda', False): None, ('cuda', True): None}
 
 
@@ -323,11 +316,3 @@ def fused_linear_cross_entropy(h, W, targets, chunk_size=None):
     fused_loss.py, imported at the first call, so a run on the naive loss never loads it."""
     import fused_loss
     return fused_loss.linear_cross_entropy(h, W, targets, chunk_size)
-
-
-if __name__ == '__main__':
-    for name in HEADS:
-        model = GPT(GPTConfig(head=name))
-        W = model.lm_head.effective_weight()
-        print(f"{name:7s} params {model.get_num_params():>9,d}  W {tuple(W.shape)}  "
-              f"rank {torch.linalg.matrix_rank(W.detach()).item():3d}  |W|_F {W.norm():.3f}")

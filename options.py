@@ -19,8 +19,10 @@ import torch
 class ConfigError(ValueError):
     """Bad input: printed as one line on stderr, exit status 1, before any file is written."""
 
+
 class TrainingError(RuntimeError):
     """A run that must stop (non-finite loss, failed save): printed as one line on stderr, exit status 1."""
+
 
 def one_line_errors():
     """Let a script end on ConfigError or TrainingError with 'error: ...' on stderr and exit status 1."""
@@ -41,6 +43,7 @@ def defaults_of(namespace):
     """The lowercase simple values of a module's globals: the defaults block of a script."""
     return {k: v for k, v in namespace.items() if not k.startswith('_') and k.islower()
             and isinstance(v, (int, float, bool, str, type(None)))}
+
 
 def parse_args(argv, defaults, source, types=None, choices=None):
     """Returns (config, set of keys given). `types` names the type of options whose default is None; `choices`
@@ -75,15 +78,18 @@ def parse_args(argv, defaults, source, types=None, choices=None):
             raise ConfigError(f"--{key} must be one of {', '.join(map(str, allowed))}; got {config[key]!r}")
     return config, given
 
+
 def config_files(argv):
     """The config files among a script's arguments: every argument that is not --key=value."""
     return [a for a in argv if not a.startswith('--')]
+
 
 def check_key(key, defaults, where=''):
     if key not in defaults:
         near = difflib.get_close_matches(key, defaults, n=1)
         hint = f"did you mean --{near[0]}?" if near else "--help lists the options"
         raise ConfigError(f"unknown option --{key}{where}: {hint}")
+
 
 def read_config_file(path):
     """The assignments of a config file (plain Python: `n_embd = 256`), as a dict."""
@@ -101,6 +107,7 @@ def typed(key, val, defaults, types=None):
     if defaults[key] is None and key not in (types or {}):
         return val
     return coerce(key, val if isinstance(val, str) else repr(val), defaults, types)
+
 
 def coerce(key, raw, defaults, types=None):
     """The string `raw` as a value of the default's type (or types[key] when the default is None)."""
@@ -121,6 +128,7 @@ def coerce(key, raw, defaults, types=None):
         raise ConfigError(f"--{key} expects {want.__name__} (default {defaults[key]!r}), got {raw!r}")
     return val
 
+
 def usage(source, defaults, choices=None):
     """The script's docstring, then one line per option: --key=default, its comment in the source, its
     choices."""
@@ -133,6 +141,7 @@ def usage(source, defaults, choices=None):
         lines.append(f"  --{k}={v}".ljust(34) + f" {comments.get(k, '')}{extra}".rstrip())
     head = "options (--key=value; the command line wins over a config file FILE.py):"
     return f"{doc}\n\n{head}\n" + '\n'.join(lines)
+
 
 def positive(config, *keys):
     for key in keys:

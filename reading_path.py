@@ -6,6 +6,7 @@ Lines are raw lines, comments, docstrings and blank lines included.
 
     python reading_path.py              # one line per file, the total against the budget
     python reading_path.py measure.py   # the same for another entry point
+    python reading_path.py --graph      # every file's project imports (* = lazy), checked to be one-way
 """
 import ast
 import os
@@ -38,12 +39,56 @@ def reading_path(entry):
     return seen
 
 
+def all_imports(path):
+    """(module-level, lazy): the project modules a file imports always, and those it imports only inside a
+    function or a branch. A script's `if __name__ == '__main__':` block is its entry point, not a
+    dependency."""
+    tree = ast.parse(open(path, encoding='utf-8').read())
+    always = set(always_imported(path))
+    names = set()
+    body = [n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))]
+    for node in (sub for top in body for sub in ast.walk(top)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    names = {n for n in names if os.path.isfile(os.path.join(HERE, n + '.py'))}
+    return sorted(always), sorted(names - always)
+
+
+def import_graph():
+    """One line per non-test file: its imports; raises if the graph has a cycle."""
+    files = sorted(f for f in os.listdir(HERE) if f.endswith('.py') and not f.startswith(('test_', 'conft')))
+    edges = {f[:-3]: all_imports(os.path.join(HERE, f)) for f in files}
+    order, state = [], {}
+
+    def visit(name, trail):
+        if state.get(name) == 'open':
+            raise SystemExit(f"import cycle: {' -> '.join(trail + [name])}")
+        if state.get(name) != 'done':
+            state[name] = 'open'
+            for dep in sum(edges.get(name, ([], [])), []):
+                visit(dep, trail + [name])
+            state[name] = 'done'
+            order.append(name)
+    for name in edges:
+        visit(name, [])
+    lines = []
+    for name in order:
+        deps = edges[name][0] + [m + '*' for m in edges[name][1]]
+        lines.append(f"{name + '.py':16s} imports {', '.join(deps) or '-'}")
+    return lines
+
+
 def line_count(name):
     with open(os.path.join(HERE, name), encoding='utf-8') as f:
         return sum(1 for _ in f)
 
 
 if __name__ == '__main__':
+    if sys.argv[1:] == ['--graph']:
+        print('\n'.join(import_graph()))
+        sys.exit(0)
     entry = sys.argv[1] if len(sys.argv) > 1 else 'train.py'
     files = reading_path(entry)
     for name in files:

@@ -42,11 +42,13 @@ def pick_device(device, auto=('cuda', 'mps', 'cpu'), local_rank=None):
         raise ConfigError("--device=mps but torch sees no MPS device: use --device=cpu")
     return torch.device(kind)
 
+
 def autocast(device_type, dtype):
     """The autocast context of a dtype name: none for float32 (the reference)."""
     if dtype == 'float32':
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=DTYPES[dtype])
+
 
 def to_device(t, device):
     """A CPU tensor on `device`; to CUDA through pinned memory, without blocking the host."""
@@ -54,6 +56,7 @@ def to_device(t, device):
     if device.type == 'cuda':
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
 
 def code_version():
     """The git commit of this code (with '+dirty' for uncommitted changes), or 'unknown' outside a repo."""
@@ -82,6 +85,7 @@ def peak_flops(device_name):
         return None, None
     k = max(hits, key=len)
     return PEAK_FLOPS[k], k
+
 
 class Preemption:
     """First SIGINT/SIGTERM: `requested` is set (finish the step, save, exit REQUEUE_EXIT). Second: exit

