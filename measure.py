@@ -121,4 +121,6 @@ def model_meter(model, x, y):
 
 if __name__ == '__main__':
     import measure_cli  # the command line: models, batches and the report
+    import options
+    options.one_line_errors()
     measure_cli.main(sys.argv[1:])
