@@ -1,14 +1,15 @@
 """
-The test suite, and the project's specification: what each module is for, checked against independent references
-(hand-built cases, float64 QR, explicit softmax, autograd) on CPU, with no GPU and no network.
+The test suite, and the project's specification: what each module is for, checked against independent
+references (hand-built cases, float64 QR, explicit softmax, autograd) on CPU, with no GPU and no network.
 
     python -m pytest -q test_all.py                  # everything: 2.5 minutes on 2 idle cores
     python -m pytest -q test_all.py -m "not slow"    # the in-process tests only: under 10 seconds
 
-Tests marked `slow` run train.py, measure.py, bench.py, sample.py or torchrun in subprocesses. Sections, in order:
-model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), measure.py, the fused loss / autocast /
-compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding (≈ 1e-7 relative, 1e-5 after
-the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard error of a random quantity.
+Tests marked `slow` run train.py, measure.py, bench.py, sample.py or torchrun in subprocesses. Sections, in
+order: model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), measure.py, the fused
+loss / autocast / compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding
+(≈ 1e-7 relative, 1e-5 after the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard
+error of a random quantity.
 """
 import csv
 import glob
@@ -53,9 +54,9 @@ DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK'
 
 
 def child_env(environ, gpu=False):
-    """The environment of a child process: without torchrun's variables, one thread (tiny models gain nothing from
-    more, and oversubscribed cores run many times slower), and no GPU unless asked: the references the tests
-    compare with are CPU fp32, so a child's --device=auto must be the CPU on a CUDA machine too."""
+    """The environment of a child process: without torchrun's variables, one thread (tiny models gain nothing
+    from more, and oversubscribed cores run many times slower), and no GPU unless asked: the references the
+    tests compare with are CPU fp32, so a child's --device=auto must be the CPU on a CUDA machine too."""
     env = {k: v for k, v in environ.items() if k not in DDP_VARS and not k.startswith('TORCHELASTIC_')}
     return {**env, 'OMP_NUM_THREADS': '1', **({} if gpu else {'CUDA_VISIBLE_DEVICES': ''})}
 
@@ -116,7 +117,7 @@ def rows_written(out_dir):
 
 
 def softmax_minus_onehot(logits, targets):
-    """G = softmax(z) − onehot(y) in float64, written out: the reference for measure.logit_grad and the meters."""
+    """G = softmax(z) − onehot(y) in float64, written out: the reference for measure.logit_grad and meters."""
     z = logits.detach().double().reshape(-1, logits.size(-1))
     y = targets.reshape(-1)
     p = torch.exp(z - z.max(1, keepdim=True).values)
@@ -249,8 +250,8 @@ def test_init_std_residual_projections_scaled(n_layer):
 
 @pytest.mark.parametrize('head', list(HEADS))
 def test_weight_decay_on_matrices_only(head):
-    """configure_optimizers: every parameter exactly once; weight decay on the matrices (attention and MLP weights,
-    embeddings, the head's matrix or factors), none on LayerNorm gains and biases."""
+    """configure_optimizers: every parameter exactly once; weight decay on the matrices (attention and MLP
+    weights, embeddings, the head's matrix or factors), none on LayerNorm gains and biases."""
     model = GPT(tiny(head, bias=True, head_rank=3 if head in FACTORIZED else None))
     opt = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), 'cpu')
     by_decay = {}
@@ -274,7 +275,8 @@ def test_weight_decay_on_matrices_only(head):
 
 @pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None), ('wide', 48)])
 def test_flops_per_token_hand_count(head, rank):
-    """6 × (matmul weights: the blocks' 12·D² per layer, the head's V·D or r·(D + V); no embeddings) + 12·L·T·D."""
+    """6 × (matmul weights: the blocks' 12·D² per layer, the head's V·D or r·(D + V); no embeddings)
+    + 12·L·T·D."""
     L, D, V, T = 3, 32, 100, 8
     model = GPT(tiny(head, head_rank=rank, n_layer=L, n_embd=D, vocab_size=V, block_size=T, bias=True))
     r = model.lm_head.rank if head in FACTORIZED else None
@@ -343,7 +345,7 @@ def test_spamlang_metrics_split_position_zero():
 
 
 def test_spamlang_metrics_hand_built_values():
-    """Position 0 and positions ≥ 1 each get their own loss and accuracy: a batch whose four numbers differ."""
+    """Position 0 and positions ≥ 1 each get their own loss and accuracy: a batch whose 4 numbers differ."""
     V, T = 10, 4
     y = torch.tensor([[3] * T, [7] * T, [7] * T, [5] * T])
     logits = torch.zeros(4, T, V)
@@ -485,8 +487,8 @@ SAMPLE_TEXT = ('The head of a language model passes back only part of the gradie
 
 
 def test_compacted_vocabulary_round_trips(tmp_path):
-    """compact=True keeps the K token ids that occur, renumbered 0..K−1 in the tokenizer's order, with the map back:
-    id_map[compact ids] are the tokenizer's ids."""
+    """compact=True keeps the K token ids that occur, renumbered 0..K−1 in the tokenizer's order, with the map
+    back: id_map[compact ids] are the tokenizer's ids."""
     text = tmp_path / 'text.txt'
     text.write_text(SAMPLE_TEXT)
     cache = tmp_path / 'cache'
@@ -640,7 +642,7 @@ def test_resume_config_keeps_shape_and_asks_for_changes():
     assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')  # run keys: free
 
 # -----------------------------------------------------------------------------
-# train.py, run as a script: the paper's effect, the schedule, the meter, evaluation, text, resume, signals, bad input
+# train.py as a script: the paper's effect, schedule, meter, evaluation, text, resume, signals, bad input
 
 SMALL = dict(vocab_size=256, n_embd=32, n_head=2, block_size=8, batch_size=32, max_iters=300, warmup_iters=30,
              eval_interval=300, eval_iters=4, learning_rate=3e-3, min_lr=1e-4)
@@ -656,18 +658,18 @@ def test_wide_learns_spamlang_and_narrow_does_not(tmp_path):
     assert narrow['val_acc'] < 0.3, narrow  # measured: 3-6%
     log = read_log(tmp_path / 'wide')
     assert {'iter', 'tokens', 'val_loss', 'val_acc'} <= set(log[-1]) and log[-1]['iter'] == 300
-    # the meter on positions ≥ 1 and at position 0 apart: at init both are rows of a uniform guess, equal within the
-    # sampling spread (r of 32 position-0 rows, rank 32 of V = 256: σ ≈ 0.003; measured 0.0001 apart); once positions
-    # ≥ 1 are learned their G no longer looks like position 0's (measured 0.9635 vs 0.9363)
+    # the meter on positions ≥ 1 and at position 0 apart: at init both are rows of a uniform guess, equal
+    # within the sampling spread (r of 32 position-0 rows, rank 32 of V = 256: σ ≈ 0.003; measured 0.0001
+    # apart); once positions ≥ 1 are learned their G no longer looks like position 0's (0.9635 vs 0.9363)
     first = read_log(tmp_path / 'wide', 'eval')[0]
     assert abs(first['grad_destroyed'] - first['grad_destroyed_pos0']) < 0.012, first
     assert abs(wide['grad_destroyed'] - wide['grad_destroyed_pos0']) > 0.012, wide
     assert wide['val_loss_pos0'] > math.log(SMALL['vocab_size'] - 1) - 0.1  # position 0 stays unpredictable
 
 
-# Two short runs that log everything (every step's lr and meter, an evaluation and a checkpoint at every step), so
-# that their records can be recomputed from the checkpoints: prev_ckpt.pt holds the model and the data stream just
-# before the last step, ckpt.pt the model after it.
+# Two short runs that log everything (every step's lr and meter, an evaluation and a checkpoint at every
+# step), so that their records can be recomputed from the checkpoints: prev_ckpt.pt holds the model and the
+# data stream just before the last step, ckpt.pt the model after it.
 METER_RUN = dict(vocab_size=96, n_embd=16, n_head=2, block_size=8, batch_size=8, max_iters=6, warmup_iters=3,
                  learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=1, eval_iters=2, meter_every_step=True)
 METER_VARIANTS = {'naive': dict(head='linear', loss='naive'),  # V = 96: padded rows to keep out of the meter
@@ -684,7 +686,8 @@ def metered_run(request, tmp_path_factory):
 
 
 def lr_at(it, o):
-    """The schedule, written out: linear warmup to learning_rate, then a half cosine down to min_lr at max_iters."""
+    """The schedule, written out: linear warmup to learning_rate, then a half cosine down to min_lr
+    at max_iters."""
     lr, lo, warm, top = o['learning_rate'], o['min_lr'], o['warmup_iters'], o['max_iters']
     if it < warm:
         return lr * (it + 1) / (warm + 1)
@@ -707,9 +710,9 @@ def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
 @pytest.mark.slow
 @pytest.mark.xdist_group('metered_run')
 def test_train_step_meter_reads_W_before_the_step(metered_run):
-    """--meter_every_step: the meter of step k is G of the step's last micro-batch against the W that produced it,
-    i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data stream
-    just before the last step), for the naive loss and for the fused one with 2 micro-batches."""
+    """--meter_every_step: the meter of step k is G of the step's last micro-batch against the W that produced
+    it, i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data
+    stream just before the last step), for the naive loss and for the fused one with 2 micro-batches."""
     out, o = metered_run
     prev = checkpoint.load_checkpoint(str(out / 'prev_ckpt.pt'))
     assert prev['iter_num'] == o['max_iters'] - 1
@@ -737,9 +740,9 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
 @pytest.mark.slow
 @pytest.mark.xdist_group('metered_run')
 def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
-    """An eval row of SpamLang: loss and accuracy on positions ≥ 1 and at position 0 over the fixed held-out batches
-    (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart, exposures and tokens:
-    each recomputed from ckpt.pt with explicit formulas."""
+    """An eval row of SpamLang: loss and accuracy on positions ≥ 1 and at position 0 over the fixed held-out
+    batches (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart,
+    exposures and tokens: each recomputed from ckpt.pt with explicit formulas."""
     out, o = metered_run
     ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     model = checkpoint.model_from_checkpoint(ckpt).eval()
@@ -803,8 +806,8 @@ def test_text_run_and_tokenization_cache(tmp_path):
     ids, meta = textdata.load_tokens(str(cache))
     assert meta['vocab_size'] == 100_277 and meta['dtype'] == 'uint32' and ids.max() < 100_277
     assert ckpt_config(tmp_path / 'text')['vocab_size'] == 100_277
-    # it predicts the next token better than a uniform guess over the K tokens that occur (measured 3.02 < log 29 =
-    # 3.37; trained on targets equal to the inputs, no shift, it ends at 3.79)
+    # it predicts the next token better than a uniform guess over the K tokens that occur
+    # (measured 3.02 < log 29 = 3.37; trained on targets equal to the inputs, no shift, it ends at 3.79)
     assert last['val_loss'] < math.log(len(np.unique(ids))), last
     mtime = cache.stat().st_mtime_ns
     one_step = {**args, 'max_iters': 1, 'eval_iters': 1}
@@ -836,8 +839,8 @@ def ckpt_config(out_dir):
 
 @pytest.mark.slow
 def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
-    """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's loss
-    (so the same data position) and learning rate, each step once, nothing of the first part lost."""
+    """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's
+    loss (so the same data position) and learning rate, each step once, nothing of the first part lost."""
     args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=600',
             '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2', '--log_interval=1', '--head=wide',
             '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
@@ -976,8 +979,8 @@ def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
-    """SIGKILL while a checkpoint is being written (seen by its temp file, which a killed process leaves behind):
-    ckpt.pt and prev_ckpt.pt are still complete and verified."""
+    """SIGKILL while a checkpoint is being written (seen by its temp file, which a killed process leaves
+    behind): ckpt.pt and prev_ckpt.pt are still complete and verified."""
     rng = np.random.default_rng(20261201)  # a seeded schedule: the same pauses on every run
     out = tmp_path / 'run'  # a bigger model saved every step, so most of the time is spent writing
     args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2', '--eval_interval=1',
@@ -1140,8 +1143,9 @@ def test_measure_random_subspace_baseline(V, D, N):
 
 
 def test_measure_visible_over_chance_is_one_for_random_subspaces():
-    """c²·V/rank(W): for a fixed G and W's column space uniformly random of dimension k, E[‖P g‖²] = (k/V)‖g‖², so
-    the mean over random rank-k heads is 1 (k = 8 < D = 32: the rank counts, not D). Tolerance: 5 standard errors."""
+    """c²·V/rank(W): for a fixed G and W's column space uniformly random of dimension k,
+    E[‖P g‖²] = (k/V)‖g‖², so the mean over random rank-k heads is 1 (k = 8 < D = 32: the rank counts, not D).
+    Tolerance: 5 standard errors."""
     g = torch.Generator().manual_seed(0)
     V, D, k, n = 512, 32, 8, 24
     Z, y = torch.randn(256, V, generator=g) * 2, torch.randint(0, V, (256,), generator=g)
@@ -1188,8 +1192,8 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
 
 
 def test_measure_meters_ignore_targets_of_minus_one():
-    """Tokens whose target is −1 are in no meter: not in live_meter (eval) nor in model_meter (every step), so each
-    reads the QR reference on the other tokens."""
+    """Tokens whose target is −1 are in no meter: not in live_meter (eval) nor in model_meter (every step), so
+    each reads the QR reference on the other tokens."""
     torch.manual_seed(0)
     model = GPT(tiny('linear', vocab_size=50))
     idx, y = torch.randint(0, 50, (3, 8)), torch.randint(0, 50, (3, 8))
@@ -1206,9 +1210,9 @@ def test_measure_meters_ignore_targets_of_minus_one():
 
 
 def test_measure_live_meter_on_positions_after_the_first():
-    """SpamLang's meter on positions ≥ 1 is the QR reference on those rows only. Hand-built so that the two kinds of
-    rows differ: W spans the batch's symbols (one-hot columns); positions ≥ 1 favour their symbol and put little mass
-    outside the batch, position 0 is a uniform guess."""
+    """SpamLang's meter on positions ≥ 1 is the QR reference on those rows only. Hand-built so that the two
+    kinds of rows differ: W spans the batch's symbols (one-hot columns); positions ≥ 1 favour their symbol and
+    put little mass outside the batch, position 0 is a uniform guess."""
     V, D = 64, 16
     x, y = spamlang.get_batch(12, 8, V, spamlang.make_generator(0))
     symbols = y[:, 0].unique()
@@ -1290,8 +1294,9 @@ def test_measure_spectrum_rank_and_gram_paths():
 
 
 def test_measure_eckart_young_floor_at_twice_the_head_rank():
-    """The energy of G beyond its top k = 2·rank(W) components: out of reach of any first-order update of the hidden
-    states and a head of that rank. A hand-built spectrum, then a rank-3 head (D = 16) through measure()."""
+    """The energy of G beyond its top k = 2·rank(W) components: out of reach of any first-order update of
+    the hidden states and a head of that rank. A hand-built spectrum, then a rank-3 head (D = 16) through
+    measure()."""
     s = measure_cli.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
     assert s['ey_k'] == 2 and s['ey_floor'] == pytest.approx(4 / 16, abs=1e-15)
     assert (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k']) == pytest.approx((8 / 16, 12 / 16, 14 / 16))
@@ -1310,9 +1315,9 @@ def test_measure_eckart_young_floor_at_twice_the_head_rank():
 
 
 def direction_ref(H, y, W, step, factors=None):
-    """Loss decreases of the three equal-norm logit steps, by brute force in float64 from the fp32 logits H·Wᵀ that
-    measure.py starts from: the head's step is the first-order change of W under a gradient step of the mean loss on
-    the head's own parameters (W, or B and A), from autograd."""
+    """Loss decreases of the three equal-norm logit steps, by brute force in float64 from the fp32 logits H·Wᵀ
+    that measure.py starts from: the head's step is the first-order change of W under a gradient step of the
+    mean loss on the head's own parameters (W, or B and A), from autograd."""
     N = len(H)
     Hd, Wd = H.double(), W.double()
     Z = (H @ W.T).double()
@@ -1353,8 +1358,8 @@ def test_measure_direction_test_matches_brute_force(factorized):
 
 
 def test_measure_head_update_is_each_heads_own_step():
-    """For W = B·A, a gradient step on B and A changes W by −η·(S Aᵀ A + B Bᵀ S) to first order (S = ∂L/∂W): the
-    derivative of (B − η ∂L/∂B)(A − η ∂L/∂A) at η = 0, from autograd. For a plain head, S itself."""
+    """For W = B·A, a gradient step on B and A changes W by −η·(S Aᵀ A + B Bᵀ S) to first order (S = ∂L/∂W):
+    the derivative of (B − η ∂L/∂B)(A − η ∂L/∂A) at η = 0, from autograd. For a plain head, S itself."""
     g = torch.Generator().manual_seed(0)
     V, D, r = 30, 8, 3
     B = torch.randn(V, r, generator=g, dtype=torch.float64, requires_grad=True)
@@ -1372,8 +1377,9 @@ def test_measure_head_update_is_each_heads_own_step():
 
 
 def test_measure_hidden_direction_does_not_depend_on_N():
-    """ratio_hidden (each token's own hidden-state step) at N = 1,024 and 4,096 tokens of the same fresh-init SpamLang
-    model agrees within 2%, about 5× the spread between disjoint batches of 1,024 (measured 0.2446 vs 0.2454)."""
+    """ratio_hidden (each token's own hidden-state step) at N = 1,024 and 4,096 tokens of the same fresh-init
+    SpamLang model agrees within 2%, about 5× the spread between disjoint batches of 1,024
+    (measured 0.2446 vs 0.2454)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, n_embd=32, n_layer=1, n_head=2, block_size=8)).eval()
     x, y = spamlang.get_batch(512, 8, 512, spamlang.make_generator(1))  # 128 sequences per 1,024 tokens
@@ -1382,12 +1388,13 @@ def test_measure_hidden_direction_does_not_depend_on_N():
     W, Y = model.lm_head.effective_weight().detach(), y.reshape(-1)
     ratio = {n: measure_cli.direction_test(H[:n], Y[:n], W, step_sizes=(1e-3,))[0] for n in (1024, 4096)}
     assert abs(ratio[4096]['ratio_hidden'] / ratio[1024]['ratio_hidden'] - 1) < 0.02, ratio
-    # the head's share is one shared update, so it does depend on N, as the docstring says (measured 0.299 vs 0.231)
+    # the head's share is one shared update, so it does depend on N, as the docstring says
+    # (measured 0.299 vs 0.231)
     assert ratio[1024]['ratio_hidden_head'] > 1.15 * ratio[4096]['ratio_hidden_head'], ratio
 
 
 def test_measure_with_an_output_bias():
-    """An output bias (some HF heads have one) enters the logits, G, r, the spectrum and the direction test."""
+    """An output bias (some HF heads have one) enters the logits, G, r, the spectrum and direction test."""
     g = torch.Generator().manual_seed(0)
     V, D, N = 80, 8, 200
     W, b = torch.randn(V, D, generator=g) * 0.5, torch.randn(V, generator=g) * 2
@@ -1663,10 +1670,11 @@ def test_fused_loss_function_gradients_and_bf16_inputs():
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
-    """Under autocast the fused loss computes the logits (and G·W, Gᵀh) in the autocast dtype, as the naive path does:
-    its loss equals the naive path's to fp32 rounding (which differs from the fp32 loss by the rounding of the logits,
-    at this seed 10-100× more); its gradients agree with the naive path's within the dtype's epsilon and differ from
-    fp32's by a fraction of it (a norm over many entries: no cancellation by chance)."""
+    """Under autocast the fused loss computes the logits (and G·W, Gᵀh) in the autocast dtype, as the naive
+    path does: its loss equals the naive path's to fp32 rounding (which differs from the fp32 loss by the
+    rounding of the logits, at this seed 10-100× more); its gradients agree with the naive path's within the
+    dtype's epsilon and differ from fp32's by a fraction of it (a norm over many entries: no cancellation by
+    chance)."""
     g = torch.Generator().manual_seed(0)
     N, V, D = 64, 500, 32
     h = torch.randn(N, D, generator=g).requires_grad_()
@@ -1690,8 +1698,9 @@ def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 @pytest.mark.parametrize('head', list(HEADS))
 def test_autocast_every_head_naive_and_fused(head, dtype):
-    """A training step's loss and gradients under CPU autocast (fp16 with a GradScaler, as train.py does): finite,
-    the fused path within 2·eps (norm-wise) of the naive one, both within 2·eps of fp32; no step skipped."""
+    """A training step's loss and gradients under CPU autocast (fp16 with a GradScaler, as train.py does):
+    finite, the fused path within 2·eps (norm-wise) of the naive one, both within 2·eps of fp32; no step
+    skipped."""
     torch.manual_seed(0)
     model = GPT(tiny(head, vocab_size=300, block_size=16, head_rank=4 if head in FACTORIZED else None))
     idx, y = torch.randint(0, 300, (4, 16)), torch.randint(0, 300, (4, 16))
@@ -1724,8 +1733,8 @@ def test_autocast_every_head_naive_and_fused(head, dtype):
 
 
 def test_fused_backward_with_a_grad_scaler_scale_stays_finite_in_fp16():
-    """GradScaler's first scale is 65,536, which is not an fp16 number (the largest is 65,504): the backward must
-    scale in fp32, then cast. Finite gradients that, unscaled, match fp32 within fp16's epsilon."""
+    """GradScaler's first scale is 65,536, which is not an fp16 number (the largest is 65,504): the backward
+    must scale in fp32, then cast. Finite gradients that, unscaled, match fp32 within fp16's epsilon."""
     g = torch.Generator().manual_seed(0)
     N, V, D = 48, 400, 32
     h = torch.randn(N, D, generator=g).requires_grad_()
@@ -1788,8 +1797,9 @@ def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
-    """`torchrun --nproc_per_node=2 train.py` with no --gradient_accumulation_steps: one micro-batch per process, so
-    2 per step, each process its own; the same run as one process with --gradient_accumulation_steps=2."""
+    """`torchrun --nproc_per_node=2 train.py` with no --gradient_accumulation_steps: one micro-batch per
+    process, so 2 per step, each process its own; the same run as one process with
+    --gradient_accumulation_steps=2."""
     args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=20',
             '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5', '--head=wide']
     env = CHILD_ENV  # 2 processes on 2 cores: one thread each
@@ -1896,8 +1906,9 @@ def test_cuda_fused_loss_matches_naive_in_bf16():
 
 
 def test_bench_workers_measure_what_they_name():
-    """The head variants compute the same loss gradients (so their times compare like with like), and each worker's
-    derived numbers follow from its time: FLOP/s = 6·N·V·D / t, tokens/s = B·T / t, time per token = t / N."""
+    """The head variants compute the same loss gradients (so their times compare like with like), and each
+    worker's derived numbers follow from its time: FLOP/s = 6·N·V·D / t, tokens/s = B·T / t,
+    time per token = t / N."""
     N, V, D = 64, 300, 16
     h, W, y = bench.head_inputs(N, V, D, 'cpu', torch.float32)
     grads = {}
@@ -1932,8 +1943,8 @@ def test_bench_refuses_bad_options():
 
 @pytest.mark.slow
 def test_bench_quick_smoke_writes_json_rows(tmp_path, monkeypatch, capsys):
-    """`bench.py --quick --sections=1 --json=FILE` on one small shape: a worker subprocess per variant, one row each,
-    printed and written; flops_frac is the bare matmuls' time over the variant's."""
+    """`bench.py --quick --sections=1 --json=FILE` on one small shape: a worker subprocess per variant, one
+    row each, printed and written; flops_frac is the bare matmuls' time over the variant's."""
     monkeypatch.setattr(bench, 'QUICK_SHAPES', [(64, 512, 16)])
     monkeypatch.setattr(bench, 'VARIANTS', ('bare', 'naive', 'fused'))
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
