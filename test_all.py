@@ -49,8 +49,8 @@ from model import FACTORIZED, FUSED_FROM_VOCAB, GPT, GPTConfig, HEADS, MODEL_KEY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # torchrun's variables: a stray one in the test's environment would turn every child into a DDP process
-DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK',
-            'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
+DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE',
+            'ROLE_RANK', 'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
 
 
 def child_env(environ, gpu=False):
@@ -86,7 +86,8 @@ def _keep_torch_threads():
 
 
 def tiny(head='linear', **kw):
-    return GPTConfig(**{**dict(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=32, head=head), **kw})
+    defaults = dict(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=32, head=head)
+    return GPTConfig(**{**defaults, **kw})
 
 
 def run_train(*args, timeout=300):
@@ -266,14 +267,16 @@ def test_weight_decay_on_matrices_only(head):
     plain = {names[id(p)] for p in by_decay[0.0]}
     assert all('ln_' in n or n.endswith('.bias') for n in plain), plain
     assert all(n.endswith(('weight', '.A', '.B')) and 'ln_' not in n for n in decayed), decayed
-    assert {'transformer.wte.weight', 'transformer.wpe.weight', 'transformer.h.0.attn.c_attn.weight'} <= decayed
+    assert {'transformer.wte.weight', 'transformer.wpe.weight',
+            'transformer.h.0.attn.c_attn.weight'} <= decayed
     head_params = {'linear': {'lm_head.weight'}, 'tied': set(), 'narrow': {'lm_head.A', 'lm_head.B'},
                    'wide': {'lm_head.A', 'lm_head.B'}}[head]
     assert head_params <= decayed
     assert any(n.endswith('.bias') for n in plain) and any('ln_' in n for n in plain)
 
 
-@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None), ('wide', 48)])
+@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None),
+                                       ('wide', 48)])
 def test_flops_per_token_hand_count(head, rank):
     """6 × (matmul weights: the blocks' 12·D² per layer, the head's V·D or r·(D + V); no embeddings)
     + 12·L·T·D."""
@@ -286,8 +289,8 @@ def test_flops_per_token_hand_count(head, rank):
 
 def test_bad_head_config():
     for bad, msg in [(dict(head='mlp'), 'unknown head'), (dict(head='narrow', head_rank=0), 'positive'),
-                     (dict(head='wide', head_rank=-3), 'positive'), (dict(head='linear', head_rank=8), 'only'),
-                     (dict(vocab_size=1), 'at least 2')]:
+                     (dict(head='wide', head_rank=-3), 'positive'),
+                     (dict(head='linear', head_rank=8), 'only'), (dict(vocab_size=1), 'at least 2')]:
         with pytest.raises(ValueError, match=msg):
             GPT(tiny(**bad))
 
@@ -377,7 +380,8 @@ def test_parser_types_values_like_their_defaults():
                                   '--head_rank=12', '--bias', '--data=123'], OPTIONS, __file__, TYPES)
     assert c['head'] == 'wide' and c['learning_rate'] == 1.0 and type(c['learning_rate']) is float
     assert c['max_iters'] == 7 and c['compile'] is False and c['head_rank'] == 12 and c['bias'] is True
-    assert c['data'] == '123' and given == {'head', 'learning_rate', 'max_iters', 'compile', 'head_rank', 'bias', 'data'}
+    assert c['data'] == '123' and given == {'head', 'learning_rate', 'max_iters', 'compile', 'head_rank',
+                                            'bias', 'data'}
     assert options.parse_args(['--head_rank=None'], OPTIONS, __file__, TYPES)[0]['head_rank'] is None
 
 
@@ -386,7 +390,8 @@ def test_parser_config_file_then_command_line(tmp_path):
     cfg.write_text("max_iters = 50\nhead = 'narrow'\n")
     c, given = options.parse_args([str(cfg), '--head=wide'], OPTIONS, __file__, TYPES)
     assert c['max_iters'] == 50 and c['head'] == 'wide' and given == {'max_iters', 'head'}
-    assert options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'  # a string, unquoted
+    # a string, unquoted
+    assert options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'
     cfg.write_text("max_itres = 50\n")
     with pytest.raises(ConfigError, match='unknown option --max_itres in .*did you mean --max_iters'):
         options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)
@@ -409,7 +414,8 @@ def test_parser_rejects(args, msg):
 @pytest.mark.slow
 def test_every_script_prints_its_options_with_help():
     for script in ('train.py', 'measure.py', 'bench.py'):
-        p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True, env=CHILD_ENV)
+        p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True,
+                           env=CHILD_ENV)
         assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
         if script == 'train.py':
             assert '--head=linear' in p.stdout and 'one of linear, tied, narrow, wide' in p.stdout
@@ -419,9 +425,10 @@ def test_peak_flops_matches_whole_names():
     """MFU's denominator: the longest table key that is a whole word of the GPU's name (A100 is not A10, L40S
     is not L40); an unknown GPU gives (None, None)."""
     table = runtime.PEAK_FLOPS
-    for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'), ('NVIDIA A10', 'A10'),
-                      ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'), ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'),
-                      ('NVIDIA H100 80GB HBM3', 'H100'), ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
+    for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'),
+                      ('NVIDIA A10', 'A10'), ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'),
+                      ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'), ('NVIDIA H100 80GB HBM3', 'H100'),
+                      ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
                       ('NVIDIA GeForce RTX 4090', 'RTX 4090')]:
         assert runtime.peak_flops(name) == (table[key], key), name
     assert runtime.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
@@ -470,7 +477,8 @@ def test_token_file_round_trip_and_checks(tmp_path):
     assert meta['encoding'] == 'enc' and meta['n_tokens'] == 6 and meta['id_map'] is None
     assert len(meta['fingerprint']) == 16
     textdata.write_tokens(str(tmp_path / 'b.tok'), ids[::-1], vocab_size=100, encoding='enc')
-    assert textdata.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']  # content, not name
+    # content, not name
+    assert textdata.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']
     big = str(tmp_path / 'big.tok')
     textdata.write_tokens(big, np.array([70_000, 1]), vocab_size=100_277, encoding='enc')
     assert textdata.load_tokens(big)[1]['dtype'] == 'uint32' and textdata.load_tokens(big)[0][0] == 70_000
@@ -509,7 +517,8 @@ def test_compacted_vocabulary_round_trips(tmp_path):
     mtime = os.stat(compact_path).st_mtime_ns
     assert textdata.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True) == compact_path
     assert os.stat(compact_path).st_mtime_ns == mtime  # reused while the text is unchanged
-    data = textdata.load_data(dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True), str(cache))
+    cfg = dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True)
+    data = textdata.load_data(cfg, str(cache))
     assert data['vocab_size'] == K and np.array_equal(data['id_map'], meta['id_map'])
 
 
@@ -564,10 +573,12 @@ def test_rng_state_restores_the_data_stream():
     gen = spamlang.make_generator(5)
     textdata.get_batch(dict(kind='spamlang', vocab_size=50), 'train', 4, 3, gen, 'cpu')
     saved = checkpoint.get_rng_state(gen, 'cpu')
-    after = [spamlang.get_batch(4, 3, 50, gen)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
+    after = [spamlang.get_batch(4, 3, 50, gen)[0], torch.rand(3), np.random.rand(),
+             __import__('random').random()]
     gen2 = spamlang.make_generator(99)
     checkpoint.set_rng_state(saved, gen2, 'cpu')
-    again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
+    again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(),
+             __import__('random').random()]
     assert torch.equal(after[0], again[0]) and torch.equal(after[1], again[1]) and after[2:] == again[2:]
 
 
@@ -633,21 +644,24 @@ def test_resume_config_keeps_shape_and_asks_for_changes():
     saved = dict(head='wide', n_embd=32, learning_rate=1e-3, max_iters=10, out_dir='a', seed=1)
     now = dict(saved, n_embd=64, learning_rate=3e-3, max_iters=20, out_dir='b')
     run_keys = ('out_dir',)
-    with pytest.raises(ConfigError, match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
+    with pytest.raises(ConfigError,
+                       match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
         checkpoint.resume_config(now, {'n_embd'}, saved, run_keys, allow_changes=True)
     with pytest.raises(ConfigError, match='--learning_rate=0.003 differs.*--allow_changes=True'):
         checkpoint.resume_config(now, {'learning_rate'}, saved, run_keys, allow_changes=False)
-    c = checkpoint.resume_config(now, {'learning_rate', 'max_iters', 'out_dir'}, saved, run_keys, allow_changes=True)
+    given = {'learning_rate', 'max_iters', 'out_dir'}
+    c = checkpoint.resume_config(now, given, saved, run_keys, allow_changes=True)
     assert c == dict(saved, learning_rate=3e-3, max_iters=20, out_dir='b')
-    assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')  # run keys: free
+    # run keys: free
+    assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')
 
 # -----------------------------------------------------------------------------
 # train.py as a script: the paper's effect, schedule, meter, evaluation, text, resume, signals, bad input
 
 SMALL = dict(vocab_size=256, n_embd=32, n_head=2, block_size=8, batch_size=32, max_iters=300, warmup_iters=30,
              eval_interval=300, eval_iters=4, learning_rate=3e-3, min_lr=1e-4)
-TINY_RUN = ['--vocab_size=64', '--n_embd=16', '--n_head=2', '--block_size=8', '--batch_size=8', '--warmup_iters=2',
-            '--eval_iters=1', '--log_interval=1']
+TINY_RUN = ['--vocab_size=64', '--n_embd=16', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--warmup_iters=2', '--eval_iters=1', '--log_interval=1']
 
 
 @pytest.mark.slow
@@ -671,9 +685,11 @@ def test_wide_learns_spamlang_and_narrow_does_not(tmp_path):
 # step), so that their records can be recomputed from the checkpoints: prev_ckpt.pt holds the model and the
 # data stream just before the last step, ckpt.pt the model after it.
 METER_RUN = dict(vocab_size=96, n_embd=16, n_head=2, block_size=8, batch_size=8, max_iters=6, warmup_iters=3,
-                 learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=1, eval_iters=2, meter_every_step=True)
+                 learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=1, eval_iters=2,
+                 meter_every_step=True)
 METER_VARIANTS = {'naive': dict(head='linear', loss='naive'),  # V = 96: padded rows to keep out of the meter
-                  'fused_accum2': dict(head='narrow', head_rank=4, loss='fused', gradient_accumulation_steps=2)}
+                  'fused_accum2': dict(head='narrow', head_rank=4, loss='fused',
+                                       gradient_accumulation_steps=2)}
 
 
 @pytest.fixture(scope='module', params=list(METER_VARIANTS))
@@ -728,7 +744,8 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
     assert row['iter'] == o['max_iters']
     assert abs(row['grad_destroyed'] / refs[-1] - 1) < 1e-5, (row, refs)
     assert abs(row['grad_cosine'] / math.sqrt(1 - refs[-1] ** 2) - 1) < 1e-5
-    after = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(str(out / 'ckpt.pt')))  # W after the step
+    # W after the step
+    after = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(str(out / 'ckpt.pt')))
     with torch.no_grad():
         x, y = micro[-1]
         moved = qr_ratio(softmax_minus_onehot(after(x)[0], y), col_basis(after.lm_head))
@@ -747,7 +764,8 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
     ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     model = checkpoint.model_from_checkpoint(ckpt).eval()
     gen = spamlang.make_generator(ckpt['config']['seed'] + 1)
-    batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen) for _ in range(o['eval_iters'])]
+    batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen)
+               for _ in range(o['eval_iters'])]
     with torch.no_grad():
         logits = torch.cat([model(x)[0] for x, _ in batches])
     y = torch.cat([y for _, y in batches])
@@ -763,7 +781,8 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
     basis = col_basis(model.lm_head)
     r1 = qr_ratio(softmax_minus_onehot(first[:, 1:], yb[:, 1:]), basis)
     r0 = qr_ratio(softmax_minus_onehot(first[:, :1], yb[:, :1]), basis)
-    assert abs(row['grad_destroyed'] / r1 - 1) < 1e-5 and abs(row['grad_destroyed_pos0'] / r0 - 1) < 1e-5, (row, r1, r0)
+    assert abs(row['grad_destroyed'] / r1 - 1) < 1e-5, (row, r1, r0)
+    assert abs(row['grad_destroyed_pos0'] / r0 - 1) < 1e-5, (row, r1, r0)
     rank = model.lm_head.rank if hasattr(model.lm_head, 'rank') else o['n_embd']
     assert row['visible_over_chance'] == pytest.approx((1 - r1 ** 2) * o['vocab_size'] / rank, rel=1e-4)
     sequences = o['max_iters'] * o['batch_size'] * o['gradient_accumulation_steps']
@@ -774,18 +793,19 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
 
 @pytest.mark.slow
 def test_train_live_meter_in_log(tmp_path):
-    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20, eval_interval=10,
-              eval_iters=1, log_interval=5, meter_every_step=True)
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20,
+              eval_interval=10, eval_iters=1, log_interval=5, meter_every_step=True)
     log = read_log(tmp_path / 'run')
     evals = [r for r in log if r['type'] == 'eval']
     steps = [r for r in log if r['type'] in ('train', 'meter')]
     assert [r['iter'] for r in evals] == [0, 10, 20]
     assert [r['iter'] for r in steps] == list(range(1, 21))  # every step metered
     for r in evals + steps:
-        assert 0 < r['grad_destroyed'] < 1 and abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
+        assert 0 < r['grad_destroyed'] < 1
+        assert abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
     assert 'loss' in steps[4] and 'loss' not in steps[0]  # log_interval steps keep their full record
-    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4, eval_interval=4,
-              eval_iters=1, log_interval=2)
+    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4,
+              eval_interval=4, eval_iters=1, log_interval=2)
     log = read_log(tmp_path / 'plain')
     assert all('grad_destroyed' in r for r in log if r['type'] == 'eval')  # evals always carry the meter
     assert not any('grad_destroyed' in r for r in log if r['type'] == 'train')  # steps only when asked
@@ -816,7 +836,8 @@ def test_text_run_and_tokenization_cache(tmp_path):
     path.write_text(text + '\nmore')
     train_run(tmp_path, 'text3', **one_step)
     assert cache.stat().st_mtime_ns != mtime  # the text changed, so the cache was rebuilt
-    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache)})  # a token file is used directly
+    # a token file is used directly
+    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache)})
     assert math.isfinite(last_tok['val_loss'])
 
 
@@ -841,9 +862,9 @@ def ckpt_config(out_dir):
 def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's
     loss (so the same data position) and learning rate, each step once, nothing of the first part lost."""
-    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=600',
-            '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2', '--log_interval=1', '--head=wide',
-            '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
+    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--max_iters=600', '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2', '--log_interval=1',
+            '--head=wide', '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     assert run_train(*args, f'--out_dir={full}')[0] == 0
     code, out, err = sigterm_after_rows(args, part, 20, CHILD_ENV)
@@ -913,9 +934,9 @@ def test_no_step_between_two_log_steps_reads_a_tensor_back(tmp_path, loss):
 @pytest.mark.slow
 def test_second_signal_exits_at_once_without_saving(tmp_path):
     out = tmp_path / 'run'
-    p = subprocess.Popen([sys.executable, 'train.py', *TINY_RUN, '--max_iters=1000000', '--eval_interval=1000000',
-                          f'--out_dir={out}'], cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, 'train.py', *TINY_RUN, '--max_iters=1000000',
+                          '--eval_interval=1000000', f'--out_dir={out}'],
+                         cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and rows_written(out) < 5:  # config, eval 0, three steps: in the loop
         time.sleep(0.01)
@@ -923,9 +944,11 @@ def test_second_signal_exits_at_once_without_saving(tmp_path):
     os.kill(p.pid, signal.SIGTERM)
     stdout, err = p.communicate(timeout=60)
     assert p.returncode == runtime.REQUEUE_EXIT, err
-    assert 'SIGINT: saving after this step' in stdout and 'second SIGTERM: exiting now, without saving' in stdout
+    assert 'SIGINT: saving after this step' in stdout
+    assert 'second SIGTERM: exiting now, without saving' in stdout
     assert 'saved ' not in stdout
-    assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0  # the start's checkpoint, untouched
+    # the start's checkpoint, untouched
+    assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0
 
 
 @pytest.mark.slow
@@ -963,7 +986,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and 'Traceback' not in err and msg in lines[0], (args, err)
     assert not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
-    assert not [f for f in os.listdir(tmp_path) if '.tok' in f and f not in ('bad.tok', 'trunc.tok')]  # no cache left
+    # no cache left
+    assert not [f for f in os.listdir(tmp_path) if '.tok' in f and f not in ('bad.tok', 'trunc.tok')]
 
 
 @pytest.mark.slow
@@ -971,7 +995,8 @@ def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
     out = str(tmp_path / 'run')
     train_run(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=5, eval_interval=5)
     before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
-    for args in (['--head=wide'], ['--init_from=resume', '--n_embd=32'], ['--init_from=resume', '--head_rank=0']):
+    for args in (['--head=wide'], ['--init_from=resume', '--n_embd=32'],
+                 ['--init_from=resume', '--head_rank=0']):
         code, _, err = run_train(*args, f'--out_dir={out}')
         assert code != 0 and len(err.strip().splitlines()) == 1, err
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
@@ -983,11 +1008,12 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     behind): ckpt.pt and prev_ckpt.pt are still complete and verified."""
     rng = np.random.default_rng(20261201)  # a seeded schedule: the same pauses on every run
     out = tmp_path / 'run'  # a bigger model saved every step, so most of the time is spent writing
-    args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2', '--eval_interval=1',
-            '--eval_iters=1', '--max_iters=100000', f'--out_dir={out}']
+    args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2',
+            '--eval_interval=1', '--eval_iters=1', '--max_iters=100000', f'--out_dir={out}']
     landed, seen = None, []
     for attempt in range(10):  # the temp file may be renamed between seeing it and the kill: then try again
-        p = subprocess.Popen([sys.executable, 'train.py', *args, *(['--init_from=resume'] if attempt else [])],
+        resume = ['--init_from=resume'] if attempt else []
+        p = subprocess.Popen([sys.executable, 'train.py', *args, *resume],
                              cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
         tmp = out / f'ckpt.pt.tmp{p.pid}'
         deadline = time.time() + 60
@@ -1020,7 +1046,8 @@ def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
     flipped[len(good) // 2] ^= 0xFF  # torch.load reads this silently; the digest does not
     for bad, what in ((good[:len(good) // 2], 'truncated'), (bytes(flipped), 'bit flip')):
         ckpt.write_bytes(bad)
-        code, _, err = run_train('--init_from=resume', '--max_iters=6', '--allow_changes=True', f'--out_dir={out}')
+        code, _, err = run_train('--init_from=resume', '--max_iters=6', '--allow_changes=True',
+                                 f'--out_dir={out}')
         assert code == 1 and 'truncated or corrupt' in err and '--resume_fallback=True' in err, (what, err)
         assert len(err.strip().splitlines()) == 1
         assert ckpt.read_bytes() == bad  # nothing overwritten
@@ -1039,7 +1066,8 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     textdata.write_tokens(tok_b, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
     out = str(tmp_path / 'run')
     base = [a for a in TINY_RUN if not a.startswith('--vocab_size')]
-    assert run_train(*base, f'--data={tok_a}', '--max_iters=2', '--eval_interval=2', f'--out_dir={out}')[0] == 0
+    assert run_train(*base, f'--data={tok_a}', '--max_iters=2', '--eval_interval=2',
+                     f'--out_dir={out}')[0] == 0
     saved = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['config']
     assert saved['encoding'] == 'enc-a' and saved['vocab_size'] == 50 and saved['head'] == 'linear'
     assert len(saved['data_fingerprint']) == 16 and saved['code_version']
@@ -1057,7 +1085,8 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
     code, _, err = run_train(f'--data={tok_a}', '--encoding=cl100k_base', f'--out_dir={tmp_path}/other')
     assert code == 1 and 'was tokenized with enc-a' in err, err  # a token file from another tokenizer
-    code, _, err = run_train('--init_from=resume', '--max_iters=4', '--allow_changes=True', f'--out_dir={out}')
+    code, _, err = run_train('--init_from=resume', '--max_iters=4', '--allow_changes=True',
+                             f'--out_dir={out}')
     assert code == 0, err  # intended changes (new data, more steps) are allowed when said so
     assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
 
@@ -1082,10 +1111,12 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
     assert run_train(*TINY_RUN, '--max_iters=2', '--eval_interval=2', f'--out_dir={out}')[0] == 0
     before = (out / 'ckpt.pt').read_bytes()
     limit = len(before) // 2  # the file-size limit makes the next checkpoint write fail, as a full disk would
-    p = subprocess.run([sys.executable, 'train.py', '--init_from=resume', '--max_iters=4', '--allow_changes=True',
-                        f'--out_dir={out}'], cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV,
+    p = subprocess.run([sys.executable, 'train.py', '--init_from=resume', '--max_iters=4',
+                        '--allow_changes=True', f'--out_dir={out}'],
+                       cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV,
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
-    assert p.returncode == 1 and 'could not save' in p.stderr and 'previous checkpoint (iter 2) is intact' in p.stderr
+    assert p.returncode == 1 and 'could not save' in p.stderr
+    assert 'previous checkpoint (iter 2) is intact' in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert (out / 'ckpt.pt').read_bytes() == before
     assert not [f for f in os.listdir(out) if '.tmp' in f]  # no half-written leftovers
@@ -1623,7 +1654,8 @@ def _naive_vs_fused(model, idx, y, chunk):
     return out
 
 
-@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None), ('wide', 48)])
+@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None),
+                                       ('wide', 48)])
 def test_fused_loss_matches_naive_every_head(head, rank):
     torch.manual_seed(0)
     model = GPT(tiny(head, head_rank=rank, vocab_size=70, block_size=9))  # V = 70 padded to 128: padding stays out
