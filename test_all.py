@@ -862,9 +862,10 @@ def ckpt_config(out_dir):
 def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
     """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's
     loss (so the same data position) and learning rate, each step once, nothing of the first part lost."""
+    # dropout, so the torch RNG state must be restored too
     args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8',
-            '--max_iters=600', '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2', '--log_interval=1',
-            '--head=wide', '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
+            '--max_iters=600', '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2',
+            '--log_interval=1', '--head=wide', '--dropout=0.1']
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     assert run_train(*args, f'--out_dir={full}')[0] == 0
     code, out, err = sigterm_after_rows(args, part, 20, CHILD_ENV)
@@ -1159,7 +1160,8 @@ def test_measure_zero_when_G_lies_in_col_W():
     assert measure.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
     live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert live['grad_destroyed'] < 1e-5 and abs(live['grad_cosine'] - 1) < 1e-10
-    assert live['visible_over_chance'] == pytest.approx(300 / 16, rel=1e-9)  # all of it visible: V/rank × chance
+    # all of it visible: V/rank × chance
+    assert live['visible_over_chance'] == pytest.approx(300 / 16, rel=1e-9)
 
 
 @pytest.mark.parametrize('V,D,N', [(400, 40, 500), (1000, 10, 200), (256, 128, 100)])
@@ -1184,17 +1186,20 @@ def test_measure_visible_over_chance_is_one_for_random_subspaces():
     live = []
     for _ in range(n):
         W = torch.randn(V, k, generator=g) @ torch.randn(k, D, generator=g)  # rank k
-        live.append(measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), V)['visible_over_chance'])
+        meter = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), V)
+        live.append(meter['visible_over_chance'])
         r = qr_ratio(G, torch.linalg.svd(W.double(), full_matrices=False)[0][:, :k])
         assert live[-1] == pytest.approx((1 - r ** 2) * V / k, rel=1e-5)
     m = measure_cli.measure(torch.randn(64, D, generator=g), torch.randint(0, V, (64,), generator=g), W,
                         spectrum_tokens=0, direction_tokens=0)
-    assert m['rank_W'] == k and m['visible_over_chance'] == pytest.approx(m['visible_cosine'] ** 2 * V / k, rel=1e-9)
+    assert m['rank_W'] == k
+    assert m['visible_over_chance'] == pytest.approx(m['visible_cosine'] ** 2 * V / k, rel=1e-9)
     mean, se = np.mean(live), np.std(live, ddof=1) / math.sqrt(n)
     assert abs(mean - 1) < 5 * se and se < 0.05, (mean, se)
 
 
-LIVE_HEADS = [('linear', None), ('tied', None), ('wide', None), ('wide', 48), ('narrow', None), ('narrow', 1), ('narrow', 7)]
+LIVE_HEADS = [('linear', None), ('tied', None), ('wide', None), ('wide', 48), ('narrow', None), ('narrow', 1),
+              ('narrow', 7)]
 
 
 @pytest.mark.parametrize('head,rank', LIVE_HEADS)
@@ -1271,7 +1276,8 @@ def test_measure_live_factor_on_ill_conditioned_and_singular_W(cond):
         torch.cat([torch.ones(D - 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)])  # rank D − 5
     W = ((U * s) @ Vt.T * 0.02).float()  # fp32, as a trained head is stored
     Q = U if math.isfinite(cond) else U[:, :D - 5]
-    G = torch.randn(64, V, generator=g, dtype=torch.float64) + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
+    noise = torch.randn(64, V, generator=g, dtype=torch.float64)
+    G = noise + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
     ref = ((G - G @ Q @ Q.T).norm() / G.norm()).item()
     live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5, (live, ref)
@@ -1320,7 +1326,8 @@ def test_measure_spectrum_rank_and_gram_paths():
                                rtol=1e-5, atol=1e-9)  # fp32 logits, summed in another order
     s = measure_cli.spectrum_stats(sig2, 4, top_k=10)
     energy = sig2.cumsum(0) / sig2.sum()
-    assert s['ey_k'] == 8 and abs(s['ey_floor'] - (1 - energy[7].item())) < 1e-12 and abs(s['energy_top_k'] - energy[9].item()) < 1e-12
+    assert s['ey_k'] == 8 and abs(s['ey_floor'] - (1 - energy[7].item())) < 1e-12
+    assert abs(s['energy_top_k'] - energy[9].item()) < 1e-12
     assert energy[s['components_0.7'] - 1] >= 0.7 > energy[s['components_0.7'] - 2]
 
 
@@ -1330,7 +1337,8 @@ def test_measure_eckart_young_floor_at_twice_the_head_rank():
     measure()."""
     s = measure_cli.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
     assert s['ey_k'] == 2 and s['ey_floor'] == pytest.approx(4 / 16, abs=1e-15)
-    assert (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k']) == pytest.approx((8 / 16, 12 / 16, 14 / 16))
+    tops = (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k'])
+    assert tops == pytest.approx((8 / 16, 12 / 16, 14 / 16))
     assert (s['components_0.7'], s['components_0.99'], s['components_0.999']) == (2, 5, 5)
     assert s['numerical_rank'] == 5
     p = torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0]).sqrt() / torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0]).sqrt().sum()
@@ -1385,7 +1393,8 @@ def test_measure_direction_test_matches_brute_force(factorized):
         assert row['ratio_hidden'] == row['decrease_H'] / row['decrease_G']
         assert row['ratio_hidden_head'] == row['decrease_HW'] / row['decrease_G']
     assert rows[0]['decrease_G'] > rows[0]['decrease_H'] > 0  # the direct gradient is steepest to first order
-    assert rows[0]['decrease_G'] > rows[0]['decrease_HW'] > rows[0]['decrease_H']  # the head's step adds to it
+    # the head's step adds to it
+    assert rows[0]['decrease_G'] > rows[0]['decrease_HW'] > rows[0]['decrease_H']
 
 
 def test_measure_head_update_is_each_heads_own_step():
@@ -1398,8 +1407,10 @@ def test_measure_head_update_is_each_heads_own_step():
     S = torch.randn(V, D, generator=g, dtype=torch.float64)
     gB, gA = torch.autograd.grad((S * (B @ A)).sum(), (B, A))  # a loss whose ∂L/∂W is S
     step = lambda eta: (B - eta * gB) @ (A - eta * gA)
-    _, dW = torch.func.jvp(step, (torch.zeros((), dtype=torch.float64),), (torch.ones((), dtype=torch.float64),))
-    torch.testing.assert_close(measure_cli.head_update(S, (B.detach(), A.detach())), -dW, rtol=1e-12, atol=1e-12)
+    zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+    _, dW = torch.func.jvp(step, (zero,), (one,))
+    update = measure_cli.head_update(S, (B.detach(), A.detach()))
+    torch.testing.assert_close(update, -dW, rtol=1e-12, atol=1e-12)
     assert measure_cli.head_update(S) is S
     model = GPT(tiny('narrow', head_rank=3))
     B_, A_ = measure_cli.head_factors(model.lm_head)
@@ -1502,7 +1513,8 @@ def test_measure_bad_input_in_process(tmp_path):
     garbage.write_bytes(b'not a checkpoint')
     nanogpt = tmp_path / 'nanogpt.pt'
     torch.save({'model_args': {}, 'iter_num': 3}, nanogpt)  # another project's checkpoint
-    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'), ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
+    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'),
+                      ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
                       ([f'--ckpt={tmp_path}'], 'is a folder'),
                       (['--init', '--nope=1'], 'unknown option --nope'),
                       ([], 'exactly one of'),
@@ -1521,9 +1533,11 @@ def test_measure_bad_input_is_one_clear_line(tmp_path):
              "runpy.run_path('measure.py', run_name='__main__')")
     for args, msg in [(['measure.py', f'--ckpt={tmp_path}/missing.pt'], 'not found'),
                       (['-c', no_tf], 'needs the transformers package')]:
-        p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV)
+        p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120,
+                           env=CHILD_ENV)
         lines = p.stderr.strip().splitlines()
-        assert p.returncode == 1 and len(lines) == 1 and 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
+        assert p.returncode == 1 and len(lines) == 1, (args, p.stderr)
+        assert 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
 
 
 def test_measure_destroyed_grows_as_head_rank_shrinks():
@@ -1542,8 +1556,8 @@ def test_measure_destroyed_grows_as_head_rank_shrinks():
 
 @pytest.mark.slow
 def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
-    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30, eval_interval=30,
-              eval_iters=1)
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30,
+              eval_interval=30, eval_iters=1)
     ckpt = str(tmp_path / 'run' / 'ckpt.pt')
     out = tmp_path / 'm.json'
     m = measure_main([f'--ckpt={ckpt}', '--n_tokens=300', '--batch_size=8', '--chunk=64', '--top_k=20',
@@ -1559,7 +1573,8 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
         assert key in res['spectrum'], key
     assert res['per_token']['q05'] <= res['per_token']['q50'] <= res['per_token']['q95'] <= 1
     # the same tokens, from the checkpoint's model by hand: the QR reference; and chunking changes nothing
-    H, Y, W, _, _, _ = measure_cli.source_ckpt(measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
+    opts = measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=300'])
+    H, Y, W, _, _, _ = measure_cli.source_ckpt(opts, 'cpu')
     H, Y = H[:300], Y[:300]
     ref = qr_ratio(softmax_minus_onehot(H @ W.detach().T, Y), W)
     assert abs(m['destroyed_ratio'] / ref - 1) < 1e-9
@@ -1567,7 +1582,8 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
     m300 = measure_cli.measure(H, Y, W, chunk=300, spectrum_tokens=100, direction_tokens=50)
     assert abs(m7['destroyed_ratio'] - m300['destroyed_ratio']) < 1e-12
     assert m7['spectrum']['numerical_rank'] == m300['spectrum']['numerical_rank']
-    assert abs(m7['direction']['steps'][2]['ratio_hidden_head'] - m300['direction']['steps'][2]['ratio_hidden_head']) < 1e-9
+    steps7, steps300 = m7['direction']['steps'], m300['direction']['steps']
+    assert abs(steps7[2]['ratio_hidden_head'] - steps300[2]['ratio_hidden_head']) < 1e-9
 
 
 def test_measure_plot(tmp_path):
@@ -1579,18 +1595,20 @@ def _tiny_hf(path, arch):
     text = ' '.join(['the head of a language model passes back only part of the gradient to its body'] * 40)
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tk.train_from_iterator([text], trainer)
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk)
     V = len(tok) + 7  # the output matrix has padded rows beyond the tokenizer, as in Pythia
     torch.manual_seed(0)
     if arch == 'gpt2':  # tied lm_head, ln_f
-        cfg = transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
-                                      eos_token_id=0)
+        cfg = transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                      bos_token_id=0, eos_token_id=0)
         model = transformers.GPT2LMHeadModel(cfg)
     else:  # GPTNeoX (Pythia): untied embed_out, final_layer_norm
-        cfg = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False,
+        cfg = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64,
+                                         max_position_embeddings=64, tie_word_embeddings=False,
                                          bos_token_id=0, eos_token_id=0)
         model = transformers.GPTNeoXForCausalLM(cfg)
     with torch.no_grad():  # trained-looking final norm, so skipping it would show
@@ -1614,8 +1632,8 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     assert W.data_ptr() == out.data_ptr() and W.shape == (len(tok), 32) and out.size(0) == len(tok) + 7
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert tied == (arch == 'gpt2')
-    c = measure_cli.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32', '--n_tokens=256',
-                            '--batch_size=4'])
+    c = measure_cli.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32',
+                                '--n_tokens=256', '--batch_size=4'])
     H, Y, W, bias, _, about = measure_cli.source_hf(c, 'cpu')
     desc = about['source']
     ids = tok(open(tmp_path / 'text.txt').read(), return_tensors='pt')['input_ids'][0]
@@ -1628,8 +1646,9 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     ref = qr_ratio(softmax_minus_onehot(logits, Y), W)
     code = subprocess.run([sys.executable, 'measure.py', f'--hf={tmp_path}', f'--data={tmp_path}/text.txt',
                            '--block_size=32', '--n_tokens=256', '--batch_size=4', '--spectrum_tokens=128',
-                           '--direction_tokens=64', f'--json={tmp_path}/m.json'], cwd=HERE, capture_output=True,
-                          text=True, timeout=120, env={**CHILD_ENV, 'HF_HUB_OFFLINE': '1'})
+                           '--direction_tokens=64', f'--json={tmp_path}/m.json'],
+                          cwd=HERE, capture_output=True, text=True, timeout=120,
+                          env={**CHILD_ENV, 'HF_HUB_OFFLINE': '1'})
     assert code.returncode == 0, code.stderr
     res = json.loads((tmp_path / 'm.json').read_text())
     assert res['V'] == len(tok) and res['D'] == 32 and res['n_tokens'] == 256
@@ -1658,8 +1677,9 @@ def _naive_vs_fused(model, idx, y, chunk):
                                        ('wide', 48)])
 def test_fused_loss_matches_naive_every_head(head, rank):
     torch.manual_seed(0)
-    model = GPT(tiny(head, head_rank=rank, vocab_size=70, block_size=9))  # V = 70 padded to 128: padding stays out
-    idx = torch.randint(0, 70, (3, 9))                       # N = 27 tokens, chunks of 4: the last one holds 3
+    # V = 70 padded to 128: padding stays out
+    model = GPT(tiny(head, head_rank=rank, vocab_size=70, block_size=9))
+    idx = torch.randint(0, 70, (3, 9))                       # N = 27 tokens, chunks of 4: the last holds 3
     y = torch.randint(0, 70, (3, 9))
     y[0, :5] = -1                                            # ignored targets
     (ln, gn), (lf, gf) = _naive_vs_fused(model, idx, y, chunk=4)
@@ -1710,7 +1730,8 @@ def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
     g = torch.Generator().manual_seed(0)
     N, V, D = 64, 500, 32
     h = torch.randn(N, D, generator=g).requires_grad_()
-    W = (torch.randn(V, D, generator=g) * 0.5).requires_grad_()  # logits of std ≈ 3: rounding shows in the loss
+    # logits of std ≈ 3: rounding shows in the loss
+    W = (torch.randn(V, D, generator=g) * 0.5).requires_grad_()
     y = torch.randint(0, V, (N,), generator=g)
     loss32 = fused_linear_cross_entropy(h, W, y, chunk_size=16)
     g32 = torch.autograd.grad(loss32, (h, W))
@@ -1720,11 +1741,15 @@ def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
     assert loss.dtype == torch.float32
     gf, gn = torch.autograd.grad(loss, (h, W)), torch.autograd.grad(naive, (h, W))
     eps, eps32 = torch.finfo(dtype).eps, torch.finfo(torch.float32).eps
-    assert abs(naive.item() - loss32.item()) > 8 * eps32 * loss32.item()  # the rounded logits show in the loss
-    assert abs(loss.item() - naive.item()) <= 8 * eps32 * naive.item(), (loss.item(), naive.item(), loss32.item())
+    # the rounded logits show in the loss
+    assert abs(naive.item() - loss32.item()) > 8 * eps32 * loss32.item()
+    losses = (loss.item(), naive.item(), loss32.item())
+    assert abs(loss.item() - naive.item()) <= 8 * eps32 * naive.item(), losses
     for a, b, c in zip(gf, gn, g32):
-        assert rel_err(a, b) < 2 * eps, rel_err(a, b)          # the naive path's rounding, within a few roundings
-        assert rel_err(a, c) > 0.05 * eps, rel_err(a, c)       # not fp32 (rounding of a 16-bit dtype leaves ~eps/4)
+        # the naive path's rounding, within a few roundings
+        assert rel_err(a, b) < 2 * eps, rel_err(a, b)
+        # not fp32 (rounding of a 16-bit dtype leaves ~eps/4)
+        assert rel_err(a, c) > 0.05 * eps, rel_err(a, c)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
@@ -1832,11 +1857,13 @@ def test_torchrun_two_processes_match_one(tmp_path):
     """`torchrun --nproc_per_node=2 train.py` with no --gradient_accumulation_steps: one micro-batch per
     process, so 2 per step, each process its own; the same run as one process with
     --gradient_accumulation_steps=2."""
-    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=20',
-            '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5', '--head=wide']
+    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--max_iters=20', '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5',
+            '--head=wide']
     env = CHILD_ENV  # 2 processes on 2 cores: one thread each
     one = subprocess.run([sys.executable, 'train.py', *args, '--gradient_accumulation_steps=2',
-                          f'--out_dir={tmp_path}/one'], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+                          f'--out_dir={tmp_path}/one'],
+                         cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                           'train.py', *args, f'--out_dir={tmp_path}/two'], cwd=HERE, env=env,
                          capture_output=True, text=True, timeout=180)
@@ -2005,9 +2032,9 @@ def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
     text = tmp_path / 'words.txt'
     text.write_text(' '.join(['the head passes back only part of the gradient'] * 200))
     out = tmp_path / 'run'
-    code, _, err = run_train(f'--data={text}', '--compact_vocab=True', '--n_embd=16', '--n_head=2', '--block_size=16',
-                             '--batch_size=8', '--max_iters=60', '--learning_rate=1e-2', '--eval_interval=60',
-                             '--eval_iters=1', f'--out_dir={out}')
+    code, _, err = run_train(f'--data={text}', '--compact_vocab=True', '--n_embd=16', '--n_head=2',
+                             '--block_size=16', '--batch_size=8', '--max_iters=60', '--learning_rate=1e-2',
+                             '--eval_interval=60', '--eval_iters=1', f'--out_dir={out}')
     assert code == 0, err
     state = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     assert state['config']['vocab_size'] == len(state['id_map']) < 20  # compacted: the ids that occur
@@ -2017,7 +2044,8 @@ def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
     assert a.returncode == 0 and a.stdout == b.stdout, a.stderr
     samples = a.stdout.split('---------------')[:-1]
     assert len(samples) == 3 and all(s.strip().startswith('the head') for s in samples)
-    assert set(''.join(samples)) <= set('the head passes back only part of the gradient\n')  # its tokens, decoded
+    # its tokens, decoded
+    assert set(''.join(samples)) <= set('the head passes back only part of the gradient\n')
     bad = run('--start=zebra')
     assert bad.returncode == 1 and 'never saw' in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
