@@ -1,20 +1,21 @@
 """
 Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one table.
 
-    python bench.py                        # all sections (2-core CPU: several minutes; mostly the N = 8192, V = 131k point)
+    python bench.py                        # all sections (2-core CPU: several minutes;
+                                           # mostly the N = 8192, V = 131k point)
     python bench.py --json=bench.json      # the same rows for machines
     python bench.py --quick                # small shapes only, a smoke test (seconds)
     python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py
 
 1. Head and loss, forward + backward, over V ∈ {32k, 128k} and a few N, D: naive (N×V logits, autograd),
-   fused (fused_loss.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch (F.linear_cross_entropy
-   with its chunked options, where the installed torch has it), liger and cce (Liger-Kernel;
-   cut-cross-entropy in its default mode, which skips small gradient entries, and its exact one: only on CUDA,
-   only when installed). A variant that cannot run prints one line saying why. flops_frac = the time of the
-   bare matmuls of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated outputs: 6·N·V·D FLOPs, measured in the
-   same run: this machine's roofline) / the variant's time. Memory, one rule for every variant: the peak extra
-   bytes of a forward + backward, gradients freed before the baseline, so dh and dW count; "beyond dh + dW"
-   subtracts them counted in fp32, (N·D + V·D)·4 bytes.
+   fused (fused_loss.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch
+   (F.linear_cross_entropy with its chunked options, where the installed torch has it), liger and cce
+   (Liger-Kernel; cut-cross-entropy in its default mode, which skips small gradient entries, and its exact
+   one: only on CUDA, only when installed). A variant that cannot run prints one line saying why.
+   flops_frac = the time of the bare matmuls of the same shapes (h Wᵀ, G W, Gᵀ h into preallocated outputs:
+   6·N·V·D FLOPs, measured in the same run: this machine's roofline) / the variant's time. Memory, one rule
+   for every variant: the peak extra bytes of a forward + backward, gradients freed before the baseline, so
+   dh and dW count; "beyond dh + dW" subtracts them counted in fp32, (N·D + V·D)·4 bytes.
 2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over
    a few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (train.py --meter_every_step: a forward pass of its own on
@@ -23,13 +24,13 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
 How memory is measured. Every (variant, shape) runs in a fresh subprocess, so nothing one variant allocated or
 cached can flatter or burden another. CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(),
 minus the memory allocated just before the call. CPU: torch keeps no allocator statistics, so we read the
-kernel's peak resident set size: VmHWM in /proc/self/status, reset through /proc/self/clear_refs just before the
-call, minus VmRSS just before it (ru_maxrss of the child when the reset is not allowed). Both count the extra
-bytes the call needed at its peak, inputs excluded and gradients included. On CPU the workers run with
+kernel's peak resident set size: VmHWM in /proc/self/status, reset through /proc/self/clear_refs just before
+the call, minus VmRSS just before it (ru_maxrss of the child when the reset is not allowed). Both count the
+extra bytes the call needed at its peak, inputs excluded and gradients included. On CPU the workers run with
 MALLOC_MMAP_THRESHOLD_=65536: glibc then maps every block ≥ 64 KiB on its own and unmaps it when freed, so RSS
-follows the live tensors instead of a heap that never shrinks (which would hide reuse and read as 0).
-Times are the best of `--reps` calls (the first also gives the memory); ratios between variants of one run are
-what to compare, since a shared machine's absolute speed drifts.
+follows the live tensors instead of a heap that never shrinks (which would hide reuse and read as 0). Times
+are the best of `--reps` calls (the first also gives the memory); ratios between variants of one run are what
+to compare, since a shared machine's absolute speed drifts.
 """
 import os
 import inspect
@@ -53,15 +54,16 @@ from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEAD_SHAPES = [(2048, 32768, 256), (8192, 32768, 256), (2048, 32768, 1024), (8192, 131072, 256)]
-# torch's chunked F.linear_cross_entropy ran at 5-7% of the bare matmul on the 2-core CPU (quick shapes), so on CPU
-# it is run only up to this many N·V·D: at the target point it alone would take longer than the rest of the bench
+# torch's chunked F.linear_cross_entropy ran at 5-7% of the bare matmul on the 2-core CPU (quick shapes), so
+# on CPU it runs only up to this many N·V·D: at the target point it alone would outlast the rest of the bench
 TORCH_CPU_MAX_NVD = 2**33
 QUICK_SHAPES = [(512, 4096, 64), (1024, 8192, 128)]
 CUDA_SHAPES = [(8192, 32768, 768), (8192, 131072, 768), (8192, 131072, 4096), (16384, 131072, 4096)]
 VARIANTS = ('bare', 'naive', 'fused', 'triton', 'torch', 'liger', 'cce', 'cce_exact')
 STEP_VOCABS = {'cpu': (2048, 8192, 32768), 'cuda': (8192, 32768, 131072)}  # section 2: where auto flips
 WIN_MARGIN = 0.05  # section 2: the fused loss wins a V when its step is this much faster
-TARGET = (8192, 131072, 256)  # our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
+# our targets there: fused memory ≤ 0.25× naive, time ≤ 1.1×, ≥ 0.80 of the bare matmuls
+TARGET = (8192, 131072, 256)
 
 
 # -----------------------------------------------------------------------------
@@ -184,7 +186,8 @@ def head_fn(variant, h, W, y):
     if variant == 'torch':
         if torch_lce_missing():
             return torch_lce_missing()
-        opts = nn.LinearCrossEntropyOptions()  # its chunked path, 'auto' policy (the default, options=None, is naive)
+        # its chunked path, 'auto' policy (the default, options=None, is naive)
+        opts = nn.LinearCrossEntropyOptions()
         return run(lambda: F.linear_cross_entropy(h, W, y, options=opts))
     if dev != 'cuda':
         return 'needs CUDA'
@@ -203,7 +206,8 @@ def head_fn(variant, h, W, y):
         if not fp32:
             print('NOTE liger: this version accumulates the weight gradient in bf16 (no accum_dtype option)')
         return run(lambda: loss(W, h, y))
-    if variant in ('cce', 'cce_exact'):  # cut-cross-entropy: its default (gradient filtering) and its exact mode
+    # cut-cross-entropy: its default (gradient filtering) and its exact mode
+    if variant in ('cce', 'cce_exact'):
         kw, why = cce_kwargs(exact=variant == 'cce_exact')
         if kw is None:
             return why
@@ -239,7 +243,10 @@ def step_setup(spec):
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device)
     x = torch.randint(0, spec['V'], (spec['B'], spec['T']), device=device)
     step_model = torch.compile(model) if spec.get('compile') else model
-    ctx = torch.autocast(device, dtype=torch.bfloat16) if device == 'cuda' else torch.autocast(device, enabled=False)
+    if device == 'cuda':
+        ctx = torch.autocast(device, dtype=torch.bfloat16)
+    else:
+        ctx = torch.autocast(device, enabled=False)
 
     def step(meter=False):
         with ctx:
@@ -268,8 +275,8 @@ def worker_step(spec):
 
 
 def worker_meter(spec):
-    """The live meter's overhead: one model whose steps alternate between metered and plain, so that drift of a
-    shared machine hits both alike; the median step time of each."""
+    """The live meter's overhead: one model whose steps alternate between metered and plain, so that drift
+    of a shared machine hits both alike; the median step time of each."""
     _, step = step_setup(spec)
     for _ in range(spec['warmup']):
         step(), step(meter=True)
@@ -282,7 +289,8 @@ def worker_meter(spec):
             times[metered].append(time.perf_counter() - t0)
     t_plain, t_meter = (sorted(times[m])[len(times[m]) // 2] for m in (False, True))
     tok = spec['B'] * spec['T']
-    return dict(time_s=t_meter, peak_mem_bytes=None, tok_per_s=tok / t_meter, overhead_frac=t_meter / t_plain - 1)
+    return dict(time_s=t_meter, peak_mem_bytes=None, tok_per_s=tok / t_meter,
+                overhead_frac=t_meter / t_plain - 1)
 
 
 def worker_measure(spec):
@@ -296,8 +304,8 @@ def worker_measure(spec):
 
 def worker(spec):
     torch.manual_seed(0)
-    fn = {'head': worker_head, 'step': worker_step, 'meter': worker_meter, 'measure': worker_measure}[spec['kind']]
-    return fn(spec)
+    workers = {'head': worker_head, 'step': worker_step, 'meter': worker_meter, 'measure': worker_measure}
+    return workers[spec['kind']](spec)
 
 # -----------------------------------------------------------------------------
 # the driver: one subprocess per row
@@ -332,18 +340,18 @@ def print_row(r):
 
 # -----------------------------------------------------------------------------
 # options (--key=value)
-sections = '123'         # which sections to run: any of 1 (head + loss), 2 (training step), 3 (meter, measure.py)
+sections = '123'         # which to run: any of 1 (head + loss), 2 (training step), 3 (meter, measure.py)
 quick = False            # small shapes only: a smoke test (2 CPU cores: about a minute)
 reps = 2                 # timed calls per row; the best is reported
 device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
 json = ''                # --json=FILE: the rows for machines (gpu_check: default gpu_check.json)
-gpu_check = False        # verify the GPU path in ≤ 8 minutes (one CUDA GPU): training, measure.py, head + loss
+gpu_check = False        # verify the GPU path in ≤ 8 min (one CUDA GPU): training, measure.py, head + loss
 gpu_check_iters = 200    # training steps of each gpu_check run
 # -----------------------------------------------------------------------------
 
 
 def head_rows(shapes, device, reps, add):
-    """Section 1: every head-and-loss variant at every shape, with its fraction of the bare matmuls' FLOP/s."""
+    """Section 1: every head-and-loss variant at every shape, and its fraction of the bare matmuls' FLOP/s."""
     cannot = {}  # variant -> why it cannot run here: said once, not tried again
     if 'torch' in VARIANTS and torch_lce_missing():  # known here: no worker process needed to find out
         cannot['torch'] = torch_lce_missing()
@@ -392,7 +400,8 @@ def step_rows(device, cfg, steps, quick, add):
 def run_script(*args, timeout=600):
     p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=timeout)
     if p.returncode:
-        raise options.TrainingError(f"{' '.join(args)} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        last = (p.stderr.strip().splitlines() or ['?'])[-1]
+        raise options.TrainingError(f"{' '.join(args)} failed: {last}")
     return p.stdout
 
 
@@ -419,10 +428,11 @@ def check_gpu(opts):
         train = [r for r in log if r['type'] == 'train'][1:]  # the first interval holds the warm-up
         last = [r for r in log if r['type'] == 'eval'][-1]
         cfg = log[0]
-        runs[name] = dict(wall_s=round(time.time() - t0, 1), dtype=cfg['dtype'], compile=cfg['compile'], loss=cfg['loss'],
-                          V=cfg['vocab_size'], D=cfg['n_embd'], n_layer=cfg['n_layer'], tokens_per_step=
-                          cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps'],
-                          tok_per_s=max(r['tok_per_s'] for r in train), mfu=max((r.get('mfu') or 0) for r in train),
+        tokens_per_step = cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps']
+        runs[name] = dict(wall_s=round(time.time() - t0, 1), dtype=cfg['dtype'], compile=cfg['compile'],
+                          loss=cfg['loss'], V=cfg['vocab_size'], D=cfg['n_embd'], n_layer=cfg['n_layer'],
+                          tokens_per_step=tokens_per_step, tok_per_s=max(r['tok_per_s'] for r in train),
+                          mfu=max((r.get('mfu') or 0) for r in train),
                           peak_mem_gb=max(r['peak_mem_gb'] for r in train), final_val_loss=last['val_loss'],
                           final_val_acc=last.get('val_acc'), grad_destroyed=last['grad_destroyed'])
         print(f"gpu_check {name}: {runs[name]}", flush=True)
@@ -446,17 +456,20 @@ def check_gpu(opts):
 def main(argv):
     opts, _ = options.parse_args(argv, options.defaults_of(globals()), __file__)
     if not opts['sections'] or set(opts['sections']) - set('123'):
-        raise options.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 (e.g. --sections=13)")
+        raise options.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 "
+                                  f"(e.g. --sections=13)")
     options.positive(opts, 'reps', 'gpu_check_iters')
     if opts['gpu_check'] and not torch.cuda.is_available():
-        raise options.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; on a CPU run `python bench.py`")
+        raise options.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; "
+                                  "on a CPU run `python bench.py`")
     opts['device'] = runtime.pick_device(opts['device'], auto=('cuda', 'cpu')).type
     device = opts['device']
     rows = []
     print(f"bench.py: torch {torch.__version__}, device {device}"
           f" ({torch.cuda.get_device_name() if device == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
           f"{time.strftime('%Y-%m-%d %H:%M')}, commit {runtime.code_version()}")
-    print(f"{'section':<8} {'variant':<16} {'N':>6} {'V':>7} {'D':>5} {'time_s':>9} {'peak_mem':>11} {'flops':>6}")
+    print(f"{'section':<8} {'variant':<16} {'N':>6} {'V':>7} {'D':>5} {'time_s':>9} "
+          f"{'peak_mem':>11} {'flops':>6}")
 
     def add(row):
         rows.append(row)
@@ -467,8 +480,9 @@ def main(argv):
         runs = check_gpu(opts)
         path = opts['json'] or 'gpu_check.json'
         with open(path, 'w') as f:
-            json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(), commit=runtime.code_version(),
-                           date=time.strftime('%Y-%m-%d %H:%M'), wall_s=round(time.time() - t0, 1), runs=runs),
+            json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(),
+                           commit=runtime.code_version(), date=time.strftime('%Y-%m-%d %H:%M'),
+                           wall_s=round(time.time() - t0, 1), runs=runs),
                       f, indent=1)
         print(f"gpu_check done in {time.time() - t0:.0f} s: wrote {path}")
         failed = [name for name, r in runs.items() if 'error' in r]
@@ -499,8 +513,8 @@ def main(argv):
     if naive and fused and 'time_s' in naive and 'time_s' in fused:
         print(f"target N={TARGET[0]}, V={TARGET[1]}, D={TARGET[2]}: fused/naive memory "
               f"{fused['peak_mem_bytes'] / naive['peak_mem_bytes']:.3f} (≤ 0.25), time "
-              f"{fused['time_s'] / naive['time_s']:.2f} (≤ 1.1), fused at {fused['flops_frac']:.2f} of bare-matmul "
-              f"FLOP/s (≥ 0.80)")
+              f"{fused['time_s'] / naive['time_s']:.2f} (≤ 1.1), fused at {fused['flops_frac']:.2f} "
+              f"of bare-matmul FLOP/s (≥ 0.80)")
     if opts['json']:
         with open(opts['json'], 'w') as f:
             json_dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),

@@ -1,7 +1,7 @@
 """
-Checkpoints: atomic (a temp file, fsynced, renamed into place; the previous one kept as prev_ckpt.pt), verified
-by a digest of their contents, and resumed exactly (every random state of the run). train.py's `save()` and
-`--init_from=resume` use this file; a reader of the training loop can skip it.
+Checkpoints: atomic (a temp file, fsynced, renamed into place; the previous one kept as prev_ckpt.pt),
+verified by a digest of their contents, and resumed exactly (every random state of the run). train.py's
+`save()` and `--init_from=resume` use this file; a reader of the training loop can skip it.
 
     checkpoint.save_checkpoint(path, state); ckpt = checkpoint.load_checkpoint(path)
 """
@@ -17,7 +17,7 @@ from options import ConfigError, TrainingError
 
 
 def state_digest(obj, h=None):
-    """sha256 over a nested state (tensors by their bytes): catches the bit flips torch.load reads silently."""
+    """sha256 over a nested state (tensors by their bytes): catches bit flips torch.load reads silently."""
     h = h if h is not None else hashlib.sha256()
     if isinstance(obj, torch.Tensor):
         h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -38,8 +38,9 @@ def previous_checkpoint(path):
 
 
 def save_checkpoint(path, state):
-    """Atomic and verified: temp file in the same folder, fsync, the old checkpoint kept as prev_ckpt.pt, rename.
-    At every instant `path` is a complete checkpoint; a failed write (disk full) leaves it untouched."""
+    """Atomic and verified: temp file in the same folder, fsync, the old checkpoint kept as prev_ckpt.pt,
+    rename. At every instant `path` is a complete checkpoint; a failed write (disk full) leaves it
+    untouched."""
     state = {**state, 'digest': state_digest(state).hexdigest()}
     tmp, prev = f"{path}.tmp{os.getpid()}", previous_checkpoint(path)
     try:
@@ -47,7 +48,8 @@ def save_checkpoint(path, state):
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):  # keep the old one as prev_ckpt.pt: a hard link, so no copy and no moment without it
+        # keep the old one as prev_ckpt.pt: a hard link, so no copy and no moment without it
+        if os.path.exists(path):
             os.link(path, tmp + '.prev')
             os.replace(tmp + '.prev', prev)
         os.replace(tmp, path)
@@ -78,9 +80,10 @@ def model_from_checkpoint(ckpt):
 
 
 def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py run"):
-    """Load and verify a checkpoint of this project; with fallback, a corrupt one gives way to prev_ckpt.pt."""
+    """Load and verify a checkpoint of this project; with fallback a corrupt one gives way to prev_ckpt.pt."""
     if os.path.isdir(path):
-        raise ConfigError(f"{path} is a folder: give the checkpoint file inside it, e.g. {os.path.join(path, 'ckpt.pt')}")
+        inside = os.path.join(path, 'ckpt.pt')
+        raise ConfigError(f"{path} is a folder: give the checkpoint file inside it, e.g. {inside}")
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path} not found: {hint}")
     try:
@@ -88,8 +91,8 @@ def load_checkpoint(path, fallback=False, hint="give the ckpt.pt of a train.py r
     except Exception as e:
         return _fallback(path, fallback, e)
     if not isinstance(ckpt, dict) or 'digest' not in ckpt or not {'model', 'config'} <= set(ckpt):
-        raise ConfigError(f"{path} is a torch file but not a checkpoint of this project (no model, config and "
-                          f"digest): give a ckpt.pt written by train.py")
+        raise ConfigError(f"{path} is a torch file but not a checkpoint of this project "
+                          f"(no model, config and digest): give a ckpt.pt written by train.py")
     digest = ckpt.pop('digest')
     if digest != state_digest(ckpt).hexdigest():
         return _fallback(path, fallback, ValueError('checksum mismatch'))
@@ -106,8 +109,8 @@ def _fallback(path, fallback, e):
 
 
 def resume_config(c, given, saved, run_keys, allow_changes):
-    """The checkpoint's config with the keys given now; a changed model shape is refused, a changed training knob
-    too unless allow_changes."""
+    """The checkpoint's config with the keys given now; a changed model shape is refused, a changed training
+    knob too unless allow_changes."""
     for key in sorted(given - set(run_keys)):
         if c[key] != saved.get(key) and (key in MODEL_KEYS or not allow_changes):
             fix = ("a resumed model keeps its shape: start a new --out_dir" if key in MODEL_KEYS else
@@ -117,13 +120,15 @@ def resume_config(c, given, saved, run_keys, allow_changes):
 
 
 def check_data(data, vocab_size, encoding, allow_changes, saved=None):
-    """A resumed run (saved = the checkpoint's config) keeps its data, V and encoding (its data file may change
-    with allow_changes)."""
-    for key, now in (('data_fingerprint', data['fingerprint']), ('vocab_size', vocab_size), ('encoding', encoding)):
+    """A resumed run (saved = the checkpoint's config) keeps its data, V and encoding (its data file may
+    change with allow_changes)."""
+    checked = (('data_fingerprint', data['fingerprint']), ('vocab_size', vocab_size), ('encoding', encoding))
+    for key, now in checked:
         was = (saved or {}).get(key, now)
         if was != now and not (key == 'data_fingerprint' and allow_changes):
-            raise ConfigError(f"the data differs from the checkpoint's ({key}: {was} then, {now} now): resume "
-                              f"with the same data file, or pass --allow_changes=True if the change is intended")
+            raise ConfigError(f"the data differs from the checkpoint's ({key}: {was} then, {now} now): "
+                              f"resume with the same data file, or pass --allow_changes=True if the change "
+                              f"is intended")
 
 
 def get_rng_state(data_gen, device_type):
@@ -136,8 +141,9 @@ def set_rng_state(rng, data_gen, device_type):
     try:
         data_gen.set_state(rng['train_gen'])
     except (RuntimeError, TypeError):
-        raise ConfigError("the checkpoint's data-stream state is not a CPU generator's (a checkpoint written on "
-                          "another device by an older version): resume it there, or start again")
+        raise ConfigError("the checkpoint's data-stream state is not a CPU generator's "
+                          "(a checkpoint written on another device by an older version): "
+                          "resume it there, or start again")
     torch.set_rng_state(rng['torch'])
     np.random.set_state(rng['numpy'])
     random.setstate(rng['python'])

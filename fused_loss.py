@@ -1,22 +1,22 @@
 """
 The loss without the logits (train.py --loss=fused): F.cross_entropy(h Wᵀ, targets, ignore_index=-1) for
-h (N, D) and W (V, D), never holding the N×V logits. On CUDA with Triton: the kernel of triton_ce.py. Elsewhere
-(and as the reference that kernel is tested against): a loop over chunks of tokens that computes each chunk's
-softmax, its loss and its gradients in the forward pass, so backward only scales them. Memory: one (chunk, V)
-buffer instead of (N, V) logits and their gradient.
+h (N, D) and W (V, D), never holding the N×V logits. On CUDA with Triton: the kernel of triton_ce.py.
+Elsewhere (and as the reference that kernel is tested against): a loop over chunks of tokens that computes
+each chunk's softmax, its loss and its gradients in the forward pass, so backward only scales them. Memory:
+one (chunk, V) buffer instead of (N, V) logits and their gradient.
 
     loss = fused_loss.linear_cross_entropy(h, W, targets)     # model.fused_linear_cross_entropy calls this
 """
 import torch
 
-# The loss. 'naive' forms the N×V logits and lets autograd keep them and their gradient: ~3 N×V fp32 buffers at
-# the peak (N = 8192, V = 131,072: 13 GB). 'fused' walks over chunks of tokens and, for each, forms the chunk's
-# logits, its loss, and its gradient G_c = softmax − onehot, then folds G_c at once into ∇h (G_c W) and ∇W
-# (G_cᵀ h_c): memory O(chunk·V + V·D), the same matmuls, the same result to fp32 rounding.
+# The loss. 'naive' forms the N×V logits and lets autograd keep them and their gradient: ~3 N×V fp32 buffers
+# at the peak (N = 8192, V = 131,072: 13 GB). 'fused' walks over chunks of tokens and, for each, forms the
+# chunk's logits, its loss, and its gradient G_c = softmax − onehot, then folds G_c at once into ∇h (G_c W)
+# and ∇W (G_cᵀ h_c): memory O(chunk·V + V·D), the same matmuls, the same result to fp32 rounding.
 #
-# The chunk: on CPU 512 tokens (small chunks rewrite ∇W once per chunk, large ones stream (c, V) buffers through
-# memory several times; 512 was fastest in the README's measurements). On CUDA, as many tokens as fit a budget of
-# one chunk's (c, V) buffers: each matmul stays large enough to run near peak at any V.
+# The chunk: on CPU 512 tokens (small chunks rewrite ∇W once per chunk, large ones stream (c, V) buffers
+# through memory several times; 512 was fastest in the README's measurements). On CUDA, as many tokens as fit
+# a budget of one chunk's (c, V) buffers: each matmul stays large enough to run near peak at any V.
 FUSED_CPU_CHUNK = 512
 FUSED_CUDA_BYTES = 2**31  # one fp32 (c, V) softmax plus its compute-dtype copy, at most
 
@@ -42,7 +42,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         dh = torch.empty_like(h) if need_dh else h.new_empty(0)      # (N, D)
         dW = torch.zeros(V, D, dtype=torch.float32, device=h.device) if need_dW else None  # fp32 accumulator
-        buf = torch.empty(min(chunk_size, N), V, dtype=torch.float32, device=h.device)  # reused by every chunk
+        # reused by every chunk
+        buf = torch.empty(min(chunk_size, N), V, dtype=torch.float32, device=h.device)
         for s in range(0, N, chunk_size):
             hc, yc, ok = h[s:s + chunk_size], targets[s:s + chunk_size], valid[s:s + chunk_size]
             y0 = yc.clamp(min=0).unsqueeze(1)                         # (c, 1), ignored rows point at 0
@@ -50,8 +51,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if h.dtype == torch.float32:
                 torch.mm(hc, W.t(), out=p)
             else:
-                p.copy_(hc @ W.t())                                   # matmul in the compute dtype, softmax in fp32
-            p.sub_(p.amax(1, keepdim=True))                           # in place: no (c, V) buffer is allocated
+                p.copy_(hc @ W.t())                                   # compute-dtype matmul, fp32 softmax
+            p.sub_(p.amax(1, keepdim=True))                           # in place: allocates no (c, V) buffer
             logit_y = p.gather(1, y0).squeeze(1)                      # (c,), shifted like the row
             z = p.exp_().sum(1)                                       # (c,)
             p.div_(z.unsqueeze(1))
@@ -110,13 +111,14 @@ def linear_cross_entropy(h, W, targets, chunk_size=None):
 def chunked_linear_cross_entropy(h, W, targets, chunk_size=None):
     """loss = F.cross_entropy(h Wᵀ, targets, ignore_index=-1), without the (N, V) logits: chunks of tokens.
 
-    h (..., D), W (V, D) (the real rows only: never the padding), targets (...) long. Under autocast the matmuls
-    run in the autocast dtype and the softmax in fp32, as on the naive path. Works under no_grad too.
+    h (..., D), W (V, D) (the real rows only: never the padding), targets (...) long. Under autocast the
+    matmuls run in the autocast dtype and the softmax in fp32, as on the naive path. Works under no_grad too.
     """
     D = h.size(-1)
     h, targets = h.reshape(-1, D), targets.reshape(-1)
     dev = h.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, W.dtype)
+    autocasting = torch.is_autocast_enabled(dev)
+    dtype = torch.get_autocast_dtype(dev) if autocasting else torch.promote_types(h.dtype, W.dtype)
     chunk_size = chunk_size or fused_chunk(dev, W.size(0))
     grad = torch.is_grad_enabled()
     need_dh = grad and h.requires_grad

@@ -3,17 +3,20 @@ The full measurement of the gradient bottleneck (Godey & Artzi 2026, arXiv 2603.
 (`python measure.py ...` runs this file; measure.py holds the definition and the live meter): how much of the
 logit gradient G the head W destroys, on a checkpoint, a freshly initialized model or a Hugging Face LM:
 
-    python measure.py --ckpt=out/spamlang_wide/ckpt.pt                   # held-out batches of the data it was trained on
-    python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline (train.py's flag names)
+    python measure.py --ckpt=out/spamlang_wide/ckpt.pt          # held-out batches of its training data
+    python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline
+                                                                # (train.py's flag names)
     python measure.py --init --head=narrow --head_rank=4        # a factorized head D→r→V
-    python measure.py --hf=gpt2 --data=input.txt                # any HF causal LM (needs `pip install transformers`)
+    python measure.py --hf=gpt2 --data=input.txt                # any HF causal LM
+                                                                # (needs `pip install transformers`)
     python measure.py --hf=EleutherAI/pythia-160m --json=p.json --plot=p.png
 
-Printed (and written with --json=FILE): the destroyed ratio r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F over all measured tokens,
-the visible cosine c = √(1 − r²), the random-subspace baseline √(1 − rank(W)/V), the per-token distribution of r,
-the spectrum of G (ranks, energy in the top D / 2D / k components, components for 70 / 99 / 99.9% energy, the
-Eckart–Young floor) and the direction test (loss decrease of equal-norm logit steps). --plot=FILE.png draws the
-energy curve (needs matplotlib). Every option is --key=value; see the defaults below.
+Printed (and written with --json=FILE): the destroyed ratio r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F over all measured
+tokens, the visible cosine c = √(1 − r²), the random-subspace baseline √(1 − rank(W)/V), the per-token
+distribution of r, the spectrum of G (ranks, energy in the top D / 2D / k components, components for
+70 / 99 / 99.9% energy, the Eckart–Young floor) and the direction test (loss decrease of equal-norm logit
+steps). --plot=FILE.png draws the energy curve (needs matplotlib). Every option is --key=value; see the
+defaults below.
 
 """
 import math
@@ -43,7 +46,7 @@ STEP_SIZES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # direction test: per-token RMS size
 ckpt = ''                # a train.py checkpoint
 hf = ''                  # a Hugging Face model name or local folder
 init = False             # a freshly initialized GPT built from the model flags below
-data = ''                # '' = the checkpoint's data (--ckpt) or SpamLang; else a .txt file or train.py token file
+data = ''                # '' = the checkpoint's data (--ckpt) or SpamLang; else a .txt or train.py token file
 # model flags for --init (the same names and defaults as train.py)
 vocab_size = 1024
 n_embd = 64
@@ -117,19 +120,20 @@ def spectrum(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
 
 
 def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
-    """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending). A first-order update of the
-    hidden states and a head of rank r changes the logits by at most rank 2r, so by Eckart–Young the energy beyond
-    the top k = 2r components is out of reach of any such update: the floor."""
+    """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending). A first-order update
+    of the hidden states and a head of rank r changes the logits by at most rank 2r, so by Eckart–Young the
+    energy beyond the top k = 2r components is out of reach of any such update: the floor."""
     sig2 = sig2.double()
     energy = sig2.cumsum(0) / sig2.sum()
     s = sig2.sqrt()
     p = s / s.sum()
     p = p[p > 0]
     at = lambda k: energy[min(k, len(energy)) - 1].item()  # energy held by the top k components
+    effective_rank = math.exp(-(p * p.log()).sum().item())  # Roy & Vetterli: exp(entropy of σ/Σσ), ours
     out = {'numerical_rank': int((s > rtol * s[0]).sum()),
-           'effective_rank': math.exp(-(p * p.log()).sum().item()),  # Roy & Vetterli: exp(entropy of σ/Σσ), ours
-           'energy_top_r': at(rank_W), 'energy_top_2r': at(2 * rank_W), 'energy_top_k': at(top_k), 'top_k': top_k,
-           'ey_k': 2 * rank_W, 'ey_floor': max(0.0, 1 - at(2 * rank_W))}
+           'effective_rank': effective_rank,
+           'energy_top_r': at(rank_W), 'energy_top_2r': at(2 * rank_W), 'energy_top_k': at(top_k),
+           'top_k': top_k, 'ey_k': 2 * rank_W, 'ey_floor': max(0.0, 1 - at(2 * rank_W))}
     for level in ENERGY_LEVELS:
         level_t = torch.tensor(level - 1e-12, dtype=energy.dtype, device=energy.device)
         out[f'components_{level:g}'] = int(torch.searchsorted(energy, level_t).item()) + 1
@@ -138,7 +142,8 @@ def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
 
 def head_update(S, factors=None):
     """The change of the effective matrix W that a gradient step on the head's own parameters makes, for the
-    gradient S = ∂L/∂W (V, D): S itself for a plain head; for W = B·A, ΔW = (S Aᵀ) A + B (Bᵀ S), first order."""
+    gradient S = ∂L/∂W (V, D): S itself for a plain head; for W = B·A, first order,
+    ΔW = (S Aᵀ) A + B (Bᵀ S)."""
     if factors is None:
         return S
     B, A = (f.to(S) for f in factors)
@@ -146,16 +151,18 @@ def head_update(S, factors=None):
 
 
 @torch.no_grad()
-def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES, factors=None):
+def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, step_sizes=STEP_SIZES,
+                   factors=None):
     """Loss decrease of equal-norm logit steps Z − ε√N·u/‖u‖ (ours) along
         u = G                   the direct logit gradient,
         u = G W Wᵀ              what a gradient step on each token's hidden state realizes (Δh_i = −η g_i W),
         u = G W Wᵀ + H ΔWᵀ      hidden states plus the head's own step, ΔW = head_update(Gᵀ H / N).
-    Each hidden state is a per-token input and takes its own token's gradient; the head is shared, so its step is
-    that of the mean loss, Gᵀ H / N, made through the head's own parameters (factors = (B, A) when W = B·A). The
-    hidden-state figure does not depend on N; the head's does, as a shared update must: the more distinct targets a
-    batch holds, the smaller each row's share (compare models at equal N; the N used is reported). ε is the
-    per-token RMS size of the step. Three passes over G: the head's gradient, the directions' norms, the losses."""
+    Each hidden state is a per-token input and takes its own token's gradient; the head is shared, so its step
+    is that of the mean loss, Gᵀ H / N, made through the head's own parameters (factors = (B, A) when
+    W = B·A). The hidden-state figure does not depend on N; the head's does, as a shared update must: the more
+    distinct targets a batch holds, the smaller each row's share (compare models at equal N; the N used is
+    reported). ε is the per-token RMS size of the step. Three passes over G: the head's gradient, the
+    directions' norms, the losses."""
     N, dt = len(H), dtype
     Wd, Hd = W.to(dt), H.to(dt)
     S, loss0 = torch.zeros_like(Wd), 0.0                                         # (V, D), Gᵀ H / N
@@ -216,17 +223,20 @@ def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction
         out['direction'] = {'n_tokens': n, 'steps': direction_test(H[:n], targets[:n], W, bias, chunk, dtype,
                                                                    factors=factors)}
         first = out['direction']['steps'][0]  # the smallest step: the first-order figure
-        out['direction'].update(ratio_hidden=first['ratio_hidden'], ratio_hidden_head=first['ratio_hidden_head'])
+        out['direction'].update(ratio_hidden=first['ratio_hidden'],
+                                ratio_hidden_head=first['ratio_hidden_head'])
     return out
 
 # -----------------------------------------------------------------------------
 # where the hidden states come from: a train.py checkpoint, a fresh model, or a Hugging Face LM
 
 def batches_from(data_cfg, c, n_batches, block, device):
-    """(x, y) batches of the data a train.py config names: held-out split for text, fresh draws for SpamLang."""
+    """(x, y) batches of a train.py config's data: held-out split for text, fresh draws for SpamLang."""
     data = textdata.load_data(data_cfg)
     gen = spamlang.make_generator(c['seed'] + 12345)
-    return data, [textdata.get_batch(data, 'val', c['batch_size'], block, gen, device) for _ in range(n_batches)]
+    batches = [textdata.get_batch(data, 'val', c['batch_size'], block, gen, device)
+               for _ in range(n_batches)]
+    return data, batches
 
 
 def head_factors(lm_head):
@@ -250,7 +260,8 @@ def source_ckpt(c, device):
     try:
         model = checkpoint.model_from_checkpoint(ck)
     except Exception as e:
-        raise ConfigError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})".splitlines()[0])
+        why = f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e})"
+        raise ConfigError(why.splitlines()[0])
     model.to(device).eval()
     block = c['block_size'] or saved['block_size']
     if block > saved['block_size']:
@@ -258,9 +269,11 @@ def source_ckpt(c, device):
     data_cfg = {**saved, 'data': c['data'] or saved['data']}
     data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
     if data['vocab_size'] != saved['vocab_size']:
-        raise ConfigError(f"--data has V = {data['vocab_size']:,} but the checkpoint's model has V = {saved['vocab_size']:,}")
+        raise ConfigError(f"--data has V = {data['vocab_size']:,} "
+                          f"but the checkpoint's model has V = {saved['vocab_size']:,}")
     H, Y = hidden_of_gpt(model, batches)
-    desc = f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, data {data_cfg['data']})"
+    desc = (f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, "
+            f"data {data_cfg['data']})")
     about = dict(source=desc, head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'])
     return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), about
 
@@ -312,8 +325,8 @@ def load_hf(name, device='cpu'):
 
 @torch.no_grad()
 def hf_hidden(model, x, W, bias):
-    """Final hidden states (B, T, D), the final norm applied: the input of the output matrix. Checked against the
-    model's own logits at the last position, so a model whose logits are not H Wᵀ (+ b) is refused."""
+    """Final hidden states (B, T, D), the final norm applied: the input of the output matrix. Checked against
+    the model's own logits at the last position, so a model whose logits are not H Wᵀ (+ b) is refused."""
     try:
         out = model(x, output_hidden_states=True, logits_to_keep=1)
     except TypeError:  # older models without logits_to_keep
@@ -322,14 +335,15 @@ def hf_hidden(model, x, W, bias):
     ours = H[:, -1] @ W.T + (0 if bias is None else bias)
     theirs = out.logits[:, -1, :W.size(0)]
     if not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.abs().max().item()):
-        raise ConfigError("the model's logits are not (last hidden state) @ W.T: unsupported head (softcapping, "
-                           "scaling or a nonlinear head)")
+        raise ConfigError("the model's logits are not (last hidden state) @ W.T: "
+                           "unsupported head (softcapping, scaling or a nonlinear head)")
     return H
 
 
 def source_hf(c, device):
     model, tok, W, bias = load_hf(c['hf'], device)
-    V, ctx = W.size(0), getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', 1024)
+    V = W.size(0)
+    ctx = getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', 1024)
     block = c['block_size'] or min(1024, ctx)
     n_seq = -(-c['n_tokens'] // block)
     if c['data'] in ('', 'spamlang'):
@@ -388,8 +402,8 @@ def report(m, desc, seconds):
           f"loss {m['loss']:.4f}, {seconds:.1f} s")
     print(f"  destroyed ratio r    {m['destroyed_ratio']:.4f}    (random {m['rank_W']}-dim subspace: "
           f"√(1 − rank/V) = {m['random_baseline']:.4f})")
-    print(f"  visible cosine c     {m['visible_cosine']:.4f}    (visible energy c² = {m['visible_over_chance']:.2f}× "
-          f"chance, rank/V)")
+    print(f"  visible cosine c     {m['visible_cosine']:.4f}    "
+          f"(visible energy c² = {m['visible_over_chance']:.2f}× chance, rank/V)")
     pt = m['per_token']
     print("  per-token r          mean {:.4f}, quantiles 5/25/50/75/95%: {}".format(
         pt['mean'], ' / '.join(f"{pt[f'q{int(100 * q):02d}']:.4f}" for q in QUANTILES)))
@@ -397,18 +411,21 @@ def report(m, desc, seconds):
         s, r = m['spectrum'], m['rank_W']
         print(f"  spectrum of G ({s['n_tokens']:,} tokens): numerical rank {s['numerical_rank']:,}, "
               f"effective rank {s['effective_rank']:.1f}")
-        print(f"    energy in top r = {r}: {s['energy_top_r']:.4f}, top 2r = {2 * r}: {s['energy_top_2r']:.4f}, "
+        print(f"    energy in top r = {r}: {s['energy_top_r']:.4f}, "
+              f"top 2r = {2 * r}: {s['energy_top_2r']:.4f}, "
               f"top k = {s['top_k']}: {s['energy_top_k']:.4f}  (r = rank(W))")
-        print("    components for {}".format(', '.join(f"{100 * l:g}%: {s[f'components_{l:g}']:,}" for l in ENERGY_LEVELS)))
+        counts = ', '.join(f"{100 * l:g}%: {s[f'components_{l:g}']:,}" for l in ENERGY_LEVELS)
+        print("    components for {}".format(counts))
         print(f"    Eckart–Young floor Σ_(i>k) σ² / Σ σ² at k = 2r = {s['ey_k']}: {s['ey_floor']:.4f}")
     if 'direction' in m:
         d = m['direction']
         print(f"  direction test ({d['n_tokens']:,} tokens): loss decrease of equal-norm logit steps")
-        print(f"    {'step ε':>8s} {'along G':>11s} {'hidden':>11s} {'hidden+head':>11s} {'ratio H':>9s} {'ratio H+W':>9s}")
+        print(f"    {'step ε':>8s} {'along G':>11s} {'hidden':>11s} {'hidden+head':>11s} "
+              f"{'ratio H':>9s} {'ratio H+W':>9s}")
         print("    (ratio = decrease / decrease along G; hidden+head: each head's own parameter step)")
         for row in d['steps']:
-            print(f"    {row['step']:8g} {row['decrease_G']:11.3e} {row['decrease_H']:11.3e} {row['decrease_HW']:11.3e} "
-                  f"{row['ratio_hidden']:9.4f} {row['ratio_hidden_head']:9.4f}")
+            print(f"    {row['step']:8g} {row['decrease_G']:11.3e} {row['decrease_H']:11.3e} "
+                  f"{row['decrease_HW']:11.3e} {row['ratio_hidden']:9.4f} {row['ratio_hidden_head']:9.4f}")
 
 
 def draw(m, path):
@@ -442,7 +459,8 @@ def main(argv):
     report(m, about['source'], time.time() - t0)
     if c['json']:
         with open(c['json'], 'w') as f:
-            json_dump({**about, **{k: v for k, v in m.items() if not k.startswith('_')}}, f, indent=1)  # V, D, rank_W in m
+            record = {**about, **{k: v for k, v in m.items() if not k.startswith('_')}}  # V, D, rank_W in m
+            json_dump(record, f, indent=1)
         print(f"wrote {c['json']}")
     if c['plot'] and 'spectrum' in m:
         draw(m, c['plot'])

@@ -1,6 +1,6 @@
 """
-Sample from a train.py checkpoint: text runs decode through the run's tokenizer (and its compacted vocabulary),
-SpamLang runs print token ids.
+Sample from a train.py checkpoint: text runs decode through the run's tokenizer (and its compacted
+vocabulary), SpamLang runs print token ids.
 
     python sample.py --ckpt=out/tinyshakespeare_wide/ckpt.pt --start="ROMEO:" --num_samples=2
     python sample.py --ckpt=out/spamlang_wide/ckpt.pt --start_ids=0,17      # SpamLang: BOS, then symbol 17
@@ -38,7 +38,7 @@ state = checkpoint.load_checkpoint(c['ckpt'])
 cfg = state['config']
 model = checkpoint.model_from_checkpoint(state).to(device).eval()
 
-# the tokenizer: none for SpamLang; tiktoken for text, with the map of a compacted vocabulary when there is one
+# the tokenizer: none for SpamLang; tiktoken for text, with the map of a compacted vocabulary if there is one
 text = cfg['data'] != 'spamlang'
 enc = textdata.get_encoding(cfg['encoding']) if text else None
 id_map = state.get('id_map')  # compact id -> the tokenizer's id, or None
@@ -46,15 +46,17 @@ if c['start_ids']:
     try:
         ids = [int(t) for t in c['start_ids'].split(',')]
     except ValueError:
-        raise ConfigError(f"--start_ids={c['start_ids']!r}: give comma-separated integers, e.g. --start_ids=0,17")
+        raise ConfigError(f"--start_ids={c['start_ids']!r}: give comma-separated integers, "
+                          f"e.g. --start_ids=0,17")
 elif text:
     ids = enc.encode_ordinary(c['start'])
     if id_map is not None:  # the prompt's tokens must be in the compacted vocabulary
         pos = np.searchsorted(id_map.numpy(), ids)
         missing = [t for t, p in zip(ids, pos) if p >= len(id_map) or id_map[p] != t]
         if missing:
-            raise ConfigError(f"--start={c['start']!r} holds tokens the run never saw ({enc.decode(missing)!r}): its "
-                              f"vocabulary was compacted to the text's; change the prompt")
+            raise ConfigError(f"--start={c['start']!r} holds tokens the run never saw "
+                              f"({enc.decode(missing)!r}): its vocabulary was compacted to the text's; "
+                              f"change the prompt")
         ids = pos.tolist()
 else:
     ids = [0]  # SpamLang's BOS

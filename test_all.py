@@ -1,14 +1,15 @@
 """
-The test suite, and the project's specification: what each module is for, checked against independent references
-(hand-built cases, float64 QR, explicit softmax, autograd) on CPU, with no GPU and no network.
+The test suite, and the project's specification: what each module is for, checked against independent
+references (hand-built cases, float64 QR, explicit softmax, autograd) on CPU, with no GPU and no network.
 
     python -m pytest -q test_all.py                  # everything: 2.5 minutes on 2 idle cores
     python -m pytest -q test_all.py -m "not slow"    # the in-process tests only: under 10 seconds
 
-Tests marked `slow` run train.py, measure.py, bench.py, sample.py or torchrun in subprocesses. Sections, in order:
-model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), measure.py, the fused loss / autocast /
-compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding (≈ 1e-7 relative, 1e-5 after
-the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard error of a random quantity.
+Tests marked `slow` run train.py, measure.py, bench.py, sample.py or torchrun in subprocesses. Sections, in
+order: model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), measure.py, the fused
+loss / autocast / compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding
+(≈ 1e-7 relative, 1e-5 after the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard
+error of a random quantity.
 """
 import csv
 import glob
@@ -48,14 +49,14 @@ from model import FACTORIZED, FUSED_FROM_VOCAB, GPT, GPTConfig, HEADS, MODEL_KEY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # torchrun's variables: a stray one in the test's environment would turn every child into a DDP process
-DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK',
-            'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
+DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE',
+            'ROLE_RANK', 'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
 
 
 def child_env(environ, gpu=False):
-    """The environment of a child process: without torchrun's variables, one thread (tiny models gain nothing from
-    more, and oversubscribed cores run many times slower), and no GPU unless asked: the references the tests
-    compare with are CPU fp32, so a child's --device=auto must be the CPU on a CUDA machine too."""
+    """The environment of a child process: without torchrun's variables, one thread (tiny models gain nothing
+    from more, and oversubscribed cores run many times slower), and no GPU unless asked: the references the
+    tests compare with are CPU fp32, so a child's --device=auto must be the CPU on a CUDA machine too."""
     env = {k: v for k, v in environ.items() if k not in DDP_VARS and not k.startswith('TORCHELASTIC_')}
     return {**env, 'OMP_NUM_THREADS': '1', **({} if gpu else {'CUDA_VISIBLE_DEVICES': ''})}
 
@@ -85,7 +86,8 @@ def _keep_torch_threads():
 
 
 def tiny(head='linear', **kw):
-    return GPTConfig(**{**dict(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=32, head=head), **kw})
+    defaults = dict(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=32, head=head)
+    return GPTConfig(**{**defaults, **kw})
 
 
 def run_train(*args, timeout=300):
@@ -116,7 +118,7 @@ def rows_written(out_dir):
 
 
 def softmax_minus_onehot(logits, targets):
-    """G = softmax(z) − onehot(y) in float64, written out: the reference for measure.logit_grad and the meters."""
+    """G = softmax(z) − onehot(y) in float64, written out: the reference for measure.logit_grad and meters."""
     z = logits.detach().double().reshape(-1, logits.size(-1))
     y = targets.reshape(-1)
     p = torch.exp(z - z.max(1, keepdim=True).values)
@@ -249,8 +251,8 @@ def test_init_std_residual_projections_scaled(n_layer):
 
 @pytest.mark.parametrize('head', list(HEADS))
 def test_weight_decay_on_matrices_only(head):
-    """configure_optimizers: every parameter exactly once; weight decay on the matrices (attention and MLP weights,
-    embeddings, the head's matrix or factors), none on LayerNorm gains and biases."""
+    """configure_optimizers: every parameter exactly once; weight decay on the matrices (attention and MLP
+    weights, embeddings, the head's matrix or factors), none on LayerNorm gains and biases."""
     model = GPT(tiny(head, bias=True, head_rank=3 if head in FACTORIZED else None))
     opt = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), 'cpu')
     by_decay = {}
@@ -265,16 +267,19 @@ def test_weight_decay_on_matrices_only(head):
     plain = {names[id(p)] for p in by_decay[0.0]}
     assert all('ln_' in n or n.endswith('.bias') for n in plain), plain
     assert all(n.endswith(('weight', '.A', '.B')) and 'ln_' not in n for n in decayed), decayed
-    assert {'transformer.wte.weight', 'transformer.wpe.weight', 'transformer.h.0.attn.c_attn.weight'} <= decayed
+    assert {'transformer.wte.weight', 'transformer.wpe.weight',
+            'transformer.h.0.attn.c_attn.weight'} <= decayed
     head_params = {'linear': {'lm_head.weight'}, 'tied': set(), 'narrow': {'lm_head.A', 'lm_head.B'},
                    'wide': {'lm_head.A', 'lm_head.B'}}[head]
     assert head_params <= decayed
     assert any(n.endswith('.bias') for n in plain) and any('ln_' in n for n in plain)
 
 
-@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None), ('wide', 48)])
+@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None),
+                                       ('wide', 48)])
 def test_flops_per_token_hand_count(head, rank):
-    """6 × (matmul weights: the blocks' 12·D² per layer, the head's V·D or r·(D + V); no embeddings) + 12·L·T·D."""
+    """6 × (matmul weights: the blocks' 12·D² per layer, the head's V·D or r·(D + V); no embeddings)
+    + 12·L·T·D."""
     L, D, V, T = 3, 32, 100, 8
     model = GPT(tiny(head, head_rank=rank, n_layer=L, n_embd=D, vocab_size=V, block_size=T, bias=True))
     r = model.lm_head.rank if head in FACTORIZED else None
@@ -284,8 +289,8 @@ def test_flops_per_token_hand_count(head, rank):
 
 def test_bad_head_config():
     for bad, msg in [(dict(head='mlp'), 'unknown head'), (dict(head='narrow', head_rank=0), 'positive'),
-                     (dict(head='wide', head_rank=-3), 'positive'), (dict(head='linear', head_rank=8), 'only'),
-                     (dict(vocab_size=1), 'at least 2')]:
+                     (dict(head='wide', head_rank=-3), 'positive'),
+                     (dict(head='linear', head_rank=8), 'only'), (dict(vocab_size=1), 'at least 2')]:
         with pytest.raises(ValueError, match=msg):
             GPT(tiny(**bad))
 
@@ -343,7 +348,7 @@ def test_spamlang_metrics_split_position_zero():
 
 
 def test_spamlang_metrics_hand_built_values():
-    """Position 0 and positions ≥ 1 each get their own loss and accuracy: a batch whose four numbers differ."""
+    """Position 0 and positions ≥ 1 each get their own loss and accuracy: a batch whose 4 numbers differ."""
     V, T = 10, 4
     y = torch.tensor([[3] * T, [7] * T, [7] * T, [5] * T])
     logits = torch.zeros(4, T, V)
@@ -375,7 +380,8 @@ def test_parser_types_values_like_their_defaults():
                                   '--head_rank=12', '--bias', '--data=123'], OPTIONS, __file__, TYPES)
     assert c['head'] == 'wide' and c['learning_rate'] == 1.0 and type(c['learning_rate']) is float
     assert c['max_iters'] == 7 and c['compile'] is False and c['head_rank'] == 12 and c['bias'] is True
-    assert c['data'] == '123' and given == {'head', 'learning_rate', 'max_iters', 'compile', 'head_rank', 'bias', 'data'}
+    assert c['data'] == '123' and given == {'head', 'learning_rate', 'max_iters', 'compile', 'head_rank',
+                                            'bias', 'data'}
     assert options.parse_args(['--head_rank=None'], OPTIONS, __file__, TYPES)[0]['head_rank'] is None
 
 
@@ -384,7 +390,8 @@ def test_parser_config_file_then_command_line(tmp_path):
     cfg.write_text("max_iters = 50\nhead = 'narrow'\n")
     c, given = options.parse_args([str(cfg), '--head=wide'], OPTIONS, __file__, TYPES)
     assert c['max_iters'] == 50 and c['head'] == 'wide' and given == {'max_iters', 'head'}
-    assert options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'  # a string, unquoted
+    # a string, unquoted
+    assert options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)[0]['head'] == 'narrow'
     cfg.write_text("max_itres = 50\n")
     with pytest.raises(ConfigError, match='unknown option --max_itres in .*did you mean --max_iters'):
         options.parse_args([str(cfg)], OPTIONS, __file__, TYPES)
@@ -407,7 +414,8 @@ def test_parser_rejects(args, msg):
 @pytest.mark.slow
 def test_every_script_prints_its_options_with_help():
     for script in ('train.py', 'measure.py', 'bench.py'):
-        p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True, env=CHILD_ENV)
+        p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True,
+                           env=CHILD_ENV)
         assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
         if script == 'train.py':
             assert '--head=linear' in p.stdout and 'one of linear, tied, narrow, wide' in p.stdout
@@ -417,9 +425,10 @@ def test_peak_flops_matches_whole_names():
     """MFU's denominator: the longest table key that is a whole word of the GPU's name (A100 is not A10, L40S
     is not L40); an unknown GPU gives (None, None)."""
     table = runtime.PEAK_FLOPS
-    for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'), ('NVIDIA A10', 'A10'),
-                      ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'), ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'),
-                      ('NVIDIA H100 80GB HBM3', 'H100'), ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
+    for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'),
+                      ('NVIDIA A10', 'A10'), ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'),
+                      ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'), ('NVIDIA H100 80GB HBM3', 'H100'),
+                      ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
                       ('NVIDIA GeForce RTX 4090', 'RTX 4090')]:
         assert runtime.peak_flops(name) == (table[key], key), name
     assert runtime.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
@@ -468,7 +477,8 @@ def test_token_file_round_trip_and_checks(tmp_path):
     assert meta['encoding'] == 'enc' and meta['n_tokens'] == 6 and meta['id_map'] is None
     assert len(meta['fingerprint']) == 16
     textdata.write_tokens(str(tmp_path / 'b.tok'), ids[::-1], vocab_size=100, encoding='enc')
-    assert textdata.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']  # content, not name
+    # content, not name
+    assert textdata.load_tokens(str(tmp_path / 'b.tok'))[1]['fingerprint'] != meta['fingerprint']
     big = str(tmp_path / 'big.tok')
     textdata.write_tokens(big, np.array([70_000, 1]), vocab_size=100_277, encoding='enc')
     assert textdata.load_tokens(big)[1]['dtype'] == 'uint32' and textdata.load_tokens(big)[0][0] == 70_000
@@ -485,8 +495,8 @@ SAMPLE_TEXT = ('The head of a language model passes back only part of the gradie
 
 
 def test_compacted_vocabulary_round_trips(tmp_path):
-    """compact=True keeps the K token ids that occur, renumbered 0..K−1 in the tokenizer's order, with the map back:
-    id_map[compact ids] are the tokenizer's ids."""
+    """compact=True keeps the K token ids that occur, renumbered 0..K−1 in the tokenizer's order, with the map
+    back: id_map[compact ids] are the tokenizer's ids."""
     text = tmp_path / 'text.txt'
     text.write_text(SAMPLE_TEXT)
     cache = tmp_path / 'cache'
@@ -507,7 +517,8 @@ def test_compacted_vocabulary_round_trips(tmp_path):
     mtime = os.stat(compact_path).st_mtime_ns
     assert textdata.tokenize_text(str(text), 'cl100k_base', str(cache), compact=True) == compact_path
     assert os.stat(compact_path).st_mtime_ns == mtime  # reused while the text is unchanged
-    data = textdata.load_data(dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True), str(cache))
+    cfg = dict(data=str(text), block_size=8, encoding='cl100k_base', compact_vocab=True)
+    data = textdata.load_data(cfg, str(cache))
     assert data['vocab_size'] == K and np.array_equal(data['id_map'], meta['id_map'])
 
 
@@ -562,10 +573,12 @@ def test_rng_state_restores_the_data_stream():
     gen = spamlang.make_generator(5)
     textdata.get_batch(dict(kind='spamlang', vocab_size=50), 'train', 4, 3, gen, 'cpu')
     saved = checkpoint.get_rng_state(gen, 'cpu')
-    after = [spamlang.get_batch(4, 3, 50, gen)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
+    after = [spamlang.get_batch(4, 3, 50, gen)[0], torch.rand(3), np.random.rand(),
+             __import__('random').random()]
     gen2 = spamlang.make_generator(99)
     checkpoint.set_rng_state(saved, gen2, 'cpu')
-    again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(), __import__('random').random()]
+    again = [spamlang.get_batch(4, 3, 50, gen2)[0], torch.rand(3), np.random.rand(),
+             __import__('random').random()]
     assert torch.equal(after[0], again[0]) and torch.equal(after[1], again[1]) and after[2:] == again[2:]
 
 
@@ -643,21 +656,24 @@ def test_resume_config_keeps_shape_and_asks_for_changes():
     saved = dict(head='wide', n_embd=32, learning_rate=1e-3, max_iters=10, out_dir='a', seed=1)
     now = dict(saved, n_embd=64, learning_rate=3e-3, max_iters=20, out_dir='b')
     run_keys = ('out_dir',)
-    with pytest.raises(ConfigError, match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
+    with pytest.raises(ConfigError,
+                       match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
         checkpoint.resume_config(now, {'n_embd'}, saved, run_keys, allow_changes=True)
     with pytest.raises(ConfigError, match='--learning_rate=0.003 differs.*--allow_changes=True'):
         checkpoint.resume_config(now, {'learning_rate'}, saved, run_keys, allow_changes=False)
-    c = checkpoint.resume_config(now, {'learning_rate', 'max_iters', 'out_dir'}, saved, run_keys, allow_changes=True)
+    given = {'learning_rate', 'max_iters', 'out_dir'}
+    c = checkpoint.resume_config(now, given, saved, run_keys, allow_changes=True)
     assert c == dict(saved, learning_rate=3e-3, max_iters=20, out_dir='b')
-    assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')  # run keys: free
+    # run keys: free
+    assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')
 
 # -----------------------------------------------------------------------------
-# train.py, run as a script: the paper's effect, the schedule, the meter, evaluation, text, resume, signals, bad input
+# train.py as a script: the paper's effect, schedule, meter, evaluation, text, resume, signals, bad input
 
 SMALL = dict(vocab_size=256, n_embd=32, n_head=2, block_size=8, batch_size=32, max_iters=300, warmup_iters=30,
              eval_interval=300, eval_iters=4, learning_rate=3e-3, min_lr=1e-4)
-TINY_RUN = ['--vocab_size=64', '--n_embd=16', '--n_head=2', '--block_size=8', '--batch_size=8', '--warmup_iters=2',
-            '--eval_iters=1', '--log_interval=1']
+TINY_RUN = ['--vocab_size=64', '--n_embd=16', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--warmup_iters=2', '--eval_iters=1', '--log_interval=1']
 
 
 @pytest.mark.slow
@@ -668,22 +684,24 @@ def test_wide_learns_spamlang_and_narrow_does_not(tmp_path):
     assert narrow['val_acc'] < 0.3, narrow  # measured: 3-6%
     log = read_log(tmp_path / 'wide')
     assert {'iter', 'tokens', 'val_loss', 'val_acc'} <= set(log[-1]) and log[-1]['iter'] == 300
-    # the meter on positions ≥ 1 and at position 0 apart: at init both are rows of a uniform guess, equal within the
-    # sampling spread (r of 32 position-0 rows, rank 32 of V = 256: σ ≈ 0.003; measured 0.0001 apart); once positions
-    # ≥ 1 are learned their G no longer looks like position 0's (measured 0.9635 vs 0.9363)
+    # the meter on positions ≥ 1 and at position 0 apart: at init both are rows of a uniform guess, equal
+    # within the sampling spread (r of 32 position-0 rows, rank 32 of V = 256: σ ≈ 0.003; measured 0.0001
+    # apart); once positions ≥ 1 are learned their G no longer looks like position 0's (0.9635 vs 0.9363)
     first = read_log(tmp_path / 'wide', 'eval')[0]
     assert abs(first['grad_destroyed'] - first['grad_destroyed_pos0']) < 0.012, first
     assert abs(wide['grad_destroyed'] - wide['grad_destroyed_pos0']) > 0.012, wide
     assert wide['val_loss_pos0'] > math.log(SMALL['vocab_size'] - 1) - 0.1  # position 0 stays unpredictable
 
 
-# Two short runs that log everything (every step's lr and meter, an evaluation and a checkpoint at every step), so
-# that their records can be recomputed from the checkpoints: prev_ckpt.pt holds the model and the data stream just
-# before the last step, ckpt.pt the model after it.
+# Two short runs that log everything (every step's lr and meter, an evaluation and a checkpoint at every
+# step), so that their records can be recomputed from the checkpoints: prev_ckpt.pt holds the model and the
+# data stream just before the last step, ckpt.pt the model after it.
 METER_RUN = dict(vocab_size=96, n_embd=16, n_head=2, block_size=8, batch_size=8, max_iters=6, warmup_iters=3,
-                 learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=1, eval_iters=2, meter_every_step=True)
+                 learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=1, eval_iters=2,
+                 meter_every_step=True)
 METER_VARIANTS = {'naive': dict(head='linear', loss='naive'),  # V = 96: padded rows to keep out of the meter
-                  'fused_accum2': dict(head='narrow', head_rank=4, loss='fused', gradient_accumulation_steps=2)}
+                  'fused_accum2': dict(head='narrow', head_rank=4, loss='fused',
+                                       gradient_accumulation_steps=2)}
 
 
 @pytest.fixture(scope='module', params=list(METER_VARIANTS))
@@ -696,7 +714,8 @@ def metered_run(request, tmp_path_factory):
 
 
 def lr_at(it, o):
-    """The schedule, written out: linear warmup to learning_rate, then a half cosine down to min_lr at max_iters."""
+    """The schedule, written out: linear warmup to learning_rate, then a half cosine down to min_lr
+    at max_iters."""
     lr, lo, warm, top = o['learning_rate'], o['min_lr'], o['warmup_iters'], o['max_iters']
     if it < warm:
         return lr * (it + 1) / (warm + 1)
@@ -719,9 +738,9 @@ def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
 @pytest.mark.slow
 @pytest.mark.xdist_group('metered_run')
 def test_train_step_meter_reads_W_before_the_step(metered_run):
-    """--meter_every_step: the meter of step k is G of the step's last micro-batch against the W that produced it,
-    i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data stream
-    just before the last step), for the naive loss and for the fused one with 2 micro-batches."""
+    """--meter_every_step: the meter of step k is G of the step's last micro-batch against the W that produced
+    it, i.e. before the optimizer moves W. Recomputed with a float64 QR from prev_ckpt.pt (the model and data
+    stream just before the last step), for the naive loss and for the fused one with 2 micro-batches."""
     out, o = metered_run
     prev = checkpoint.load_checkpoint(str(out / 'prev_ckpt.pt'))
     assert prev['iter_num'] == o['max_iters'] - 1
@@ -737,7 +756,8 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
     assert row['iter'] == o['max_iters']
     assert abs(row['grad_destroyed'] / refs[-1] - 1) < 1e-5, (row, refs)
     assert abs(row['grad_cosine'] / math.sqrt(1 - refs[-1] ** 2) - 1) < 1e-5
-    after = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(str(out / 'ckpt.pt')))  # W after the step
+    # W after the step
+    after = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(str(out / 'ckpt.pt')))
     with torch.no_grad():
         x, y = micro[-1]
         moved = qr_ratio(softmax_minus_onehot(after(x)[0], y), col_basis(after.lm_head))
@@ -749,14 +769,15 @@ def test_train_step_meter_reads_W_before_the_step(metered_run):
 @pytest.mark.slow
 @pytest.mark.xdist_group('metered_run')
 def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
-    """An eval row of SpamLang: loss and accuracy on positions ≥ 1 and at position 0 over the fixed held-out batches
-    (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart, exposures and tokens:
-    each recomputed from ckpt.pt with explicit formulas."""
+    """An eval row of SpamLang: loss and accuracy on positions ≥ 1 and at position 0 over the fixed held-out
+    batches (generator seed + 1), the meter on the first batch's positions ≥ 1 and its position 0 apart,
+    exposures and tokens: each recomputed from ckpt.pt with explicit formulas."""
     out, o = metered_run
     ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     model = checkpoint.model_from_checkpoint(ckpt).eval()
     gen = spamlang.make_generator(ckpt['config']['seed'] + 1)
-    batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen) for _ in range(o['eval_iters'])]
+    batches = [spamlang.get_batch(o['batch_size'], o['block_size'], o['vocab_size'], gen)
+               for _ in range(o['eval_iters'])]
     with torch.no_grad():
         logits = torch.cat([model(x)[0] for x, _ in batches])
     y = torch.cat([y for _, y in batches])
@@ -772,7 +793,8 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
     basis = col_basis(model.lm_head)
     r1 = qr_ratio(softmax_minus_onehot(first[:, 1:], yb[:, 1:]), basis)
     r0 = qr_ratio(softmax_minus_onehot(first[:, :1], yb[:, :1]), basis)
-    assert abs(row['grad_destroyed'] / r1 - 1) < 1e-5 and abs(row['grad_destroyed_pos0'] / r0 - 1) < 1e-5, (row, r1, r0)
+    assert abs(row['grad_destroyed'] / r1 - 1) < 1e-5, (row, r1, r0)
+    assert abs(row['grad_destroyed_pos0'] / r0 - 1) < 1e-5, (row, r1, r0)
     rank = model.lm_head.rank if hasattr(model.lm_head, 'rank') else o['n_embd']
     assert row['visible_over_chance'] == pytest.approx((1 - r1 ** 2) * o['vocab_size'] / rank, rel=1e-4)
     sequences = o['max_iters'] * o['batch_size'] * o['gradient_accumulation_steps']
@@ -783,18 +805,19 @@ def test_train_eval_rows_recompute_from_the_checkpoint(metered_run):
 
 @pytest.mark.slow
 def test_train_live_meter_in_log(tmp_path):
-    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20, eval_interval=10,
-              eval_iters=1, log_interval=5, meter_every_step=True)
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=20,
+              eval_interval=10, eval_iters=1, log_interval=5, meter_every_step=True)
     log = read_log(tmp_path / 'run')
     evals = [r for r in log if r['type'] == 'eval']
     steps = [r for r in log if r['type'] in ('train', 'meter')]
     assert [r['iter'] for r in evals] == [0, 10, 20]
     assert [r['iter'] for r in steps] == list(range(1, 21))  # every step metered
     for r in evals + steps:
-        assert 0 < r['grad_destroyed'] < 1 and abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
+        assert 0 < r['grad_destroyed'] < 1
+        assert abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
     assert 'loss' in steps[4] and 'loss' not in steps[0]  # log_interval steps keep their full record
-    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4, eval_interval=4,
-              eval_iters=1, log_interval=2)
+    train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4,
+              eval_interval=4, eval_iters=1, log_interval=2)
     log = read_log(tmp_path / 'plain')
     assert all('grad_destroyed' in r for r in log if r['type'] == 'eval')  # evals always carry the meter
     assert not any('grad_destroyed' in r for r in log if r['type'] == 'train')  # steps only when asked
@@ -815,8 +838,8 @@ def test_text_run_and_tokenization_cache(tmp_path):
     ids, meta = textdata.load_tokens(str(cache))
     assert meta['vocab_size'] == 100_277 and meta['dtype'] == 'uint32' and ids.max() < 100_277
     assert ckpt_config(tmp_path / 'text')['vocab_size'] == 100_277
-    # it predicts the next token better than a uniform guess over the K tokens that occur (measured 3.02 < log 29 =
-    # 3.37; trained on targets equal to the inputs, no shift, it ends at 3.79)
+    # it predicts the next token better than a uniform guess over the K tokens that occur
+    # (measured 3.02 < log 29 = 3.37; trained on targets equal to the inputs, no shift, it ends at 3.79)
     assert last['val_loss'] < math.log(len(np.unique(ids))), last
     mtime = cache.stat().st_mtime_ns
     one_step = {**args, 'max_iters': 1, 'eval_iters': 1}
@@ -825,7 +848,8 @@ def test_text_run_and_tokenization_cache(tmp_path):
     path.write_text(text + '\nmore')
     train_run(tmp_path, 'text3', **one_step)
     assert cache.stat().st_mtime_ns != mtime  # the text changed, so the cache was rebuilt
-    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache)})  # a token file is used directly
+    # a token file is used directly
+    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache)})
     assert math.isfinite(last_tok['val_loss'])
 
 
@@ -848,11 +872,12 @@ def ckpt_config(out_dir):
 
 @pytest.mark.slow
 def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path):
-    """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's loss
-    (so the same data position) and learning rate, each step once, nothing of the first part lost."""
-    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=600',
-            '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2', '--log_interval=1', '--head=wide',
-            '--dropout=0.1']  # dropout, so the torch RNG state must be restored too
+    """SIGTERM at a random step, exit 75, resume: the same weights bit for bit, and the same log: every step's
+    loss (so the same data position) and learning rate, each step once, nothing of the first part lost."""
+    # dropout, so the torch RNG state must be restored too
+    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--max_iters=600', '--warmup_iters=10', '--eval_interval=200', '--eval_iters=2',
+            '--log_interval=1', '--head=wide', '--dropout=0.1']
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     assert run_train(*args, f'--out_dir={full}')[0] == 0
     code, out, err = sigterm_after_rows(args, part, 20, CHILD_ENV)
@@ -922,9 +947,9 @@ def test_no_step_between_two_log_steps_reads_a_tensor_back(tmp_path, loss):
 @pytest.mark.slow
 def test_second_signal_exits_at_once_without_saving(tmp_path):
     out = tmp_path / 'run'
-    p = subprocess.Popen([sys.executable, 'train.py', *TINY_RUN, '--max_iters=1000000', '--eval_interval=1000000',
-                          f'--out_dir={out}'], cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, 'train.py', *TINY_RUN, '--max_iters=1000000',
+                          '--eval_interval=1000000', f'--out_dir={out}'],
+                         cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and rows_written(out) < 5:  # config, eval 0, three steps: in the loop
         time.sleep(0.01)
@@ -932,9 +957,11 @@ def test_second_signal_exits_at_once_without_saving(tmp_path):
     os.kill(p.pid, signal.SIGTERM)
     stdout, err = p.communicate(timeout=60)
     assert p.returncode == runtime.REQUEUE_EXIT, err
-    assert 'SIGINT: saving after this step' in stdout and 'second SIGTERM: exiting now, without saving' in stdout
+    assert 'SIGINT: saving after this step' in stdout
+    assert 'second SIGTERM: exiting now, without saving' in stdout
     assert 'saved ' not in stdout
-    assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0  # the start's checkpoint, untouched
+    # the start's checkpoint, untouched
+    assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] == 0
 
 
 @pytest.mark.slow
@@ -972,7 +999,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and 'Traceback' not in err and msg in lines[0], (args, err)
     assert not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
-    assert not [f for f in os.listdir(tmp_path) if '.tok' in f and f not in ('bad.tok', 'trunc.tok')]  # no cache left
+    # no cache left
+    assert not [f for f in os.listdir(tmp_path) if '.tok' in f and f not in ('bad.tok', 'trunc.tok')]
 
 
 @pytest.mark.slow
@@ -980,7 +1008,8 @@ def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
     out = str(tmp_path / 'run')
     train_run(tmp_path, 'run', vocab_size=64, n_embd=16, n_head=2, max_iters=5, eval_interval=5)
     before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
-    for args in (['--head=wide'], ['--init_from=resume', '--n_embd=32'], ['--init_from=resume', '--head_rank=0']):
+    for args in (['--head=wide'], ['--init_from=resume', '--n_embd=32'],
+                 ['--init_from=resume', '--head_rank=0']):
         code, _, err = run_train(*args, f'--out_dir={out}')
         assert code != 0 and len(err.strip().splitlines()) == 1, err
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
@@ -988,15 +1017,16 @@ def test_failed_start_never_overwrites_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path):
-    """SIGKILL while a checkpoint is being written (seen by its temp file, which a killed process leaves behind):
-    ckpt.pt and prev_ckpt.pt are still complete and verified."""
+    """SIGKILL while a checkpoint is being written (seen by its temp file, which a killed process leaves
+    behind): ckpt.pt and prev_ckpt.pt are still complete and verified."""
     rng = np.random.default_rng(20261201)  # a seeded schedule: the same pauses on every run
     out = tmp_path / 'run'  # a bigger model saved every step, so most of the time is spent writing
-    args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2', '--eval_interval=1',
-            '--eval_iters=1', '--max_iters=100000', f'--out_dir={out}']
+    args = ['--vocab_size=8192', '--n_embd=128', '--n_head=2', '--block_size=8', '--batch_size=2',
+            '--eval_interval=1', '--eval_iters=1', '--max_iters=100000', f'--out_dir={out}']
     landed, seen = None, []
     for attempt in range(10):  # the temp file may be renamed between seeing it and the kill: then try again
-        p = subprocess.Popen([sys.executable, 'train.py', *args, *(['--init_from=resume'] if attempt else [])],
+        resume = ['--init_from=resume'] if attempt else []
+        p = subprocess.Popen([sys.executable, 'train.py', *args, *resume],
                              cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
         tmp = out / f'ckpt.pt.tmp{p.pid}'
         deadline = time.time() + 60
@@ -1029,7 +1059,8 @@ def test_corrupt_checkpoints_are_refused_or_fall_back(tmp_path):
     flipped[len(good) // 2] ^= 0xFF  # torch.load reads this silently; the digest does not
     for bad, what in ((good[:len(good) // 2], 'truncated'), (bytes(flipped), 'bit flip')):
         ckpt.write_bytes(bad)
-        code, _, err = run_train('--init_from=resume', '--max_iters=6', '--allow_changes=True', f'--out_dir={out}')
+        code, _, err = run_train('--init_from=resume', '--max_iters=6', '--allow_changes=True',
+                                 f'--out_dir={out}')
         assert code == 1 and 'truncated or corrupt' in err and '--resume_fallback=True' in err, (what, err)
         assert len(err.strip().splitlines()) == 1
         assert ckpt.read_bytes() == bad  # nothing overwritten
@@ -1048,7 +1079,8 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     textdata.write_tokens(tok_b, rng.integers(0, 50, 2000), vocab_size=50, encoding='enc-a')
     out = str(tmp_path / 'run')
     base = [a for a in TINY_RUN if not a.startswith('--vocab_size')]
-    assert run_train(*base, f'--data={tok_a}', '--max_iters=2', '--eval_interval=2', f'--out_dir={out}')[0] == 0
+    assert run_train(*base, f'--data={tok_a}', '--max_iters=2', '--eval_interval=2',
+                     f'--out_dir={out}')[0] == 0
     saved = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['config']
     assert saved['encoding'] == 'enc-a' and saved['vocab_size'] == 50 and saved['head'] == 'linear'
     assert len(saved['data_fingerprint']) == 16 and saved['code_version']
@@ -1066,7 +1098,8 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
     code, _, err = run_train(f'--data={tok_a}', '--encoding=cl100k_base', f'--out_dir={tmp_path}/other')
     assert code == 1 and 'was tokenized with enc-a' in err, err  # a token file from another tokenizer
-    code, _, err = run_train('--init_from=resume', '--max_iters=4', '--allow_changes=True', f'--out_dir={out}')
+    code, _, err = run_train('--init_from=resume', '--max_iters=4', '--allow_changes=True',
+                             f'--out_dir={out}')
     assert code == 0, err  # intended changes (new data, more steps) are allowed when said so
     assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
 
@@ -1091,10 +1124,12 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path):
     assert run_train(*TINY_RUN, '--max_iters=2', '--eval_interval=2', f'--out_dir={out}')[0] == 0
     before = (out / 'ckpt.pt').read_bytes()
     limit = len(before) // 2  # the file-size limit makes the next checkpoint write fail, as a full disk would
-    p = subprocess.run([sys.executable, 'train.py', '--init_from=resume', '--max_iters=4', '--allow_changes=True',
-                        f'--out_dir={out}'], cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV,
+    p = subprocess.run([sys.executable, 'train.py', '--init_from=resume', '--max_iters=4',
+                        '--allow_changes=True', f'--out_dir={out}'],
+                       cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV,
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
-    assert p.returncode == 1 and 'could not save' in p.stderr and 'previous checkpoint (iter 2) is intact' in p.stderr
+    assert p.returncode == 1 and 'could not save' in p.stderr
+    assert 'previous checkpoint (iter 2) is intact' in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert (out / 'ckpt.pt').read_bytes() == before
     assert not [f for f in os.listdir(out) if '.tmp' in f]  # no half-written leftovers
@@ -1137,7 +1172,8 @@ def test_measure_zero_when_G_lies_in_col_W():
     assert measure.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
     live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert live['grad_destroyed'] < 1e-5 and abs(live['grad_cosine'] - 1) < 1e-10
-    assert live['visible_over_chance'] == pytest.approx(300 / 16, rel=1e-9)  # all of it visible: V/rank × chance
+    # all of it visible: V/rank × chance
+    assert live['visible_over_chance'] == pytest.approx(300 / 16, rel=1e-9)
 
 
 @pytest.mark.parametrize('V,D,N', [(400, 40, 500), (1000, 10, 200), (256, 128, 100)])
@@ -1152,8 +1188,9 @@ def test_measure_random_subspace_baseline(V, D, N):
 
 
 def test_measure_visible_over_chance_is_one_for_random_subspaces():
-    """c²·V/rank(W): for a fixed G and W's column space uniformly random of dimension k, E[‖P g‖²] = (k/V)‖g‖², so
-    the mean over random rank-k heads is 1 (k = 8 < D = 32: the rank counts, not D). Tolerance: 5 standard errors."""
+    """c²·V/rank(W): for a fixed G and W's column space uniformly random of dimension k,
+    E[‖P g‖²] = (k/V)‖g‖², so the mean over random rank-k heads is 1 (k = 8 < D = 32: the rank counts, not D).
+    Tolerance: 5 standard errors."""
     g = torch.Generator().manual_seed(0)
     V, D, k, n = 512, 32, 8, 24
     Z, y = torch.randn(256, V, generator=g) * 2, torch.randint(0, V, (256,), generator=g)
@@ -1161,17 +1198,20 @@ def test_measure_visible_over_chance_is_one_for_random_subspaces():
     live = []
     for _ in range(n):
         W = torch.randn(V, k, generator=g) @ torch.randn(k, D, generator=g)  # rank k
-        live.append(measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), V)['visible_over_chance'])
+        meter = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), V)
+        live.append(meter['visible_over_chance'])
         r = qr_ratio(G, torch.linalg.svd(W.double(), full_matrices=False)[0][:, :k])
         assert live[-1] == pytest.approx((1 - r ** 2) * V / k, rel=1e-5)
     m = measure_cli.measure(torch.randn(64, D, generator=g), torch.randint(0, V, (64,), generator=g), W,
                         spectrum_tokens=0, direction_tokens=0)
-    assert m['rank_W'] == k and m['visible_over_chance'] == pytest.approx(m['visible_cosine'] ** 2 * V / k, rel=1e-9)
+    assert m['rank_W'] == k
+    assert m['visible_over_chance'] == pytest.approx(m['visible_cosine'] ** 2 * V / k, rel=1e-9)
     mean, se = np.mean(live), np.std(live, ddof=1) / math.sqrt(n)
     assert abs(mean - 1) < 5 * se and se < 0.05, (mean, se)
 
 
-LIVE_HEADS = [('linear', None), ('tied', None), ('wide', None), ('wide', 48), ('narrow', None), ('narrow', 1), ('narrow', 7)]
+LIVE_HEADS = [('linear', None), ('tied', None), ('wide', None), ('wide', 48), ('narrow', None), ('narrow', 1),
+              ('narrow', 7)]
 
 
 @pytest.mark.parametrize('head,rank', LIVE_HEADS)
@@ -1200,8 +1240,8 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
 
 
 def test_measure_meters_ignore_targets_of_minus_one():
-    """Tokens whose target is −1 are in no meter: not in live_meter (eval) nor in model_meter (every step), so each
-    reads the QR reference on the other tokens."""
+    """Tokens whose target is −1 are in no meter: not in live_meter (eval) nor in model_meter (every step), so
+    each reads the QR reference on the other tokens."""
     torch.manual_seed(0)
     model = GPT(tiny('linear', vocab_size=50))
     idx, y = torch.randint(0, 50, (3, 8)), torch.randint(0, 50, (3, 8))
@@ -1218,9 +1258,9 @@ def test_measure_meters_ignore_targets_of_minus_one():
 
 
 def test_measure_live_meter_on_positions_after_the_first():
-    """SpamLang's meter on positions ≥ 1 is the QR reference on those rows only. Hand-built so that the two kinds of
-    rows differ: W spans the batch's symbols (one-hot columns); positions ≥ 1 favour their symbol and put little mass
-    outside the batch, position 0 is a uniform guess."""
+    """SpamLang's meter on positions ≥ 1 is the QR reference on those rows only. Hand-built so that the two
+    kinds of rows differ: W spans the batch's symbols (one-hot columns); positions ≥ 1 favour their symbol and
+    put little mass outside the batch, position 0 is a uniform guess."""
     V, D = 64, 16
     x, y = spamlang.get_batch(12, 8, V, spamlang.make_generator(0))
     symbols = y[:, 0].unique()
@@ -1248,7 +1288,8 @@ def test_measure_live_factor_on_ill_conditioned_and_singular_W(cond):
         torch.cat([torch.ones(D - 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)])  # rank D − 5
     W = ((U * s) @ Vt.T * 0.02).float()  # fp32, as a trained head is stored
     Q = U if math.isfinite(cond) else U[:, :D - 5]
-    G = torch.randn(64, V, generator=g, dtype=torch.float64) + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
+    noise = torch.randn(64, V, generator=g, dtype=torch.float64)
+    G = noise + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
     ref = ((G - G @ Q @ Q.T).norm() / G.norm()).item()
     live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5, (live, ref)
@@ -1297,16 +1338,19 @@ def test_measure_spectrum_rank_and_gram_paths():
                                rtol=1e-5, atol=1e-9)  # fp32 logits, summed in another order
     s = measure_cli.spectrum_stats(sig2, 4, top_k=10)
     energy = sig2.cumsum(0) / sig2.sum()
-    assert s['ey_k'] == 8 and abs(s['ey_floor'] - (1 - energy[7].item())) < 1e-12 and abs(s['energy_top_k'] - energy[9].item()) < 1e-12
+    assert s['ey_k'] == 8 and abs(s['ey_floor'] - (1 - energy[7].item())) < 1e-12
+    assert abs(s['energy_top_k'] - energy[9].item()) < 1e-12
     assert energy[s['components_0.7'] - 1] >= 0.7 > energy[s['components_0.7'] - 2]
 
 
 def test_measure_eckart_young_floor_at_twice_the_head_rank():
-    """The energy of G beyond its top k = 2·rank(W) components: out of reach of any first-order update of the hidden
-    states and a head of that rank. A hand-built spectrum, then a rank-3 head (D = 16) through measure()."""
+    """The energy of G beyond its top k = 2·rank(W) components: out of reach of any first-order update of
+    the hidden states and a head of that rank. A hand-built spectrum, then a rank-3 head (D = 16) through
+    measure()."""
     s = measure_cli.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
     assert s['ey_k'] == 2 and s['ey_floor'] == pytest.approx(4 / 16, abs=1e-15)
-    assert (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k']) == pytest.approx((8 / 16, 12 / 16, 14 / 16))
+    tops = (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k'])
+    assert tops == pytest.approx((8 / 16, 12 / 16, 14 / 16))
     assert (s['components_0.7'], s['components_0.99'], s['components_0.999']) == (2, 5, 5)
     assert s['numerical_rank'] == 5
     p = torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0]).sqrt() / torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0]).sqrt().sum()
@@ -1322,9 +1366,9 @@ def test_measure_eckart_young_floor_at_twice_the_head_rank():
 
 
 def direction_ref(H, y, W, step, factors=None):
-    """Loss decreases of the three equal-norm logit steps, by brute force in float64 from the fp32 logits H·Wᵀ that
-    measure.py starts from: the head's step is the first-order change of W under a gradient step of the mean loss on
-    the head's own parameters (W, or B and A), from autograd."""
+    """Loss decreases of the three equal-norm logit steps, by brute force in float64 from the fp32 logits H·Wᵀ
+    that measure.py starts from: the head's step is the first-order change of W under a gradient step of the
+    mean loss on the head's own parameters (W, or B and A), from autograd."""
     N = len(H)
     Hd, Wd = H.double(), W.double()
     Z = (H @ W.T).double()
@@ -1361,12 +1405,13 @@ def test_measure_direction_test_matches_brute_force(factorized):
         assert row['ratio_hidden'] == row['decrease_H'] / row['decrease_G']
         assert row['ratio_hidden_head'] == row['decrease_HW'] / row['decrease_G']
     assert rows[0]['decrease_G'] > rows[0]['decrease_H'] > 0  # the direct gradient is steepest to first order
-    assert rows[0]['decrease_G'] > rows[0]['decrease_HW'] > rows[0]['decrease_H']  # the head's step adds to it
+    # the head's step adds to it
+    assert rows[0]['decrease_G'] > rows[0]['decrease_HW'] > rows[0]['decrease_H']
 
 
 def test_measure_head_update_is_each_heads_own_step():
-    """For W = B·A, a gradient step on B and A changes W by −η·(S Aᵀ A + B Bᵀ S) to first order (S = ∂L/∂W): the
-    derivative of (B − η ∂L/∂B)(A − η ∂L/∂A) at η = 0, from autograd. For a plain head, S itself."""
+    """For W = B·A, a gradient step on B and A changes W by −η·(S Aᵀ A + B Bᵀ S) to first order (S = ∂L/∂W):
+    the derivative of (B − η ∂L/∂B)(A − η ∂L/∂A) at η = 0, from autograd. For a plain head, S itself."""
     g = torch.Generator().manual_seed(0)
     V, D, r = 30, 8, 3
     B = torch.randn(V, r, generator=g, dtype=torch.float64, requires_grad=True)
@@ -1374,8 +1419,10 @@ def test_measure_head_update_is_each_heads_own_step():
     S = torch.randn(V, D, generator=g, dtype=torch.float64)
     gB, gA = torch.autograd.grad((S * (B @ A)).sum(), (B, A))  # a loss whose ∂L/∂W is S
     step = lambda eta: (B - eta * gB) @ (A - eta * gA)
-    _, dW = torch.func.jvp(step, (torch.zeros((), dtype=torch.float64),), (torch.ones((), dtype=torch.float64),))
-    torch.testing.assert_close(measure_cli.head_update(S, (B.detach(), A.detach())), -dW, rtol=1e-12, atol=1e-12)
+    zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+    _, dW = torch.func.jvp(step, (zero,), (one,))
+    update = measure_cli.head_update(S, (B.detach(), A.detach()))
+    torch.testing.assert_close(update, -dW, rtol=1e-12, atol=1e-12)
     assert measure_cli.head_update(S) is S
     model = GPT(tiny('narrow', head_rank=3))
     B_, A_ = measure_cli.head_factors(model.lm_head)
@@ -1384,8 +1431,9 @@ def test_measure_head_update_is_each_heads_own_step():
 
 
 def test_measure_hidden_direction_does_not_depend_on_N():
-    """ratio_hidden (each token's own hidden-state step) at N = 1,024 and 4,096 tokens of the same fresh-init SpamLang
-    model agrees within 2%, about 5× the spread between disjoint batches of 1,024 (measured 0.2446 vs 0.2454)."""
+    """ratio_hidden (each token's own hidden-state step) at N = 1,024 and 4,096 tokens of the same fresh-init
+    SpamLang model agrees within 2%, about 5× the spread between disjoint batches of 1,024
+    (measured 0.2446 vs 0.2454)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, n_embd=32, n_layer=1, n_head=2, block_size=8)).eval()
     x, y = spamlang.get_batch(512, 8, 512, spamlang.make_generator(1))  # 128 sequences per 1,024 tokens
@@ -1394,12 +1442,13 @@ def test_measure_hidden_direction_does_not_depend_on_N():
     W, Y = model.lm_head.effective_weight().detach(), y.reshape(-1)
     ratio = {n: measure_cli.direction_test(H[:n], Y[:n], W, step_sizes=(1e-3,))[0] for n in (1024, 4096)}
     assert abs(ratio[4096]['ratio_hidden'] / ratio[1024]['ratio_hidden'] - 1) < 0.02, ratio
-    # the head's share is one shared update, so it does depend on N, as the docstring says (measured 0.299 vs 0.231)
+    # the head's share is one shared update, so it does depend on N, as the docstring says
+    # (measured 0.299 vs 0.231)
     assert ratio[1024]['ratio_hidden_head'] > 1.15 * ratio[4096]['ratio_hidden_head'], ratio
 
 
 def test_measure_with_an_output_bias():
-    """An output bias (some HF heads have one) enters the logits, G, r, the spectrum and the direction test."""
+    """An output bias (some HF heads have one) enters the logits, G, r, the spectrum and direction test."""
     g = torch.Generator().manual_seed(0)
     V, D, N = 80, 8, 200
     W, b = torch.randn(V, D, generator=g) * 0.5, torch.randn(V, generator=g) * 2
@@ -1476,7 +1525,8 @@ def test_measure_bad_input_in_process(tmp_path):
     garbage.write_bytes(b'not a checkpoint')
     nanogpt = tmp_path / 'nanogpt.pt'
     torch.save({'model_args': {}, 'iter_num': 3}, nanogpt)  # another project's checkpoint
-    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'), ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
+    for args, msg in [([f'--ckpt={garbage}'], 'truncated or corrupt'),
+                      ([f'--ckpt={nanogpt}'], 'not a checkpoint of this project'),
                       ([f'--ckpt={tmp_path}'], 'is a folder'),
                       (['--init', '--nope=1'], 'unknown option --nope'),
                       ([], 'exactly one of'),
@@ -1495,9 +1545,11 @@ def test_measure_bad_input_is_one_clear_line(tmp_path):
              "runpy.run_path('measure.py', run_name='__main__')")
     for args, msg in [(['measure.py', f'--ckpt={tmp_path}/missing.pt'], 'not found'),
                       (['-c', no_tf], 'needs the transformers package')]:
-        p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120, env=CHILD_ENV)
+        p = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=120,
+                           env=CHILD_ENV)
         lines = p.stderr.strip().splitlines()
-        assert p.returncode == 1 and len(lines) == 1 and 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
+        assert p.returncode == 1 and len(lines) == 1, (args, p.stderr)
+        assert 'Traceback' not in p.stderr and msg in lines[0], (args, p.stderr)
 
 
 def test_measure_destroyed_grows_as_head_rank_shrinks():
@@ -1516,8 +1568,8 @@ def test_measure_destroyed_grows_as_head_rank_shrinks():
 
 @pytest.mark.slow
 def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
-    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30, eval_interval=30,
-              eval_iters=1)
+    train_run(tmp_path, 'run', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=30,
+              eval_interval=30, eval_iters=1)
     ckpt = str(tmp_path / 'run' / 'ckpt.pt')
     out = tmp_path / 'm.json'
     m = measure_main([f'--ckpt={ckpt}', '--n_tokens=300', '--batch_size=8', '--chunk=64', '--top_k=20',
@@ -1533,7 +1585,8 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
         assert key in res['spectrum'], key
     assert res['per_token']['q05'] <= res['per_token']['q50'] <= res['per_token']['q95'] <= 1
     # the same tokens, from the checkpoint's model by hand: the QR reference; and chunking changes nothing
-    H, Y, W, _, _, _ = measure_cli.source_ckpt(measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=300']), 'cpu')
+    opts = measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=300'])
+    H, Y, W, _, _, _ = measure_cli.source_ckpt(opts, 'cpu')
     H, Y = H[:300], Y[:300]
     ref = qr_ratio(softmax_minus_onehot(H @ W.detach().T, Y), W)
     assert abs(m['destroyed_ratio'] / ref - 1) < 1e-9
@@ -1541,7 +1594,8 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
     m300 = measure_cli.measure(H, Y, W, chunk=300, spectrum_tokens=100, direction_tokens=50)
     assert abs(m7['destroyed_ratio'] - m300['destroyed_ratio']) < 1e-12
     assert m7['spectrum']['numerical_rank'] == m300['spectrum']['numerical_rank']
-    assert abs(m7['direction']['steps'][2]['ratio_hidden_head'] - m300['direction']['steps'][2]['ratio_hidden_head']) < 1e-9
+    steps7, steps300 = m7['direction']['steps'], m300['direction']['steps']
+    assert abs(steps7[2]['ratio_hidden_head'] - steps300[2]['ratio_hidden_head']) < 1e-9
 
 
 def test_measure_plot(tmp_path):
@@ -1553,18 +1607,20 @@ def _tiny_hf(path, arch):
     text = ' '.join(['the head of a language model passes back only part of the gradient to its body'] * 40)
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tk.train_from_iterator([text], trainer)
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk)
     V = len(tok) + 7  # the output matrix has padded rows beyond the tokenizer, as in Pythia
     torch.manual_seed(0)
     if arch == 'gpt2':  # tied lm_head, ln_f
-        cfg = transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
-                                      eos_token_id=0)
+        cfg = transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                      bos_token_id=0, eos_token_id=0)
         model = transformers.GPT2LMHeadModel(cfg)
     else:  # GPTNeoX (Pythia): untied embed_out, final_layer_norm
-        cfg = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False,
+        cfg = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64,
+                                         max_position_embeddings=64, tie_word_embeddings=False,
                                          bos_token_id=0, eos_token_id=0)
         model = transformers.GPTNeoXForCausalLM(cfg)
     with torch.no_grad():  # trained-looking final norm, so skipping it would show
@@ -1588,8 +1644,8 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     assert W.data_ptr() == out.data_ptr() and W.shape == (len(tok), 32) and out.size(0) == len(tok) + 7
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert tied == (arch == 'gpt2')
-    c = measure_cli.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32', '--n_tokens=256',
-                            '--batch_size=4'])
+    c = measure_cli.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32',
+                                '--n_tokens=256', '--batch_size=4'])
     H, Y, W, bias, _, about = measure_cli.source_hf(c, 'cpu')
     desc = about['source']
     ids = tok(open(tmp_path / 'text.txt').read(), return_tensors='pt')['input_ids'][0]
@@ -1602,8 +1658,9 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     ref = qr_ratio(softmax_minus_onehot(logits, Y), W)
     code = subprocess.run([sys.executable, 'measure.py', f'--hf={tmp_path}', f'--data={tmp_path}/text.txt',
                            '--block_size=32', '--n_tokens=256', '--batch_size=4', '--spectrum_tokens=128',
-                           '--direction_tokens=64', f'--json={tmp_path}/m.json'], cwd=HERE, capture_output=True,
-                          text=True, timeout=120, env={**CHILD_ENV, 'HF_HUB_OFFLINE': '1'})
+                           '--direction_tokens=64', f'--json={tmp_path}/m.json'],
+                          cwd=HERE, capture_output=True, text=True, timeout=120,
+                          env={**CHILD_ENV, 'HF_HUB_OFFLINE': '1'})
     assert code.returncode == 0, code.stderr
     res = json.loads((tmp_path / 'm.json').read_text())
     assert res['V'] == len(tok) and res['D'] == 32 and res['n_tokens'] == 256
@@ -1628,11 +1685,13 @@ def _naive_vs_fused(model, idx, y, chunk):
     return out
 
 
-@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None), ('wide', 48)])
+@pytest.mark.parametrize('head,rank', [('linear', None), ('tied', None), ('narrow', 3), ('wide', None),
+                                       ('wide', 48)])
 def test_fused_loss_matches_naive_every_head(head, rank):
     torch.manual_seed(0)
-    model = GPT(tiny(head, head_rank=rank, vocab_size=70, block_size=9))  # V = 70 padded to 128: padding stays out
-    idx = torch.randint(0, 70, (3, 9))                       # N = 27 tokens, chunks of 4: the last one holds 3
+    # V = 70 padded to 128: padding stays out
+    model = GPT(tiny(head, head_rank=rank, vocab_size=70, block_size=9))
+    idx = torch.randint(0, 70, (3, 9))                       # N = 27 tokens, chunks of 4: the last holds 3
     y = torch.randint(0, 70, (3, 9))
     y[0, :5] = -1                                            # ignored targets
     (ln, gn), (lf, gf) = _naive_vs_fused(model, idx, y, chunk=4)
@@ -1675,14 +1734,16 @@ def test_fused_loss_function_gradients_and_bf16_inputs():
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
-    """Under autocast the fused loss computes the logits (and G·W, Gᵀh) in the autocast dtype, as the naive path does:
-    its loss equals the naive path's to fp32 rounding (which differs from the fp32 loss by the rounding of the logits,
-    at this seed 10-100× more); its gradients agree with the naive path's within the dtype's epsilon and differ from
-    fp32's by a fraction of it (a norm over many entries: no cancellation by chance)."""
+    """Under autocast the fused loss computes the logits (and G·W, Gᵀh) in the autocast dtype, as the naive
+    path does: its loss equals the naive path's to fp32 rounding (which differs from the fp32 loss by the
+    rounding of the logits, at this seed 10-100× more); its gradients agree with the naive path's within the
+    dtype's epsilon and differ from fp32's by a fraction of it (a norm over many entries: no cancellation by
+    chance)."""
     g = torch.Generator().manual_seed(0)
     N, V, D = 64, 500, 32
     h = torch.randn(N, D, generator=g).requires_grad_()
-    W = (torch.randn(V, D, generator=g) * 0.5).requires_grad_()  # logits of std ≈ 3: rounding shows in the loss
+    # logits of std ≈ 3: rounding shows in the loss
+    W = (torch.randn(V, D, generator=g) * 0.5).requires_grad_()
     y = torch.randint(0, V, (N,), generator=g)
     loss32 = fused_linear_cross_entropy(h, W, y, chunk_size=16)
     g32 = torch.autograd.grad(loss32, (h, W))
@@ -1692,18 +1753,23 @@ def test_fused_loss_runs_its_matmuls_in_the_autocast_dtype(dtype):
     assert loss.dtype == torch.float32
     gf, gn = torch.autograd.grad(loss, (h, W)), torch.autograd.grad(naive, (h, W))
     eps, eps32 = torch.finfo(dtype).eps, torch.finfo(torch.float32).eps
-    assert abs(naive.item() - loss32.item()) > 8 * eps32 * loss32.item()  # the rounded logits show in the loss
-    assert abs(loss.item() - naive.item()) <= 8 * eps32 * naive.item(), (loss.item(), naive.item(), loss32.item())
+    # the rounded logits show in the loss
+    assert abs(naive.item() - loss32.item()) > 8 * eps32 * loss32.item()
+    losses = (loss.item(), naive.item(), loss32.item())
+    assert abs(loss.item() - naive.item()) <= 8 * eps32 * naive.item(), losses
     for a, b, c in zip(gf, gn, g32):
-        assert rel_err(a, b) < 2 * eps, rel_err(a, b)          # the naive path's rounding, within a few roundings
-        assert rel_err(a, c) > 0.05 * eps, rel_err(a, c)       # not fp32 (rounding of a 16-bit dtype leaves ~eps/4)
+        # the naive path's rounding, within a few roundings
+        assert rel_err(a, b) < 2 * eps, rel_err(a, b)
+        # not fp32 (rounding of a 16-bit dtype leaves ~eps/4)
+        assert rel_err(a, c) > 0.05 * eps, rel_err(a, c)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 @pytest.mark.parametrize('head', list(HEADS))
 def test_autocast_every_head_naive_and_fused(head, dtype):
-    """A training step's loss and gradients under CPU autocast (fp16 with a GradScaler, as train.py does): finite,
-    the fused path within 2·eps (norm-wise) of the naive one, both within 2·eps of fp32; no step skipped."""
+    """A training step's loss and gradients under CPU autocast (fp16 with a GradScaler, as train.py does):
+    finite, the fused path within 2·eps (norm-wise) of the naive one, both within 2·eps of fp32; no step
+    skipped."""
     torch.manual_seed(0)
     model = GPT(tiny(head, vocab_size=300, block_size=16, head_rank=4 if head in FACTORIZED else None))
     idx, y = torch.randint(0, 300, (4, 16)), torch.randint(0, 300, (4, 16))
@@ -1736,8 +1802,8 @@ def test_autocast_every_head_naive_and_fused(head, dtype):
 
 
 def test_fused_backward_with_a_grad_scaler_scale_stays_finite_in_fp16():
-    """GradScaler's first scale is 65,536, which is not an fp16 number (the largest is 65,504): the backward must
-    scale in fp32, then cast. Finite gradients that, unscaled, match fp32 within fp16's epsilon."""
+    """GradScaler's first scale is 65,536, which is not an fp16 number (the largest is 65,504): the backward
+    must scale in fp32, then cast. Finite gradients that, unscaled, match fp32 within fp16's epsilon."""
     g = torch.Generator().manual_seed(0)
     N, V, D = 48, 400, 32
     h = torch.randn(N, D, generator=g).requires_grad_()
@@ -1800,13 +1866,16 @@ def test_loss_flag_and_compiled_training_matches_eager(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
-    """`torchrun --nproc_per_node=2 train.py` with no --gradient_accumulation_steps: one micro-batch per process, so
-    2 per step, each process its own; the same run as one process with --gradient_accumulation_steps=2."""
-    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8', '--max_iters=20',
-            '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5', '--head=wide']
+    """`torchrun --nproc_per_node=2 train.py` with no --gradient_accumulation_steps: one micro-batch per
+    process, so 2 per step, each process its own; the same run as one process with
+    --gradient_accumulation_steps=2."""
+    args = ['--vocab_size=64', '--n_embd=32', '--n_head=2', '--block_size=8', '--batch_size=8',
+            '--max_iters=20', '--warmup_iters=5', '--eval_interval=20', '--eval_iters=2', '--log_interval=5',
+            '--head=wide']
     env = CHILD_ENV  # 2 processes on 2 cores: one thread each
     one = subprocess.run([sys.executable, 'train.py', *args, '--gradient_accumulation_steps=2',
-                          f'--out_dir={tmp_path}/one'], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+                          f'--out_dir={tmp_path}/one'],
+                         cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                           'train.py', *args, f'--out_dir={tmp_path}/two'], cwd=HERE, env=env,
                          capture_output=True, text=True, timeout=180)
@@ -1908,8 +1977,9 @@ def test_cuda_fused_loss_matches_naive_in_bf16():
 
 
 def test_bench_workers_measure_what_they_name():
-    """The head variants compute the same loss gradients (so their times compare like with like), and each worker's
-    derived numbers follow from its time: FLOP/s = 6·N·V·D / t, tokens/s = B·T / t, time per token = t / N."""
+    """The head variants compute the same loss gradients (so their times compare like with like), and each
+    worker's derived numbers follow from its time: FLOP/s = 6·N·V·D / t, tokens/s = B·T / t,
+    time per token = t / N."""
     N, V, D = 64, 300, 16
     h, W, y = bench.head_inputs(N, V, D, 'cpu', torch.float32)
     grads = {}
@@ -1944,8 +2014,8 @@ def test_bench_refuses_bad_options():
 
 @pytest.mark.slow
 def test_bench_quick_smoke_writes_json_rows(tmp_path, monkeypatch, capsys):
-    """`bench.py --quick --sections=1 --json=FILE` on one small shape: a worker subprocess per variant, one row each,
-    printed and written; flops_frac is the bare matmuls' time over the variant's."""
+    """`bench.py --quick --sections=1 --json=FILE` on one small shape: a worker subprocess per variant, one
+    row each, printed and written; flops_frac is the bare matmuls' time over the variant's."""
     monkeypatch.setattr(bench, 'QUICK_SHAPES', [(64, 512, 16)])
     monkeypatch.setattr(bench, 'VARIANTS', ('bare', 'naive', 'fused'))
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
@@ -1974,9 +2044,9 @@ def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
     text = tmp_path / 'words.txt'
     text.write_text(' '.join(['the head passes back only part of the gradient'] * 200))
     out = tmp_path / 'run'
-    code, _, err = run_train(f'--data={text}', '--compact_vocab=True', '--n_embd=16', '--n_head=2', '--block_size=16',
-                             '--batch_size=8', '--max_iters=60', '--learning_rate=1e-2', '--eval_interval=60',
-                             '--eval_iters=1', f'--out_dir={out}')
+    code, _, err = run_train(f'--data={text}', '--compact_vocab=True', '--n_embd=16', '--n_head=2',
+                             '--block_size=16', '--batch_size=8', '--max_iters=60', '--learning_rate=1e-2',
+                             '--eval_interval=60', '--eval_iters=1', f'--out_dir={out}')
     assert code == 0, err
     state = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))
     assert state['config']['vocab_size'] == len(state['id_map']) < 20  # compacted: the ids that occur
@@ -1986,7 +2056,8 @@ def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
     assert a.returncode == 0 and a.stdout == b.stdout, a.stderr
     samples = a.stdout.split('---------------')[:-1]
     assert len(samples) == 3 and all(s.strip().startswith('the head') for s in samples)
-    assert set(''.join(samples)) <= set('the head passes back only part of the gradient\n')  # its tokens, decoded
+    # its tokens, decoded
+    assert set(''.join(samples)) <= set('the head passes back only part of the gradient\n')
     bad = run('--start=zebra')
     assert bad.returncode == 1 and 'never saw' in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 

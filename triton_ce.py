@@ -12,12 +12,13 @@ pass, backward only scales them by the incoming gradient. Under autocast the mat
 and the softmax in fp32. A batch whose targets are all ignored gives a NaN loss and NaN gradients, like the
 reference (it divides by n_valid = 0); F.cross_entropy gives a NaN loss there too (but zero gradients).
 
-From the chunked version to this one. fused_loss.py walks over chunks of TOKENS: per chunk it forms all V logits
-of c rows, so each row's softmax is exact at once, and folds G_c into dh and dW. Its dW accumulates over N/c
-chunks. At N = 8,192, V = 131,072 a 64 MiB budget allows c = 256 bf16 rows, so fp32 dW (2 GiB at D = 4,096)
-is read and written 32 times: 128 GiB of traffic, ~27 ms at 4.8 TB/s, against ~40 ms for all three matmuls
-at peak; and each dW update is a K = 256 matmul, ~64 flop per byte of dW, below the H200's ~200 flop/byte
-ridge. Row chunks with stored logits do 3 matmuls but are bound by memory traffic, not by the tensor cores.
+From the chunked version to this one. fused_loss.py walks over chunks of TOKENS: per chunk it forms all V
+logits of c rows, so each row's softmax is exact at once, and folds G_c into dh and dW. Its dW accumulates
+over N/c chunks. At N = 8,192, V = 131,072 a 64 MiB budget allows c = 256 bf16 rows, so fp32 dW (2 GiB at
+D = 4,096) is read and written 32 times: 128 GiB of traffic, ~27 ms at 4.8 TB/s, against ~40 ms for all
+three matmuls at peak; and each dW update is a K = 256 matmul, ~64 flop per byte of dW, below the H200's
+~200 flop/byte ridge. Row chunks with stored logits do 3 matmuls but are bound by memory traffic, not by the
+tensor cores.
 
 So this file walks over chunks of the VOCABULARY instead, where each dW row block is written once (K = N).
 The price: G needs each row's logsumexp (lse) before any of its entries exists, and a V-chunk sees only part
@@ -263,7 +264,8 @@ def fused_ce_forward(h, W, targets, need_dh, need_dW, chunk_v=0, segments=None, 
     gd = grad_dtype(dt)
     valid = targets >= 0
     n_valid = valid.sum()  # a tensor: no host sync
-    inv_n = 1.0 / n_valid.float()  # inf if every target is ignored: NaN loss and gradients, like fused_loss.py
+    # inf if every target is ignored: NaN loss and gradients, like fused_loss.py
+    inv_n = 1.0 / n_valid.float()
     lse, logit_y = lse_and_target(h, W, targets, segments, blocks)
     loss = ((lse - logit_y) * valid).sum() * inv_n
     dh = h.new_empty(0, dtype=gd)

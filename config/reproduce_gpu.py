@@ -1,8 +1,9 @@
-# The gpu preset of reproduce.py (ours): `python reproduce.py --preset=gpu --text=input.txt` on one CUDA GPU. Every
-# experiment is sized by its control: exposures per symbol ≥ the CPU preset's (25 in experiment 1, 16 in 2) and about
-# 3 epochs of Tiny Shakespeare in 3. Estimated ≤ 60 min on one H200 (README); not yet run. Any --key=value wins.
+# The gpu preset of reproduce.py (ours): `python reproduce.py --preset=gpu --text=input.txt` on one CUDA GPU.
+# Every experiment is sized by its control: exposures per symbol ≥ the CPU preset's (25 in experiment 1,
+# 16 in 2) and about 3 epochs of Tiny Shakespeare in 3. Estimated ≤ 60 min on one H200 (README); not yet
+# run. Any --key=value wins.
 device = 'cuda'
-compile = False            # ~150 short runs, one process each: compiling every one would cost more than it saves
+compile = False  # ~150 short runs, one process each: compiling every one would cost more than it saves
 # experiment 1: V = 32,768, D = 256, 4 layers; 3,200 steps × 256 sequences = 25 exposures per symbol
 e1_heads = 'narrow:4,narrow:16,narrow:64,narrow:128,wide,linear,tied'
 e1_lrs = '3e-4,1e-3,3e-3'
@@ -22,7 +23,8 @@ e2_vocab_sizes = '4096,16384,65536'
 e2_lrs = '3e-4,1e-3,3e-3'
 e2_steps = 500
 e2_eval_sequences = 8192
-# experiment 3: D = 256, 4 layers, T = 128, 400 steps × 16 windows ≈ 3 epochs of Tiny Shakespeare's train split
+# experiment 3: D = 256, 4 layers, T = 128,
+# 400 steps × 16 windows ≈ 3 epochs of Tiny Shakespeare's train split
 e3_heads = 'narrow:2,narrow:8,narrow:32,narrow:128,wide'
 e3_lrs = '3e-4,1e-3,3e-3'
 e3_n_embd = 256

@@ -1,6 +1,7 @@
-# The quick preset of reproduce.py (ours; `--quick`): experiments 1, 3 and 4 at small sizes in ≤ 5 min on 2 CPU cores
-# (experiment 3 ≤ 2 min). A smoke test of the whole pipeline: experiment 3 stays near the unigram stage here, so its
-# stage gate fails and it concludes nothing; the CPU preset (the defaults of reproduce.py) is the real run.
+# The quick preset of reproduce.py (ours; `--quick`): experiments 1, 3 and 4 at small sizes in ≤ 5 min on
+# 2 CPU cores (experiment 3 ≤ 2 min). A smoke test of the whole pipeline: experiment 3 stays near the unigram
+# stage here, so its stage gate fails and it concludes nothing; the CPU preset (the defaults of reproduce.py)
+# is the real run.
 experiments = '1,3,4'
 seeds = 2
 e1_heads = 'narrow:2,narrow:8,wide,linear'
