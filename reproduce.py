@@ -1,16 +1,18 @@
 """
-Reproduce the paper's findings at laptop scale, figures and tables included, in one command (arXiv 2603.10145).
+Reproduce the paper's findings at laptop scale, figures and tables included, in one command
+(arXiv 2603.10145).
 
-    python reproduce.py --quick --text=input.txt       # experiments 1, 3, 4 at small sizes: ≤ 5 min on 2 CPU cores
-    python reproduce.py --text=input.txt               # all four, the CPU preset (the defaults below): ≤ 60 min
+    python reproduce.py --quick --text=input.txt       # experiments 1, 3, 4, small: ≤ 5 min on 2 CPU cores
+    python reproduce.py --text=input.txt               # all four, the CPU preset (the defaults): ≤ 60 min
     python reproduce.py --preset=gpu --text=input.txt  # config/reproduce_gpu.py, sized for one H200
     python reproduce.py --experiments=1 --e1_heads=narrow:4,wide --seeds=5 --out=results/mine
 
 input.txt: any UTF-8 text, e.g. Tiny Shakespeare:
 https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
-Every run is one `python train.py --key=value ...` (its output in <out>/<exp>/<run>/stdout.txt beside log.jsonl and
-run.json); heads are train.py's, written head[:head_rank] (narrow:8). Each configuration sweeps its lrs on the first
---sweep_seeds seeds, the others run at its best lr. An --out holding results is refused unless --reuse or --overwrite.
+Every run is one `python train.py --key=value ...` (its output in <out>/<exp>/<run>/stdout.txt beside
+log.jsonl and run.json); heads are train.py's, written head[:head_rank] (narrow:8). Each configuration sweeps
+its lrs on the first --sweep_seeds seeds, the others run at its best lr. An --out holding results is refused
+unless --reuse or --overwrite.
 """
 import csv
 import dataclasses
@@ -42,8 +44,8 @@ from options import ConfigError, TrainingError
 from model import FACTORIZED, HEADS, GPTConfig, check_config, fused_linear_cross_entropy
 
 # -----------------------------------------------------------------------------
-# defaults: the CPU preset (all four experiments in ≤ 60 min on 2 cores); --preset=NAME takes the keys that are
-# not given from config/reproduce_NAME.py
+# defaults: the CPU preset (all four experiments in ≤ 60 min on 2 cores); --preset=NAME takes the keys that
+# are not given from config/reproduce_NAME.py
 preset = 'cpu'            # cpu (these values) | quick | gpu | tiny (the test grid)
 quick = False             # = --preset=quick
 experiments = '1,2,3,4'   # a comma-separated subset, run in this order (4 reads the runs of 1 and 3)
@@ -56,11 +58,11 @@ compile = None            # train.py --compile; None = train.py's default (on fo
 threads = 1               # OMP_NUM_THREADS of every run (0: torch's default); 1 is far faster on shared cores
 seeds = 3                 # runs per configuration: seeds --seed, --seed + 1, ...
 seed = 1337
-sweep_seeds = 1           # the lr grid runs on the first sweep_seeds seeds, the others at each configuration's best lr
+sweep_seeds = 1           # the lr grid runs on the first sweep_seeds seeds, the others at the best lr found
 n_head = 4                # attention heads of every model
 warmup = 0.1              # linear warmup over this fraction of each run's steps, then cosine to lr/10
 # experiment 1: head rank on SpamLang
-e1_heads = 'narrow:2,narrow:4,narrow:8,narrow:16,narrow:32,wide,linear,tied'  # head[:head_rank] (train.py's heads)
+e1_heads = 'narrow:2,narrow:4,narrow:8,narrow:16,narrow:32,wide,linear,tied'  # head[:head_rank], train.py's
 e1_lrs = '1e-3,3e-3,1e-2,3e-2'  # the lr grid of every head
 e1_vocab_size = 1024
 e1_n_embd = 64
@@ -93,7 +95,7 @@ e3_batch_size = 16
 e3_max_iters = 720         # 737k tokens ≈ 2.7 epochs of Tiny Shakespeare's train split (271k tokens)
 e3_eval_interval = 180
 e3_eval_iters = 0          # 0: every non-overlapping window of the validation split
-e3_freq_bins = '64,1024'   # loss by frequency: the 64 most frequent types (train split), the next 1,024, the rest
+e3_freq_bins = '64,1024'   # loss by frequency: the 64 most frequent types (train split), the next 1,024, rest
 e3_probe_steps = 100       # the probe: a fresh full-rank linear head fitted on each frozen backbone
 e3_probe_lr = 1e-2
 e3_spectrum_tokens = 2048  # the first validation tokens, for the spectrum of G
@@ -108,8 +110,10 @@ TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at equal exposures: (D, V
 FIGURES = {'1': ['exp1_head_rank.png'], '2': ['exp2_vd_heatmap.png', 'exp2_rank_heatmap.png'],
            '3': ['exp3_text.png'], '4': ['exp4_meter.png']}
 EDGE = {**plot.ARROWS, 'one lr': ' (one lr)', '': ''}  # the best lr's flag, after it in the tables
-OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to lr/10, grad clip 1 (train.py's)",
-        "lrs swept on the first sweep_seeds seeds, the others at the best; ↓/↑: the best lr at the grid's low/high edge",
+OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to lr/10, grad clip 1 "
+        "(train.py's)",
+        "lrs swept on the first sweep_seeds seeds, the others at the best; ↓/↑: the best lr at the grid's "
+        "low/high edge",
         "std over seeds with ddof = 1"]
 HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)}):[1-9][0-9]*")
 say = functools.partial(print, flush=True)
@@ -128,7 +132,8 @@ def numbers(c, key, kind=float):
         except ValueError:
             value = math.nan
         if not 0 < value < math.inf:
-            raise ConfigError(f"--{key}={c[key]}: bad item {item!r}; give positive {kind.__name__}s, comma-separated")
+            raise ConfigError(f"--{key}={c[key]}: bad item {item!r}; give positive {kind.__name__}s, "
+                              f"comma-separated")
         values.append(value)
     return values
 
@@ -138,14 +143,14 @@ def head_specs(c, key):
     specs = [s.strip() for s in str(c[key]).split(',')]
     for spec in specs:
         if not HEAD_SPEC.fullmatch(spec):
-            raise ConfigError(f"--{key}={c[key]}: bad item {spec!r}; give heads ({', '.join(HEADS)}; narrow:8 sets "
-                              f"the rank), comma-separated")
+            raise ConfigError(f"--{key}={c[key]}: bad item {spec!r}; give heads ({', '.join(HEADS)}; "
+                              f"narrow:8 sets the rank), comma-separated")
     return specs
 
 
 def heads_of(c, e):
-    """The heads of experiment 1 or 3 (3: narrowest first), each a dict: spec (head[:rank]), key (its runs' name),
-    args (train.py's), rank (of W) and label."""
+    """The heads of experiment 1 or 3 (3: narrowest first), each a dict: spec (head[:rank]), key (its runs'
+    name), args (train.py's), rank (of W) and label."""
     D = c[f'e{e}_n_embd']
     heads = []
     for spec in head_specs(c, f'e{e}_heads'):
@@ -173,15 +178,16 @@ def exp2_key(x, v, V):
 
 
 def apply_preset(config, given, script, name):
-    """The values of config/<script>_<name>.py for every key not given on the command line ('cpu' and '' are the
-    script's own defaults). Returns the config; an unknown preset names the ones there are."""
+    """The values of config/<script>_<name>.py for every key not given on the command line ('cpu' and ''
+    are the script's own defaults). Returns the config; an unknown preset names the ones there are."""
     if name in ('', 'cpu'):
         return config
     path = os.path.join(HERE, 'config', f"{script}_{name}.py")
     if not os.path.isfile(path):
         there = sorted(f[len(script) + 1:-3] for f in os.listdir(os.path.join(HERE, 'config'))
                        if f.startswith(script + '_') and f.endswith('.py'))
-        raise ConfigError(f"--preset={name}: no config/{script}_{name}.py; presets: {', '.join(['cpu', *there])}")
+        presets = ', '.join(['cpu', *there])
+        raise ConfigError(f"--preset={name}: no config/{script}_{name}.py; presets: {presets}")
     for key, val in options.read_config_file(path).items():
         options.check_key(key, config, f" in {path}")
         if key not in given:
@@ -206,7 +212,8 @@ def parse_options(argv):
     if c['text'] and not os.path.isfile(c['text']):
         raise ConfigError(f"--text={c['text']!r} is not a file: give a UTF-8 .txt file, or drop --text")
     if c['reuse'] and c['overwrite']:
-        raise ConfigError("--reuse keeps the finished runs in --out, --overwrite deletes them: give one of the two")
+        raise ConfigError("--reuse keeps the finished runs in --out, --overwrite deletes them: "
+                          "give one of the two")
     try:
         c['out'] = c['out'].format(preset=c['preset'])
     except (KeyError, IndexError, ValueError) as e:
@@ -218,7 +225,8 @@ def chosen_experiments(c):
     """The experiments to run, in the order given (run), and a note for each one skipped (notes)."""
     run = list(dict.fromkeys(e.strip() for e in c['experiments'].split(',') if e.strip()))
     if not run or not set(run) <= set(TITLES):
-        raise ConfigError(f"--experiments must be a comma-separated subset of 1,2,3,4, got {c['experiments']!r}")
+        raise ConfigError(f"--experiments must be a comma-separated subset of 1,2,3,4, "
+                          f"got {c['experiments']!r}")
     notes = {}
     if '3' in run and not c['text']:
         run.remove('3')
@@ -230,8 +238,8 @@ def chosen_experiments(c):
 
 
 def plan_heads(c, e):
-    """Experiments 1 (SpamLang) and 3 (text; its data is the token file, set once it is written): one backbone,
-    only the head changes; 3 keeps the checkpoints for its analysis."""
+    """Experiments 1 (SpamLang) and 3 (text; its data is the token file, set once it is written): one
+    backbone, only the head changes; 3 keeps the checkpoints for its analysis."""
     steps, interval = c[f'e{e}_max_iters'], c[f'e{e}_eval_interval']
     base = dict(data='spamlang' if e == '1' else None)
     if e == '1':
@@ -245,7 +253,8 @@ def plan_heads(c, e):
 
 
 def plan_exp2(c):
-    """Both grids at equal exposures per symbol: fixed steps, batch ∝ V, a fixed count of held-out sequences."""
+    """Both grids at equal exposures per symbol: fixed steps, batch ∝ V, a fixed count of held-out
+    sequences."""
     steps, configs = c['e2_steps'], []
     for grid in exp2_grids(c):
         x = grid['x']
@@ -257,20 +266,21 @@ def plan_exp2(c):
                     D, head = v, dict(head=c['e2_head'])
                 else:
                     D, head = c['e2_rank_n_embd'], dict(head='narrow', head_rank=v)
-                args = dict(data='spamlang', vocab_size=V, n_embd=D, n_layer=c['e2_n_layer'], n_head=c['n_head'],
-                            block_size=c['e2_block_size'], batch_size=B, max_iters=steps, eval_interval=steps,
-                            warmup_iters=max(1, int(c['warmup'] * steps)), eval_iters=n_eval, log_interval=steps,
-                            save_checkpoints=False, **head)
+                args = dict(data='spamlang', vocab_size=V, n_embd=D, n_layer=c['e2_n_layer'],
+                            n_head=c['n_head'], block_size=c['e2_block_size'], batch_size=B, max_iters=steps,
+                            eval_interval=steps, warmup_iters=max(1, int(c['warmup'] * steps)),
+                            eval_iters=n_eval, log_interval=steps, save_checkpoints=False, **head)
                 info = dict(D=D, batch_size=B, steps=steps, eval_sequences=B * n_eval,
                             exposures=round(B * steps / (V - 1), 2))
-                configs.append(dict(key=exp2_key(x, v, V), label=f"{x} = {v}, V = {V:,}", info=info, args=args))
+                label = f"{x} = {v}, V = {V:,}"
+                configs.append(dict(key=exp2_key(x, v, V), label=label, info=info, args=args))
     return configs
 
 
 def plan(c):
-    """Every run, each model checked before any starts: per experiment, every lr of each configuration (key, label,
-    info, train.py args) on the first sweep_seeds seeds, then the other seeds seed-major, at its best lr (None here,
-    chosen once the sweep has run)."""
+    """Every run, each model checked before any starts: per experiment, every lr of each configuration
+    (key, label, info, train.py args) on the first sweep_seeds seeds, then the other seeds seed-major, at
+    its best lr (None here, chosen once the sweep has run)."""
     seeds = [c['seed'] + i for i in range(c['seeds'])]
     specs = []
     for e in chosen_experiments(c)['run']:
@@ -300,14 +310,15 @@ def written_by_reproduce(name):
 
 
 def prepare_out(c):
-    """Refuse an --out that holds results unless --reuse or --overwrite; --overwrite deletes what reproduce wrote."""
+    """Refuse an --out that holds results unless --reuse or --overwrite; --overwrite deletes what reproduce
+    wrote."""
     out = c['out']
     there = os.listdir(out) if os.path.isdir(out) else []
     mine = sorted(f for f in there if written_by_reproduce(f))
     if mine and not (c['reuse'] or c['overwrite']):
         shown = ', '.join(mine[:3]) + (', …' if len(mine) > 3 else '')
-        raise ConfigError(f"--out={out} already holds results ({shown}): pass --reuse to keep its finished runs, "
-                          f"--overwrite to delete them, or another --out")
+        raise ConfigError(f"--out={out} already holds results ({shown}): pass --reuse to keep its finished "
+                          f"runs, --overwrite to delete them, or another --out")
     if c['overwrite']:
         for f in mine:
             path = os.path.join(out, f)
@@ -344,21 +355,21 @@ def clock(s):
 
 
 def progress(i, specs, run, tally, t0):
-    """The line before run i of specs: its count, the time since t0, and the time left from the mean time per trained
-    run so far (of the same experiment when it has one)."""
+    """The line before run i of specs: its count, the time since t0, and the time left from the mean time
+    per trained run so far (of the same experiment when it has one)."""
     trained = [t for ts in tally.seconds.values() for t in ts]
     if trained:
         left = sum(np.mean(tally.seconds.get(s['exp']) or trained) for s in specs[i:])
         estimate = clock(left) + ' left'
     else:
         estimate = 'time left: later'
-    return (f"[{i + 1}/{len(specs)}] {run['exp']} {run['label']} lr {plot.sci(run['lr'])} seed {run['seed']} … "
-            f"{clock(time.time() - t0)}; {estimate}")
+    return (f"[{i + 1}/{len(specs)}] {run['exp']} {run['label']} lr {plot.sci(run['lr'])} "
+            f"seed {run['seed']} … {clock(time.time() - t0)}; {estimate}")
 
 
 def run_experiment(c, e, specs, tally, t0):
-    """Train (or reuse) the runs of experiment e among specs, in order; a run without an lr runs at the best lr of
-    its configuration's sweep. Returns the run records of each configuration, by its key."""
+    """Train (or reuse) the runs of experiment e among specs, in order; a run without an lr runs at the best
+    lr of its configuration's sweep. Returns the run records of each configuration, by its key."""
     runs = {}
     for i, spec in enumerate(specs):
         if spec['exp'] != f'exp{e}':
@@ -393,16 +404,17 @@ def finished_run(d, args):
         return None
     with open(path) as f:
         rec = json.load(f)
-    same = comparable(rec.get('args', {})) == comparable(json.loads(json.dumps(args)))  # args as run.json holds them
+    theirs = comparable(rec.get('args', {}))
+    same = theirs == comparable(json.loads(json.dumps(args)))  # args as run.json holds them
     return rec if same and rec.get('evals') else None
 
 
 def run_one(c, run, tally):
-    """One train.py run in <out>/<exp>/<name>; run.json: the run, its args, config row, eval rows, seconds. With
-    --reuse, a finished run with the same arguments is read back instead."""
+    """One train.py run in <out>/<exp>/<name>; run.json: the run, its args, config row, eval rows, seconds.
+    With --reuse, a finished run with the same arguments is read back instead."""
     d = os.path.join(c['out'], run['exp'], run['name'])
-    args = {**run['args'], 'learning_rate': run['lr'], 'min_lr': run['lr'] / 10, 'seed': run['seed'], 'out_dir': d,
-            'overwrite': True, 'device': c['device']}
+    args = {**run['args'], 'learning_rate': run['lr'], 'min_lr': run['lr'] / 10, 'seed': run['seed'],
+            'out_dir': d, 'overwrite': True, 'device': c['device']}
     if c['compile'] is not None:
         args['compile'] = c['compile']
     if c['reuse']:
@@ -421,7 +433,8 @@ def run_one(c, run, tally):
     if os.path.exists(prev):
         os.remove(prev)  # only the final checkpoint is used
     rec = dict({k: run[k] for k in ('exp', 'key', 'name', 'label', 'info', 'lr', 'seed', 'sweep')}, args=args,
-               config=rows[0], seconds=round(time.time() - t0, 2), evals=[r for r in rows if r.get('type') == 'eval'])
+               config=rows[0], seconds=round(time.time() - t0, 2),
+               evals=[r for r in rows if r.get('type') == 'eval'])
     with open(os.path.join(d, 'run.json'), 'w') as f:
         json.dump(rec, f)
     tally.add_trained(run['exp'], rec['seconds'])
@@ -430,8 +443,8 @@ def run_one(c, run, tally):
 
 
 def train(c, args, d, echo_evals):
-    """One `python train.py --key=value ...` process, its stdout then its stderr in d/stdout.txt (its eval lines
-    echoed if asked); a failure raises TrainingError naming the run and its last line on stderr."""
+    """One `python train.py --key=value ...` process, its stdout then its stderr in d/stdout.txt (its eval
+    lines echoed if asked); a failure raises TrainingError naming the run and its last line on stderr."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     if c['threads']:
         env['OMP_NUM_THREADS'] = str(c['threads'])
@@ -446,7 +459,7 @@ def train(c, args, d, echo_evals):
                 log.write(line)
                 if echo_evals and line.startswith('eval'):
                     say('      ' + line.rstrip())
-        except BaseException:  # Ctrl-C, or a SIGTERM to reproduce.py alone: stop the run, never leave it orphaned
+        except BaseException:  # Ctrl-C, or a SIGTERM to reproduce.py alone: never leave the run orphaned
             p.terminate()
             p.wait()
             raise
@@ -454,13 +467,14 @@ def train(c, args, d, echo_evals):
         reader.join()
         log.writelines(err)
     if p.returncode:
-        last = next((x.strip() for x in reversed(err) if x.strip()), 'nothing on stderr').removeprefix('error: ')
+        last = next((x.strip() for x in reversed(err) if x.strip()), 'nothing on stderr')
+        last = last.removeprefix('error: ')
         raise TrainingError(f"run {d} failed (exit status {p.returncode}): {last} (output: {d}/stdout.txt)")
 
 
 def best_lr(exp, runs):
-    """The best lr of sweep runs (lr) and its flag (edge: 'one lr', 'low edge', 'high edge' or ''): SpamLang the best
-    mean accuracy, then loss; text the lowest mean loss."""
+    """The best lr of sweep runs (lr) and its flag (edge: 'one lr', 'low edge', 'high edge' or ''):
+    SpamLang the best mean accuracy, then loss; text the lowest mean loss."""
     finals = {}
     for r in runs:
         finals.setdefault(r['lr'], []).append(r['evals'][-1])
@@ -518,12 +532,13 @@ def write_table(c, stem, rows, controls, **extra):
     with open(os.path.join(c['out'], stem + '.csv'), 'w', newline='') as f:
         w = csv.DictWriter(f, list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
-        w.writerows({k: ' '.join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+        w.writerows({k: ' '.join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
+                    for r in rows)
 
 
 def lr_table(exp, runs, **info):
-    """A configuration's runs over its lrs: rows (one per lr, over its seeds, the best marked), the best lr (lr), its
-    flag (edge) and its runs (best_runs)."""
+    """A configuration's runs over its lrs: rows (one per lr, over its seeds, the best marked), the best lr
+    (lr), its flag (edge) and its runs (best_runs)."""
     best = best_lr(exp, [r for r in runs if r['sweep']])
     rows = []
     for lr in sorted({r['lr'] for r in runs}):
@@ -559,25 +574,30 @@ def summary_exp1(c, runs):
         heads.append(dict(label=h['label'], rank=h['rank'], plain=h['spec'] in ('linear', 'tied'),
                           runs=t['best_runs'], rows=t['rows']))
         final_acc = spread([r['evals'][-1]['val_acc'] for r in t['best_runs']])
-        others = ', '.join(f"{plot.sci(r['lr'])}: {100 * r['acc_mean']:.1f}" for r in t['rows'] if not r['best'])
-        lines.append([h['label'], f"{plot.sci(t['lr'])}{EDGE[t['edge']]}", pm(final_acc, scale=100), others or '-',
+        others = ', '.join(f"{plot.sci(r['lr'])}: {100 * r['acc_mean']:.1f}"
+                           for r in t['rows'] if not r['best'])
+        lines.append([h['label'], f"{plot.sci(t['lr'])}{EDGE[t['edge']]}", pm(final_acc, scale=100),
+                      others or '-',
                       f"{best['destroyed']:.4f}", f"{best['visible_over_chance']:.2f}"])
-    controls = dict(data='SpamLang', vocab_size=V, n_embd=D, n_layer=c['e1_n_layer'], block_size=c['e1_block_size'],
+    controls = dict(data='SpamLang', vocab_size=V, n_embd=D, n_layer=c['e1_n_layer'],
+                    block_size=c['e1_block_size'],
                     batch_size=c['e1_batch_size'], max_iters=c['e1_max_iters'], lrs=numbers(c, 'e1_lrs'),
                     exposures_per_symbol=round(c['e1_max_iters'] * c['e1_batch_size'] / (V - 1), 2),
-                    varies='only the head and its lr: same data stream, init seed, schedule and held-out batches',
-                    ours=OURS + [f"accuracy and the meter on positions ≥ 1 of {c['e1_eval_iters']} held-out batches"])
+                    varies='only the head and its lr: same data stream, init seed, schedule and held-out '
+                           'batches',
+                    ours=OURS + [f"accuracy and the meter on positions ≥ 1 of {c['e1_eval_iters']} "
+                                 f"held-out batches"])
     write_table(c, 'exp1_head_rank', rows, controls)
     plot.exp1(os.path.join(c['out'], FIGURES['1'][0]), heads, V, D,
               f"{c['seeds']} seeds, {controls['exposures_per_symbol']:g} exposures per symbol")
-    table = md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)', 'destroyed',
-                'visible/chance'], lines)
+    table = md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)',
+                'destroyed', 'visible/chance'], lines)
     return dict(controls=controls, table=table, notes=[], heads=heads)
 
 
 def summary_exp2(c, runs):
-    """Experiment 2: SpamLang at equal exposures per symbol, the (D, V) and (r, V) grids. Its summary's controls
-    are the (r, V) grid's."""
+    """Experiment 2: SpamLang at equal exposures per symbol, the (D, V) and (r, V) grids. Its summary's
+    controls are the (r, V) grid's."""
     Vs = numbers(c, 'e2_vocab_sizes', int)
     tables = []
     for grid in exp2_grids(c):
@@ -591,12 +611,14 @@ def summary_exp2(c, runs):
                 b = t['best_runs']
                 cells[v, V] = {x: v, 'V': V, 'ratio': V / v, 'lr': t['lr'], 'edge': t['edge'],
                                'seeds': [r['seed'] for r in b], 'acc': [r['evals'][-1]['val_acc'] for r in b],
-                               'loss_over_logV': [r['evals'][-1]['val_loss'] / spamlang.optimal_loss_pos0(V) for r in b]}
+                               'loss_over_logV': [r['evals'][-1]['val_loss'] / spamlang.optimal_loss_pos0(V)
+                                                  for r in b]}
         head = c['e2_head'] if x == 'D' else f"narrow (rank r), D = {c['e2_rank_n_embd']}"
         controls = dict(data='SpamLang', head=head, n_layer=c['e2_n_layer'], block_size=c['e2_block_size'],
                         steps=c['e2_steps'], varies=f"{x}, V, lr", exposures_per_symbol=c['e2_exposures'],
-                        lrs=numbers(c, 'e2_lrs'), ours=OURS + ["equal exposures: batch ∝ V",
-                                                               f"≥ {c['e2_eval_sequences']} held-out sequences per cell"])
+                        lrs=numbers(c, 'e2_lrs'),
+                        ours=OURS + ["equal exposures: batch ∝ V",
+                                     f"≥ {c['e2_eval_sequences']} held-out sequences per cell"])
         write_table(c, grid['stem'], rows, controls, cells=list(cells.values()))
         plot.grid(os.path.join(c['out'], grid['figure']), cells, x, xs, Vs,
                   f"{head}, {c['e2_exposures']:g} exposures per symbol, {c['seeds']} seeds")
@@ -605,18 +627,20 @@ def summary_exp2(c, runs):
             line = [v]
             for V in Vs:
                 d = cells[v, V]
-                line.append(f"{pm(spread(d['acc']), scale=100)} ({np.mean(d['loss_over_logV']):.2f}){EDGE[d['edge']]}")
+                acc = pm(spread(d['acc']), scale=100)
+                line.append(f"{acc} ({np.mean(d['loss_over_logV']):.2f}){EDGE[d['edge']]}")
             lines.append(line)
         tables.append(md([f"{x} \\ V"] + [f"{V:,}" for V in Vs], lines))
-    table = ("Accuracy % on positions ≥ 1 at each cell's best lr, mean ± std (min–max), and in brackets the loss there "
-             "/ log(V − 1); ↓/↑: the best lr on the grid's edge:\n\n" + '\n\n'.join(tables))
+    table = ("Accuracy % on positions ≥ 1 at each cell's best lr, mean ± std (min–max), and in brackets the "
+             "loss there / log(V − 1); ↓/↑: the best lr on the grid's edge:\n\n" + '\n\n'.join(tables))
     return dict(controls=controls, table=table, notes=[])
 
 
 def baselines(train, x, y, V):
-    """Loss (nats per token) on the pairs x → y of count models of the train split: the unigram, add-one smoothed
-    over the V types, and a bigram interpolated with it by Witten–Bell (ours): p(w | v) = λ c(v, w)/c(v) +
-    (1 − λ) p_uni(w), λ = c(v) / (c(v) + t(v)), t(v) = the number of distinct successors of v (λ = 0 if c(v) = 0)."""
+    """Loss (nats per token) on the pairs x → y of count models of the train split: the unigram, add-one
+    smoothed over the V types, and a bigram interpolated with it by Witten–Bell (ours):
+    p(w | v) = λ c(v, w)/c(v) + (1 − λ) p_uni(w), λ = c(v) / (c(v) + t(v)), t(v) = the number of distinct
+    successors of v (λ = 0 if c(v) = 0)."""
     train = np.asarray(train, dtype=np.int64)
     x = np.asarray(x, dtype=np.int64)
     y = np.asarray(y, dtype=np.int64)
@@ -631,16 +655,17 @@ def baselines(train, x, y, V):
 
 
 def frequency_bins(train, V, sizes):
-    """The bin of each of the V types by its count in the train split: 0 for the sizes[0] most frequent, 1 for the
-    next sizes[1], ..., len(sizes) for the rest."""
+    """The bin of each of the V types by its count in the train split: 0 for the sizes[0] most frequent, 1
+    for the next sizes[1], ..., len(sizes) for the rest."""
     rank = np.empty(V, dtype=np.int64)
     rank[np.argsort(-np.bincount(train, minlength=V), kind='stable')] = np.arange(V)
     return np.searchsorted(np.cumsum(sizes), rank, side='right')
 
 
 def analyse(c, rec, data, xv, yv, bins):
-    """From a run's final checkpoint: the loss by frequency bin, a fresh full-rank probe fitted on the frozen backbone
-    (the same windows, steps and lr for every head), and the spectrum of G on the first validation tokens."""
+    """From a run's final checkpoint: the loss by frequency bin, a fresh full-rank probe fitted on the frozen
+    backbone (the same windows, steps and lr for every head), and the spectrum of G on the first validation
+    tokens."""
     ckpt = checkpoint.load_checkpoint(os.path.join(c['out'], 'exp3', rec['name'], 'ckpt.pt'))
     cfg, dev = ckpt['config'], c['device']
     model = checkpoint.model_from_checkpoint(ckpt).to(dev)
@@ -650,7 +675,8 @@ def analyse(c, rec, data, xv, yv, bins):
     W = model.lm_head.effective_weight()
     with torch.no_grad():
         H = torch.cat([model.hidden(x.to(dev)).reshape(-1, D) for x in xv.split(64)])
-        loss = torch.cat([F.cross_entropy(h @ W.T, t, reduction='none') for h, t in zip(H.split(4096), y.split(4096))])
+        loss = torch.cat([F.cross_entropy(h @ W.T, t, reduction='none')
+                          for h, t in zip(H.split(4096), y.split(4096))])
     b = torch.as_tensor(bins, device=dev)[y]
     n = min(c['e3_spectrum_tokens'], len(y))
     m = measure_cli.measure(H[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
@@ -667,14 +693,18 @@ def analyse(c, rec, data, xv, yv, bins):
         fused_linear_cross_entropy(h, probe.weight, yb).backward()  # no (N, V) logits: 2× faster on CPU
         opt.step()
     with torch.no_grad():
-        probe_loss = sum(F.cross_entropy(probe(h), t, reduction='sum').item() for h, t in zip(H.split(4096), y.split(4096)))
+        probe_loss = sum(F.cross_entropy(probe(h), t, reduction='sum').item()
+                         for h, t in zip(H.split(4096), y.split(4096)))
     by_bin = [loss[b == k].mean().item() if (b == k).any() else None for k in range(int(bins.max()) + 1)]
-    spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'], ey_floor=m['ey_floor'])
-    return dict(loss=loss.mean().item(), probe_loss=probe_loss / len(y), loss_by_frequency=by_bin, spectrum=spectrum)
+    spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'],
+                    ey_floor=m['ey_floor'])
+    return dict(loss=loss.mean().item(), probe_loss=probe_loss / len(y), loss_by_frequency=by_bin,
+                spectrum=spectrum)
 
 
 def tokens_to(evals, level):
-    """Tokens at which a validation-loss curve first reaches `level` (which it does), linear between evaluations."""
+    """Tokens at which a validation-loss curve first reaches `level` (which it does), linear between
+    evaluations."""
     L = np.array([e['val_loss'] for e in evals], dtype=float)
     t = np.array([e['tokens'] for e in evals], dtype=float)
     i = int(np.argmax(L <= level))
@@ -684,9 +714,9 @@ def tokens_to(evals, level):
 
 
 def fold_changes(per, best):
-    """×-fold in tokens, same seed: for each head but the widest (ref), the tokens it needs / the tokens each wider
-    head needs to reach the worst final loss of ref and every wider head (a loss all of them reach). None: a head
-    reached it at step 0."""
+    """×-fold in tokens, same seed: for each head but the widest (ref), the tokens it needs / the tokens
+    each wider head needs to reach the worst final loss of ref and every wider head (a loss all of them
+    reach). None: a head reached it at step 0."""
     heads, fold = list(per), {}
     for i, ref in enumerate(heads[:-1]):
         level = max(v for h in heads[i:] for v in per[h]['final_val_loss'])
@@ -702,8 +732,9 @@ def fold_changes(per, best):
 
 
 def summary_exp3(c, runs, tokens):
-    """Experiment 3: text (the token file `tokens`), head rank on one backbone. The best lr's runs are analysed from
-    their final checkpoints, which are then deleted; the widest head is checked against the stage gate."""
+    """Experiment 3: text (the token file `tokens`), head rank on one backbone. The best lr's runs are
+    analysed from their final checkpoints, which are then deleted; the widest head is checked against the
+    stage gate."""
     D, T = c['e3_n_embd'], c['e3_block_size']
     data = textdata.load_data(dict(data=tokens, block_size=T))
     V = data['vocab_size']
@@ -721,7 +752,8 @@ def summary_exp3(c, runs, tokens):
                 continue
             folder = os.path.join(c['out'], 'exp3', r['name'])
             if not os.path.isfile(os.path.join(folder, 'ckpt.pt')):
-                raise ConfigError(f"exp3/{r['name']} was never analysed and its checkpoint is gone: use --overwrite")
+                raise ConfigError(f"exp3/{r['name']} was never analysed and its checkpoint is gone: "
+                                  f"use --overwrite")
             say(f"exp3: analysing {r['name']}: loss by frequency, probe, spectrum")
             r['analysis'] = analyse(c, r, data, xv, yv, bins)
             with open(os.path.join(folder, 'run.json'), 'w') as f:
@@ -738,20 +770,24 @@ def summary_exp3(c, runs, tokens):
                               seeds=[r['seed'] for r in t['best_runs']],
                               final_val_loss=[r['evals'][-1]['val_loss'] for r in t['best_runs']],
                               probe_loss=[x['probe_loss'] for x in a],
-                              loss_by_frequency={n: [x['loss_by_frequency'][k] for x in a] for k, n in enumerate(names)},
+                              loss_by_frequency={n: [x['loss_by_frequency'][k] for x in a]
+                                                 for k, n in enumerate(names)},
                               spectrum={k: [x['spectrum'][k] for x in a] for k in a[0]['spectrum']})
     fold = fold_changes(per, best)
     narrowest, widest = list(per)[0], list(per)[-1]
     wl = float(np.mean(per[widest]['final_val_loss']))
     passed = wl <= base['unigram'] - c['e3_gate_unigram'] and wl <= base['bigram'] + c['e3_gate_bigram']
     verdict = (f"Stage gate {'passed' if passed else 'FAILED'}: the widest head ends at {wl:.3f} nats, "
-               f"{wl - base['unigram']:+.2f} from the unigram loss {base['unigram']:.3f} (gate: ≤ −{c['e3_gate_unigram']:g})"
-               f" and {wl - base['bigram']:+.2f} from the bigram loss {base['bigram']:.3f} (≤ +{c['e3_gate_bigram']:g}).")
+               f"{wl - base['unigram']:+.2f} from the unigram loss {base['unigram']:.3f} "
+               f"(gate: ≤ −{c['e3_gate_unigram']:g}) and {wl - base['bigram']:+.2f} from the bigram loss "
+               f"{base['bigram']:.3f} (≤ +{c['e3_gate_bigram']:g}).")
     if not passed:
         verdict += " This experiment cannot conclude anything about the effect of head rank on text."
-    diff = [best[narrowest][s]['evals'][-1]['val_loss'] - r['evals'][-1]['val_loss'] for s, r in best[widest].items()]
-    control = (f"Positive control, {per[narrowest]['label']}: {np.mean(diff):+.3f} nats vs {per[widest]['label']} at "
-               f"the end, same seed (worse on {sum(d > 0 for d in diff)} of {len(diff)} seeds)")
+    diff = [best[narrowest][s]['evals'][-1]['val_loss'] - r['evals'][-1]['val_loss']
+            for s, r in best[widest].items()]
+    control = (f"Positive control, {per[narrowest]['label']}: {np.mean(diff):+.3f} nats vs "
+               f"{per[widest]['label']} at the end, same seed (worse on {sum(d > 0 for d in diff)} of "
+               f"{len(diff)} seeds)")
     lines = []
     for h, p in per.items():
         folds = '; '.join(f"{pm(spread(f['fold'][h]), '{:.2f}')} vs {per[ref]['label']} at {f['level']:.3f}"
@@ -759,34 +795,41 @@ def summary_exp3(c, runs, tokens):
         lines.append([p['label'], f"{plot.sci(p['best_lr'])}{EDGE[p['edge']]}",
                       pm(spread(p['final_val_loss']), '{:.3f}'), pm(spread(p['probe_loss']), '{:.3f}'),
                       ' / '.join(f"{np.mean(p['loss_by_frequency'][n]):.2f}" for n in names),
-                      f"{np.mean(p['spectrum']['destroyed_ratio']):.5f}", f"{np.mean(p['spectrum']['ey_floor']):.3f}",
+                      f"{np.mean(p['spectrum']['destroyed_ratio']):.5f}",
+                      f"{np.mean(p['spectrum']['ey_floor']):.3f}",
                       folds or '-'])
     tokens_seen = c['e3_max_iters'] * c['e3_batch_size'] * T
     val_share = np.bincount(bins[yv.numpy().ravel()], minlength=len(names)) / yv.numel()
-    controls = dict(data=os.path.basename(c['text']), encoding=c['e3_encoding'], vocab_size=V, n_embd=D, block_size=T,
+    controls = dict(data=os.path.basename(c['text']), encoding=c['e3_encoding'], vocab_size=V, n_embd=D,
+                    block_size=T,
                     n_layer=c['e3_n_layer'], batch_size=c['e3_batch_size'], max_iters=c['e3_max_iters'],
-                    tokens=tokens_seen, train_tokens=len(train_ids), epochs=round(tokens_seen / len(train_ids), 2),
+                    tokens=tokens_seen, train_tokens=len(train_ids),
+                    epochs=round(tokens_seen / len(train_ids), 2),
                     val_tokens=int(yv.numel()), lrs=numbers(c, 'e3_lrs'), frequency_bins=names,
                     val_share_by_bin=val_share.round(4).tolist(), varies='only the head and its lr',
-                    ours=OURS + ["vocabulary compacted to the ids that occur; 90% train, 10% validation (every window)",
+                    ours=OURS + ["vocabulary compacted to the ids that occur; 90% train, 10% validation "
+                                 "(every window)",
                                  "baselines from train counts: add-one unigram, Witten–Bell bigram",
-                                 f"probe: a fresh linear head, AdamW lr {c['e3_probe_lr']:g}, {c['e3_probe_steps']} "
-                                 f"steps, same windows",
-                                 "×-fold: tokens of the narrower head / of the wider to the worst final loss of both "
-                                 "and every head between, same seed",
+                                 f"probe: a fresh linear head, AdamW lr {c['e3_probe_lr']:g}, "
+                                 f"{c['e3_probe_steps']} steps, same windows",
+                                 "×-fold: tokens of the narrower head / of the wider to the worst final "
+                                 "loss of both and every head between, same seed",
                                  f"spectrum on {c['e3_spectrum_tokens']} val tokens"])
-    write_table(c, 'exp3_text', rows, controls, baselines=base, gate=dict(passed=passed, widest_final_loss=wl),
+    gate = dict(passed=passed, widest_final_loss=wl)
+    write_table(c, 'exp3_text', rows, controls, baselines=base, gate=gate,
                 verdict=verdict, positive_control=control, heads=per, fold=fold)
     plot.exp3(os.path.join(c['out'], FIGURES['3'][0]), per, best, base, names,
-              f"{controls['data']}, {c['e3_encoding']} compacted (V = {V:,}), D = {D}, {controls['epochs']:g} epochs")
-    table = md(['head', 'best lr', 'final val loss', 'probe val loss', f"loss by frequency ({' / '.join(names)})",
-                'destroyed (G on val)', 'Eckart–Young floor', '×-fold in tokens'], lines)
+              f"{controls['data']}, {c['e3_encoding']} compacted (V = {V:,}), D = {D}, "
+              f"{controls['epochs']:g} epochs")
+    table = md(['head', 'best lr', 'final val loss', 'probe val loss',
+                f"loss by frequency ({' / '.join(names)})", 'destroyed (G on val)', 'Eckart–Young floor',
+                '×-fold in tokens'], lines)
     return dict(controls=controls, table=table, notes=[verdict, control], heads=heads)
 
 
 def summary_exp4(c, heads):
-    """Experiment 4: the meter along training, from the best lr's runs of experiments 1 and 3 of this invocation
-    (heads: '1' and '3' to their summaries' heads). None if neither ran."""
+    """Experiment 4: the meter along training, from the best lr's runs of experiments 1 and 3 of this
+    invocation (heads: '1' and '3' to their summaries' heads). None if neither ran."""
     panels, rows = [], []
     for e, data in (('1', 'SpamLang'), ('3', 'text')):
         if e not in heads:
@@ -795,7 +838,8 @@ def summary_exp4(c, heads):
             run = h['runs'][0]
             V, r = run['config']['vocab_size'], h['rank']
             destroyed = np.array([[x.get('grad_destroyed', np.nan) for x in q['evals']] for q in h['runs']])
-            visible = np.array([[x.get('visible_over_chance', np.nan) for x in q['evals']] for q in h['runs']])
+            visible = np.array([[x.get('visible_over_chance', np.nan) for x in q['evals']]
+                                for q in h['runs']])
             at = dict(init=0, mid=destroyed.shape[1] // 2, end=-1)
             row = dict(data=data, head=h['label'], V=V, baseline=round(math.sqrt(1 - r / V), 6))
             for k, i in at.items():
@@ -809,7 +853,8 @@ def summary_exp4(c, heads):
         return None
     controls = dict(meter="train.py's at each eval, first held-out batch: ‖P_ker(Wᵀ) G‖_F / ‖G‖_F; SpamLang: "
                           "positions ≥ 1",
-                    baseline='√(1 − rank(W)/V), random', visible_over_chance='c²·V/rank(W), 1 = chance', runs='best lr')
+                    baseline='√(1 − rank(W)/V), random', visible_over_chance='c²·V/rank(W), 1 = chance',
+                    runs='best lr')
     write_table(c, 'exp4_meter', rows, controls)
     plot.exp4(os.path.join(c['out'], FIGURES['4'][0]), panels)
     return dict(controls=controls, table=md(list(rows[0]), [list(r.values()) for r in rows]), notes=[])
@@ -818,7 +863,8 @@ def summary_exp4(c, heads):
 
 
 def summarise(c, e, runs, tokens, done):
-    """Experiment e's summary from its runs (by configuration key); experiment 4 reads the summaries done so far."""
+    """Experiment e's summary from its runs (by configuration key); experiment 4 reads the summaries done
+    so far."""
     if e == '1':
         return summary_exp1(c, runs)
     if e == '2':
@@ -832,7 +878,8 @@ def section(e, summary, seconds):
     """Experiment e's part of summary.md: title, figures, notes, table and controls."""
     figures = ''.join(f"![]({f})\n" for f in FIGURES[e])
     notes = ''.join(f"\n{n}\n" for n in summary['notes'])
-    controls = ''.join(f"- {k}: {'; '.join(v) if k == 'ours' else v}\n" for k, v in summary['controls'].items())
+    controls = ''.join(f"- {k}: {'; '.join(v) if k == 'ours' else v}\n"
+                       for k, v in summary['controls'].items())
     return (f"## Experiment {e}: {TITLES[e]} ({clock(seconds)})\n\n{figures}{notes}\n{summary['table']}\n\n"
             f"Controls:\n{controls}")
 
@@ -841,11 +888,13 @@ def write_summary(c, meta, sections, notes):
     """meta.json, and summary.md: every experiment's section, or its note."""
     with open(os.path.join(c['out'], 'meta.json'), 'w') as f:
         json.dump(meta, f, indent=1)
-    parts = [sections.get(e) or f"## Experiment {e}: {TITLES[e]}\n\n{notes[e]}\n" for e in sorted({*sections, *notes})]
+    parts = [sections.get(e) or f"## Experiment {e}: {TITLES[e]}\n\n{notes[e]}\n"
+             for e in sorted({*sections, *notes})]
     with open(os.path.join(c['out'], 'summary.md'), 'w') as f:
-        f.write(f"# {meta['command']}\n\n{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, device "
-                f"{meta['gpu'] or meta['device']}, {meta['cpu_count']} CPUs; {meta['runs']['trained']} runs trained, "
-                f"{meta['runs']['reused']} reused\n\n" + '\n'.join(parts))
+        f.write(f"# {meta['command']}\n\n{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, "
+                f"device {meta['gpu'] or meta['device']}, {meta['cpu_count']} CPUs; "
+                f"{meta['runs']['trained']} runs trained, {meta['runs']['reused']} reused\n\n")
+        f.write('\n'.join(parts))
 
 
 def main(argv):
@@ -857,8 +906,9 @@ def main(argv):
     prepare_out(c)
     tokens = None
     if '3' in chosen['run']:
-        os.makedirs(os.path.join(c['out'], 'exp3'), exist_ok=True)
-        tokens = textdata.tokenize_text(c['text'], c['e3_encoding'], os.path.join(c['out'], 'exp3'), compact=True)
+        exp3 = os.path.join(c['out'], 'exp3')
+        os.makedirs(exp3, exist_ok=True)
+        tokens = textdata.tokenize_text(c['text'], c['e3_encoding'], exp3, compact=True)
         for s in specs:
             if s['exp'] == 'exp3':
                 s['args']['data'] = tokens
@@ -869,8 +919,8 @@ def main(argv):
                 cpu_count=os.cpu_count(), threads=c['threads'] or os.environ.get('OMP_NUM_THREADS'),
                 torch=torch.__version__, wall_s={}, runs=tally.counts(), runs_by_experiment={},
                 config=dict(c, exps=chosen['run'], notes=notes))  # notes: the same dict, filled in as we go
-    say(f"reproduce.py: preset {c['preset']}, experiments {','.join(chosen['run'])}, {len(specs)} runs, seeds "
-        f"{c['seed']}..{c['seed'] + c['seeds'] - 1}, device {c['device']}, out {c['out']}")
+    say(f"reproduce.py: preset {c['preset']}, experiments {','.join(chosen['run'])}, {len(specs)} runs, "
+        f"seeds {c['seed']}..{c['seed'] + c['seeds'] - 1}, device {c['device']}, out {c['out']}")
     t0 = time.time()
     last = t0
     done, sections = {}, {}
@@ -884,7 +934,8 @@ def main(argv):
         meta['runs_by_experiment'][e] = dict(runs=len(finished),
                                              train_seconds=round(sum(r['seconds'] for r in finished), 1))
         if summary is None:
-            notes[e] = "skipped: it reads the runs of experiments 1 and 3: add them (--reuse keeps finished runs)"
+            notes[e] = ("skipped: it reads the runs of experiments 1 and 3: add them "
+                        "(--reuse keeps finished runs)")
         else:
             done[e] = summary
             sections[e] = section(e, summary, meta['wall_s'][e])
@@ -893,12 +944,13 @@ def main(argv):
         write_summary(c, meta, sections, notes)
     meta['wall_s']['total'] = round(time.time() - t0, 1)
     write_summary(c, meta, sections, notes)
-    say(''.join(f"experiment {e}: {note}\n" for e, note in notes.items()) + f"done in {clock(meta['wall_s']['total'])}"
-        f" ({tally.trained} runs trained, {tally.reused} reused): summary.md, tables, figures in {c['out']}")
+    skipped = ''.join(f"experiment {e}: {note}\n" for e, note in notes.items())
+    say(f"{skipped}done in {clock(meta['wall_s']['total'])} ({tally.trained} runs trained, {tally.reused} "
+        f"reused): summary.md, tables, figures in {c['out']}")
     return sections
 
 
 if __name__ == '__main__':
     options.one_line_errors()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: unwind like Ctrl-C (train stops its run)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind like Ctrl-C: train() stops its run
     main(sys.argv[1:])
