@@ -6,8 +6,7 @@ Figures: any training run's log.jsonl, and the figures of reproduce.py's experim
 
 A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
 grad_destroyed (positions ≥ 1 on SpamLang, position 0 dashed) beside the random baseline √(1 − rank(W)/V).
-reproduce.py calls exp1, grid, exp3 and exp4 with the numbers of its tables, and writes the tables with
-sci, pm and md.
+reproduce.py calls exp1, grid, exp3 and exp4 with the numbers of its tables.
 """
 import json
 import math
@@ -24,24 +23,13 @@ out = ''                   # the PNG to write; '' = beside the log, with the log
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
 EDGE = {'low edge': 'lr at the grid\'s low edge', 'high edge': 'lr at the grid\'s high edge', 'one lr': 'one lr, not swept'}
+ARROWS = {'low edge': ' ↓', 'high edge': ' ↑'}  # the same flags as EDGE's first two, after a number
 
 
 def sci(x):
     """3e-3 rather than 0.003."""
     m, e = f"{x:e}".split('e')
     return f"{float(m):g}e{int(e)}"
-
-
-def pm(s, fmt='{:.1f}', scale=1.0):
-    """'mean ± std (min–max)', std '-' for a single value."""
-    f = lambda v: fmt.format(v * scale)
-    return ('n/a' if not s['n'] else f"{f(s['mean'])} ± -" if s['n'] == 1 else
-            f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])}–{f(s['max'])})")
-
-
-def md(header, rows):
-    """A markdown table."""
-    return '\n'.join('| ' + ' | '.join(map(str, r)) + ' |' for r in [header, ['---'] * len(header), *rows])
 
 
 def pyplot():
@@ -188,7 +176,7 @@ def grid(path, cells, x, xs, Vs, subtitle):
         for i, v in enumerate(xs):
             for j, V in enumerate(Vs):
                 d = cells[v, V]
-                flag = {'low edge': ' ↓', 'high edge': ' ↑'}.get(d['edge'], '')
+                flag = ARROWS.get(d['edge'], '')
                 txt = (f"{acc[i, j]:.1f}" + ('' if np.isnan(std[i, j]) else f" ± {std[i, j]:.1f}") +
                        f"\nlr {sci(d['lr'])}{flag}") if vals is acc else f"{rel[i, j]:.2f}"
                 dark = norm(vals[i, j]) < 128 if cmap == 'viridis' else norm(vals[i, j]) > 128

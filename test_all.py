@@ -2234,7 +2234,7 @@ def test_every_preset_validates(name, tmp_path):
             assert type(v) is type(reproduce.DEFAULTS[k]) or reproduce.DEFAULTS[k] is None, k
     c = reproduce.parse_options([f'--preset={name}', '--device=cpu', f"--text={write_text(tmp_path / 't.txt', 5)}"])
     specs = reproduce.plan(c)
-    assert {s['exp'] for s in specs} == {f'exp{e}' for e in c['exps'] if e != '4'}
+    assert {s['exp'] for s in specs} == {f'exp{e}' for e in reproduce.chosen_experiments(c)['run'] if e != '4'}
     assert all(s['lr'] is not None or not s['sweep'] for s in specs)
 
 
@@ -2266,15 +2266,16 @@ def test_baselines_match_a_hand_computed_example():
 def test_spread_is_the_sample_std_and_one_seed_shows_a_dash():
     s = reproduce.spread([1.0, 2.0, 3.0, 4.0])
     assert s['std'] == pytest.approx(np.std([1, 2, 3, 4], ddof=1)) and s['n'] == 4
-    assert plot.pm(s, '{:.2f}') == '2.50 ± 1.29 (1.00–4.00)'
+    assert reproduce.pm(s, '{:.2f}') == '2.50 ± 1.29 (1.00–4.00)'
     one = reproduce.spread([0.5, None])
-    assert one['std'] is None and plot.pm(one, scale=100) == '50.0 ± -'
+    assert one['std'] is None and reproduce.pm(one, scale=100) == '50.0 ± -'
 
 
 def test_best_lr_flags_the_edges_and_tokens_to_interpolates():
     run = lambda lr, acc, loss: dict(lr=lr, evals=[dict(val_acc=acc, val_loss=loss)])
-    assert reproduce.best_lr('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) == (1e-2, 'high edge')
-    assert reproduce.best_lr('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == (3e-3, '')
-    assert reproduce.best_lr('exp3', [run(1e-3, 0, 4), run(3e-3, 0, 5)]) == (1e-3, 'low edge')
+    best = reproduce.best_lr
+    assert best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) == dict(lr=1e-2, edge='high edge')
+    assert best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == dict(lr=3e-3, edge='')
+    assert best('exp3', [run(1e-3, 0, 4), run(3e-3, 0, 5)]) == dict(lr=1e-3, edge='low edge')
     evals = [dict(tokens=0, val_loss=9.0), dict(tokens=100, val_loss=7.0), dict(tokens=200, val_loss=5.0)]
     assert reproduce.tokens_to(evals, 6.0) == pytest.approx(150) and reproduce.tokens_to(evals, 9.5) == 0
