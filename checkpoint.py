@@ -67,7 +67,9 @@ def save_or_stop(path, state, saved_iter):
     try:
         save_checkpoint(path, state)
     except OSError as e:
-        kept = "none was saved" if saved_iter is None else f"the previous checkpoint (iter {saved_iter}) is intact"
+        kept = f"the previous checkpoint (iter {saved_iter}) is intact"
+        if saved_iter is None:
+            kept = "none was saved"
         raise TrainingError(f"could not save {path} at iter {state['iter_num']} ({e.strerror or e}): {kept}; "
                             f"free disk space and resume with --init_from=resume")
 

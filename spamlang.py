@@ -67,6 +67,6 @@ if __name__ == '__main__':  # a few sequences, and how evenly a run sees the sym
     for _ in range(steps):
         counts += torch.bincount(get_batch(B, 1, V, gen)[1][:, 0], minlength=V)
     seen = counts[1:]
-    print(f"V = {V:,}, {steps} steps of {B} sequences: {exposures_per_symbol(steps * B, V):.2f} expected exposures "
-          f"per symbol, seen {seen.min():.0f} to {seen.max():.0f} times, {(seen == 0).sum():.0f} never; best loss "
-          f"at position 0: log(V − 1) = {optimal_loss_pos0(V):.3f}, at positions ≥ 1: 0")
+    print(f"V = {V:,}, {steps} steps of {B} sequences: {exposures_per_symbol(steps * B, V):.2f} expected "
+          f"exposures per symbol, seen {seen.min():.0f} to {seen.max():.0f} times, {(seen == 0).sum():.0f} "
+          f"never; best loss at position 0: log(V − 1) = {optimal_loss_pos0(V):.3f}, at positions ≥ 1: 0")

@@ -40,7 +40,6 @@ import runtime
 import textdata
 import measure
 import measure_cli
-import plot
 import reproduce
 import spamlang
 from options import ConfigError
