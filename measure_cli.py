@@ -287,10 +287,7 @@ def source_init(c, device):
     torch.manual_seed(c['seed'])
     data, batches = batches_from(data_cfg, c, -(-c['n_tokens'] // (c['batch_size'] * block)), block, device)
     cfg['vocab_size'] = data['vocab_size']
-    try:
-        check_config(GPTConfig(**cfg))
-    except ValueError as e:
-        raise ConfigError(str(e))
+    check_config(GPTConfig(**cfg))
     torch.manual_seed(c['seed'])
     model = GPT(GPTConfig(**cfg)).to(device).eval()
     H, Y = hidden_of_gpt(model, batches)

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from options import ConfigError
+
 PAD_MULTIPLE = 64  # V is padded up to a multiple of this for matmul speed; padded rows never reach a logit
 
 
@@ -190,22 +192,22 @@ FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedH
 
 
 def check_config(config):
-    """Raise ValueError with a one-line message naming the problem and the fix."""
+    """Raise ConfigError (a ValueError) with a one-line message naming the problem and the fix."""
     if config.head not in HEADS:
-        raise ValueError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
+        raise ConfigError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
     if config.head_rank is not None:
         if config.head not in FACTORIZED:
-            raise ValueError(f"head_rank applies only to factorized heads ({', '.join(sorted(FACTORIZED))}), "
+            raise ConfigError(f"head_rank applies only to factorized heads ({', '.join(sorted(FACTORIZED))}), "
                              f"not to --head={config.head}: drop --head_rank")
         if not isinstance(config.head_rank, int) or config.head_rank <= 0:
-            raise ValueError(f"head_rank must be a positive integer, got {config.head_rank!r}")
+            raise ConfigError(f"head_rank must be a positive integer, got {config.head_rank!r}")
     if config.vocab_size < 2:
-        raise ValueError(f"vocab_size must be at least 2, got {config.vocab_size}")
+        raise ConfigError(f"vocab_size must be at least 2, got {config.vocab_size}")
     for key in ('block_size', 'n_layer', 'n_head', 'n_embd'):
         if getattr(config, key) <= 0:
-            raise ValueError(f"{key} must be positive, got {getattr(config, key)}")
+            raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
     if config.n_embd % config.n_head:
-        raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+        raise ConfigError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
 
 # -----------------------------------------------------------------------------
 
@@ -242,7 +244,7 @@ class GPT(nn.Module):
     def hidden(self, idx):  # (B, T) -> (B, T, D): the final hidden state the head reads
         B, T = idx.size()
         if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+            raise ConfigError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:

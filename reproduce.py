@@ -297,7 +297,7 @@ def plan(c):
     for s in specs:
         try:
             check_config(GPTConfig(**{k: s['args'][k] for k in checkpoint.MODEL_KEYS if k in s['args']}))
-        except ValueError as e:
+        except ConfigError as e:  # which run of the plan, then what is wrong with it
             raise ConfigError(f"{s['exp']} {s['label']}: {e}")
     return specs
 

@@ -137,10 +137,7 @@ if gradient_accumulation_steps % world:
     raise ConfigError(f"--gradient_accumulation_steps={gradient_accumulation_steps} (micro-batches per step, "
                       f"over all processes) must be a multiple of the {world} processes")
 gptconf = GPTConfig(**{k: globals()[k] for k in MODEL_KEYS})
-try:
-    check_config(gptconf)
-except ValueError as e:
-    raise ConfigError(str(e))
+check_config(gptconf)
 config = {k: globals()[k] for k in (*config, 'data_fingerprint', 'code_version')}  # as saved and logged
 
 if device_type == 'cuda':
