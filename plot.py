@@ -1,7 +1,7 @@
 """
 Figures: any training run's log.jsonl, and the figures of reproduce.py's experiments.
 
-    python plot.py out/spamlang_wide/log.jsonl              # writes out/spamlang_wide/log.png and prints its path
+    python plot.py out/spamlang_wide/log.jsonl   # writes out/spamlang_wide/log.png and prints its path
     python plot.py out/spamlang_wide/log.jsonl --out=wide.png
 
 A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
@@ -22,7 +22,8 @@ from model import narrow_rank
 out = ''                   # the PNG to write; '' = beside the log, with the log's name and .png
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
-EDGE = {'low edge': 'lr at the grid\'s low edge', 'high edge': 'lr at the grid\'s high edge', 'one lr': 'one lr, not swept'}
+EDGE = {'low edge': 'lr at the grid\'s low edge', 'high edge': 'lr at the grid\'s high edge',
+        'one lr': 'one lr, not swept'}
 ARROWS = {'low edge': ' ↓', 'high edge': ' ↑'}  # the same flags as EDGE's first two, after a number
 
 
@@ -80,7 +81,8 @@ def log(path, png=''):
     except ValueError:  # not JSON lines
         rows = []
     if not rows or not isinstance(rows[0], dict) or rows[0].get('type') != 'config':
-        raise options.ConfigError(f"{path} is not a train.py log.jsonl (its first line is not the config row)")
+        raise options.ConfigError(f"{path} is not a train.py log.jsonl "
+                                  f"(its first line is not the config row)")
     cfg, evals = rows[0], [r for r in rows if r.get('type') == 'eval']
     train = [r for r in rows if r.get('type') == 'train']
     spam = any('val_acc' in r for r in evals)
@@ -98,20 +100,23 @@ def log(path, png=''):
     ax.legend(fontsize=8)
     if spam:
         axes[1].plot([r['iter'] for r in evals], [100 * r['val_acc'] for r in evals], 'o-', ms=3, color='C1')
-        axes[1].set(xlabel='step', ylabel='accuracy on positions ≥ 1 (%)', ylim=(-2, 102), title='SpamLang accuracy')
+        axes[1].set(xlabel='step', ylabel='accuracy on positions ≥ 1 (%)', ylim=(-2, 102),
+                    title='SpamLang accuracy')
     bx = axes[-1]
     V, r = cfg['vocab_size'], rank_of(cfg)
     bx.plot([e['iter'] for e in evals], [e['grad_destroyed'] for e in evals], 'o-', ms=3, color='C3',
             label='grad_destroyed' + (' (positions ≥ 1)' if spam else ''))
     if spam and any('grad_destroyed_pos0' in e for e in evals):
-        bx.plot([e['iter'] for e in evals], [e.get('grad_destroyed_pos0', np.nan) for e in evals], '--', color='C4',
-                label='grad_destroyed, position 0')
+        bx.plot([e['iter'] for e in evals], [e.get('grad_destroyed_pos0', np.nan) for e in evals], '--',
+                color='C4', label='grad_destroyed, position 0')
     bx.axhline(math.sqrt(1 - r / V), color='k', ls=':', lw=1, label=f'random baseline √(1 − {r}/{V:,})')
     bx.set_yscale('logit')
-    bx.set(xlabel='step', ylabel='‖P_ker(Wᵀ) G‖ / ‖G‖', title='the meter: destroyed fraction of the logit gradient')
+    bx.set(xlabel='step', ylabel='‖P_ker(Wᵀ) G‖ / ‖G‖',
+           title='the meter: destroyed fraction of the logit gradient')
     bx.legend(fontsize=8)
     fig.suptitle(f"{cfg['head']} head (rank {r}), V = {V:,}, D = {cfg['n_embd']}, data "
-                 f"{os.path.basename(str(cfg['data']))}, lr {sci(cfg['learning_rate'])}, seed {cfg['seed']}", fontsize=10)
+                 f"{os.path.basename(str(cfg['data']))}, lr {sci(cfg['learning_rate'])}, "
+                 f"seed {cfg['seed']}", fontsize=10)
     fig.tight_layout()
     return save(fig, png or os.path.splitext(path)[0] + '.png')
 
@@ -120,32 +125,37 @@ def log(path, png=''):
 
 
 def exp1(path, heads, V, D, subtitle):
-    """heads: dicts with label, rank, plain (a plain head), runs (the best lr's run records) and rows (one per lr:
-    lr, best, edge, acc_mean, acc_min, acc_max)."""
+    """heads: dicts with label, rank, plain (a plain head), runs (the best lr's run records) and rows (one
+    per lr: lr, best, edge, acc_mean, acc_min, acc_max)."""
     plt = pyplot()
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.6))
     for color, h in zip(colors(len(heads)), heads):
         best = next(r for r in h['rows'] if r['best'])
         flag = f", {EDGE[best['edge']]}" if best['edge'] else ''
-        band(ax, [e['iter'] for e in h['runs'][0]['evals']], [[e['val_acc'] for e in r['evals']] for r in h['runs']],
-             color, f"{h['label']}: lr {sci(best['lr'])}{flag}", '--' if h['plain'] else '-', 100)
-        x = h['rank'] * (1.12 if h['plain'] else 1.0) ** (1 + h['label'].startswith('tied'))  # plain heads beside r = D
+        steps = [e['iter'] for e in h['runs'][0]['evals']]
+        accs = [[e['val_acc'] for e in r['evals']] for r in h['runs']]
+        label = f"{h['label']}: lr {sci(best['lr'])}{flag}"
+        band(ax, steps, accs, color, label, '--' if h['plain'] else '-', 100)
+        # plain heads beside r = D
+        x = h['rank'] * (1.12 if h['plain'] else 1.0) ** (1 + h['label'].startswith('tied'))
         m, lo, hi = (100 * best[k] for k in ('acc_mean', 'acc_min', 'acc_max'))
-        bx.errorbar(x, m, yerr=[[m - lo], [hi - m]], fmt='o', color=color, mfc='none' if h['plain'] else color,
-                    capsize=3, ms=6)
-        cx.plot([r['lr'] for r in h['rows']], [100 * r['acc_mean'] for r in h['rows']], 's--' if h['plain'] else 'o-',
-                color=color, ms=4)
+        bx.errorbar(x, m, yerr=[[m - lo], [hi - m]], fmt='o', color=color,
+                    mfc='none' if h['plain'] else color, capsize=3, ms=6)
+        cx.plot([r['lr'] for r in h['rows']], [100 * r['acc_mean'] for r in h['rows']],
+                's--' if h['plain'] else 'o-', color=color, ms=4)
         cx.plot([best['lr']], [m], '*', color=color, ms=13, mec='k', mew=0.6)
     ax.set(xlabel='training step', ylabel='accuracy on positions ≥ 1 (%)', ylim=(-2, 102),
            title=f'SpamLang V = {V:,}, D = {D}: best lr per head\nmean, band: min–max over seeds')
     bx.set_xscale('log', base=2)
     ranks = sorted({h['rank'] for h in heads})
     bx.set_xticks(ranks, [str(r) for r in ranks])
-    bx.set(xlabel='rank of the head r (plain heads hollow, beside r = D)', ylabel='final accuracy, positions ≥ 1 (%)',
-           ylim=(-2, 102), title='final accuracy at the best lr\nmean, bar: min–max over seeds')
+    bx.set(xlabel='rank of the head r (plain heads hollow, beside r = D)',
+           ylabel='final accuracy, positions ≥ 1 (%)', ylim=(-2, 102),
+           title='final accuracy at the best lr\nmean, bar: min–max over seeds')
     cx.set_xscale('log')
     cx.set(xlabel='learning rate', ylabel='final accuracy, positions ≥ 1 (%)', ylim=(-2, 102),
-           title='the lr sweep (sweep seeds), ★ = the best lr\na ★ at either end: the best lr is at the grid\'s edge')
+           title='the lr sweep (sweep seeds), ★ = the best lr\n'
+                 'a ★ at either end: the best lr is at the grid\'s edge')
     fig.legend(*ax.get_legend_handles_labels(), loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title=subtitle, title_fontsize=8)
     fig.tight_layout()
@@ -153,24 +163,46 @@ def exp1(path, heads, V, D, subtitle):
 
 
 def grid(path, cells, x, xs, Vs, subtitle):
-    """Heat maps of a (x, V) grid (cells[x, V]: dicts with acc, loss_over_logV per seed, lr, edge), x = D or r:
-    accuracy and the loss relative to log(V − 1), best lr per cell; the
-    diagonals of constant V/x are labelled outside the axes, so no label covers a cell."""
+    """Heat maps of a (x, V) grid (cells[x, V]: dicts with acc, loss_over_logV per seed, lr, edge), x = D
+    or r: accuracy and the loss relative to log(V − 1), best lr per cell; the diagonals of constant V/x
+    are labelled outside the axes, so no label covers a cell."""
     plt = pyplot()
     from matplotlib.colors import BoundaryNorm
-    table = lambda f: np.array([[f(cells[v, V]) for V in Vs] for v in xs], dtype=float)
-    acc = table(lambda d: 100 * np.mean(d['acc']))
-    std = table(lambda d: 100 * np.std(d['acc'], ddof=1) if len(d['acc']) > 1 else np.nan)
-    rel = table(lambda d: np.mean(d['loss_over_logV']))
-    mids = lambda a: np.sqrt(a[1:] * a[:-1])  # cell edges halfway between the values on a log scale
-    edges = lambda a: np.log2(np.concatenate([[a[0] / 2], mids(a), [a[-1] * 2]]) if len(a) == 1 else
-                              np.concatenate([[a[0] ** 1.5 / a[1] ** .5], mids(a), [a[-1] ** 1.5 / a[-2] ** .5]]))
+
+    def table(f):
+        return np.array([[f(cells[v, V]) for V in Vs] for v in xs], dtype=float)
+
+    def acc_mean(d):
+        return 100 * np.mean(d['acc'])
+
+    def acc_std(d):
+        if len(d['acc']) > 1:
+            return 100 * np.std(d['acc'], ddof=1)
+        return np.nan
+
+    def rel_mean(d):
+        return np.mean(d['loss_over_logV'])
+
+    def mids(a):
+        """Cell edges halfway between the values on a log scale."""
+        return np.sqrt(a[1:] * a[:-1])
+
+    def edges(a):
+        if len(a) == 1:
+            bounds = np.concatenate([[a[0] / 2], mids(a), [a[-1] * 2]])
+        else:
+            bounds = np.concatenate([[a[0] ** 1.5 / a[1] ** .5], mids(a), [a[-1] ** 1.5 / a[-2] ** .5]])
+        return np.log2(bounds)
+
+    acc = table(acc_mean)
+    std = table(acc_std)
+    rel = table(rel_mean)
     xe, ye = edges(np.array(Vs, float)), edges(np.array(xs, float))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     levels = [0, 20, 40, 60, 80, 90, 95, 98, 99, 99.5, 100]  # 90–100% gets half of the colours
     norms = [BoundaryNorm(levels, 256), BoundaryNorm([0, .05, .1, .2, .3, .4, .5, .6, .8, 1, 1.2], 256)]
-    for ax, vals, cmap, norm, name in zip(axes, (acc, rel), ('viridis', 'magma_r'), norms,
-                                          ('accuracy on positions ≥ 1 (%)', 'loss on positions ≥ 1 / log(V − 1)')):
+    names = ('accuracy on positions ≥ 1 (%)', 'loss on positions ≥ 1 / log(V − 1)')
+    for ax, vals, cmap, norm, name in zip(axes, (acc, rel), ('viridis', 'magma_r'), norms, names):
         mesh = ax.pcolormesh(xe, ye, vals, cmap=cmap, norm=norm, shading='flat')
         fig.colorbar(mesh, ax=ax, label=name, ticks=norm.boundaries, shrink=0.85, pad=0.12)
         for i, v in enumerate(xs):
@@ -180,8 +212,9 @@ def grid(path, cells, x, xs, Vs, subtitle):
                 txt = (f"{acc[i, j]:.1f}" + ('' if np.isnan(std[i, j]) else f" ± {std[i, j]:.1f}") +
                        f"\nlr {sci(d['lr'])}{flag}") if vals is acc else f"{rel[i, j]:.2f}"
                 dark = norm(vals[i, j]) < 128 if cmap == 'viridis' else norm(vals[i, j]) > 128
+                # the text sits on a box of the cell's colour, which keeps the diagonals off it
                 ax.text(math.log2(V), math.log2(v), txt, ha='center', va='center', fontsize=8, zorder=3,
-                        color='white' if dark else 'black',  # a box of the cell's colour keeps the diagonals off it
+                        color='white' if dark else 'black',
                         bbox=dict(boxstyle='round,pad=0.25', fc=mesh.cmap(norm(vals[i, j])), ec='none'))
         for k in range(-4, 20):  # V/x = 2^k: a diagonal in (log2 V, log2 x), labelled where it leaves the box
             lo, hi = max(xe[0], ye[0] + k), min(xe[-1], ye[-1] + k)
@@ -195,27 +228,35 @@ def grid(path, cells, x, xs, Vs, subtitle):
         ax.set_yticks([math.log2(v) for v in xs], [str(v) for v in xs])
         ax.set(xlabel='vocabulary V', ylabel='width D' if x == 'D' else 'head rank r', xlim=(xe[0], xe[-1]),
                ylim=(ye[0], ye[-1]))
-        ax.set_title(name + ', best lr per cell' + ('\n↓/↑: the best lr is at the low/high edge of the grid'
-                                                    if vals is acc else '\n1 = the uniform guess'), fontsize=9, pad=34)
+        if vals is acc:
+            note = '\n↓/↑: the best lr is at the low/high edge of the grid'
+        else:
+            note = '\n1 = the uniform guess'
+        ax.set_title(name + ', best lr per cell' + note, fontsize=9, pad=34)
     fig.suptitle(f"SpamLang at equal exposures per symbol: {subtitle}", fontsize=10)
     fig.tight_layout()
     return save(fig, path)
 
 
 def exp3(path, heads, runs, base, bins, subtitle):
-    """heads {head: dict with label, best_lr, edge, final_val_loss, probe_loss, loss_by_frequency {bin: per seed},
-    spectrum {key: per seed}}, narrowest first; runs {head: {seed: the best lr's run record}}."""
+    """heads {head: dict with label, best_lr, edge, final_val_loss, probe_loss, loss_by_frequency {bin:
+    per seed}, spectrum {key: per seed}}, narrowest first; runs {head: {seed: the best lr's run record}}."""
     plt = pyplot()
     fig, ((ax, bx), (cx, dx)) = plt.subplots(2, 2, figsize=(13, 9))
     cs = colors(len(heads))
     widest = list(heads)[-1]
-    curve = lambda r: [e['val_loss'] for e in r['evals']]
+
+    def curve(r):
+        return [e['val_loss'] for e in r['evals']]
+
     for color, (k, h) in zip(cs, heads.items()):
         flag = f", {EDGE[h['edge']]}" if h['edge'] else ''
         tokens = [e['tokens'] for e in next(iter(runs[k].values()))['evals']]
-        band(ax, tokens, [curve(r) for r in runs[k].values()], color, f"{h['label']}: lr {sci(h['best_lr'])}{flag}")
-        band(bx, tokens, [np.subtract(curve(r), curve(runs[widest][s])) for s, r in runs[k].items() if s in runs[widest]],
-             color)
+        label = f"{h['label']}: lr {sci(h['best_lr'])}{flag}"
+        band(ax, tokens, [curve(r) for r in runs[k].values()], color, label)
+        diffs = [np.subtract(curve(r), curve(runs[widest][s]))
+                 for s, r in runs[k].items() if s in runs[widest]]
+        band(bx, tokens, diffs, color)
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         ax.axhline(base[name], color='k', ls=ls, lw=1, label=f"{name} baseline {base[name]:.3f}")
     lo = min(min(curve(r)) for rs in runs.values() for r in rs.values())
@@ -227,24 +268,28 @@ def exp3(path, heads, runs, base, bins, subtitle):
            title=f"paired difference to the widest head\nabove 0: behind {heads[widest]['label']}")
     w = 0.8 / len(heads)
     for k, (color, h) in enumerate(zip(cs, heads.values())):
+        shift = (k - (len(heads) - 1) / 2) * w
         for j, b in enumerate(bins):
             ys = np.array(h['loss_by_frequency'][b], dtype=float)
-            cx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color, yerr=minmax_err(ys), capsize=2)
+            cx.bar(j + shift, ys.mean(), w, color=color, yerr=minmax_err(ys), capsize=2)
         for j, (key, hatch) in enumerate((('final_val_loss', None), ('probe_loss', '//'))):
             ys = np.array(h[key], dtype=float)
-            dx.bar(j + (k - (len(heads) - 1) / 2) * w, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
+            dx.bar(j + shift, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
                    yerr=minmax_err(ys), capsize=2)
     cx.set_xticks(range(len(bins)), [f"{b} types" if b != 'the rest' else 'the rest' for b in bins])
-    cx.set(ylabel='validation loss (nats per token)', title='loss by frequency of the target type (train split)\n'
-                                                             'final checkpoint, bar: min–max over seeds')
+    cx.set(ylabel='validation loss (nats per token)',
+           title='loss by frequency of the target type (train split)\n'
+                 'final checkpoint, bar: min–max over seeds')
     dx.set_xticks([0, 1], ['its own head', 'a fresh full-rank probe\n(frozen backbone)'])
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         dx.axhline(base[name], color='k', ls=ls, lw=1)
     dx.set_ylim(base['bigram'] - 1, base['unigram'] + 0.5)
     floors = ', '.join(f"{h['label']}: {np.mean(h['spectrum']['ey_floor']):.2f}" for h in heads.values())
-    dx.set(ylabel='final validation loss (nats per token)', title='each backbone under a fresh full-rank probe\n'
-           f'(Eckart–Young floor of G at 2·rank(W), mean over seeds:\n{floors})')
-    fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+    dx.set(ylabel='final validation loss (nats per token)',
+           title='each backbone under a fresh full-rank probe\n'
+                 f'(Eckart–Young floor of G at 2·rank(W), mean over seeds:\n{floors})')
+    fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3,
+               fontsize=8)
     fig.suptitle(subtitle, fontsize=10)
     fig.tight_layout()
     return save(fig, path)
@@ -260,13 +305,16 @@ def exp4(path, panels):
             x = [e['iter'] for e in h['runs'][0]['evals']]
             band(ax, x, [[e['grad_destroyed'] for e in r['evals']] for r in h['runs']], color, h['label'])
             ax.axhline(math.sqrt(1 - h['rank'] / p['V']), color=color, ls=':', lw=1)
-            band(bx, x, [[e.get('visible_over_chance', np.nan) for e in r['evals']] for r in h['runs']], color)
+            ratios = [[e.get('visible_over_chance', np.nan) for e in r['evals']] for r in h['runs']]
+            band(bx, x, ratios, color)
         ax.set_yscale('logit')
         ax.set(xlabel='training step', ylabel='destroyed ratio ‖P_ker(Wᵀ) G‖ / ‖G‖',
                title=f"{p['title']}\ndotted: random baseline √(1 − r/V); mean, band: min–max over seeds")
         bx.axhline(1, color='k', ls=':', lw=1)
-        bx.set(xlabel='training step', ylabel='visible / chance = c²·V / r', title='visible fraction over chance')
-        bx.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8)
+        bx.set(xlabel='training step', ylabel='visible / chance = c²·V / r',
+               title='visible fraction over chance')
+        bx.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=3,
+                  fontsize=8)
     fig.tight_layout()
     return save(fig, path)
 

@@ -2067,16 +2067,17 @@ PNG = b'\x89PNG\r\n\x1a\n'
 
 
 def write_text(path, lines=300):
-    words = ('the a of to and in that is was he for it with as his on be at by this had not are but from or have an '
-             'they which one you were her all she there would their we him been has when who will more no if out so').split()
+    words = ('the a of to and in that is was he for it with as his on be at by this had not are but from '
+             'or have an they which one you were her all she there would their we him been has when who '
+             'will more no if out so').split()
     rng = random.Random(0)
     path.write_text('\n'.join(' '.join(rng.choice(words) for _ in range(12)) for _ in range(lines)))
     return str(path)
 
 
 def repro(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE, 'reproduce.py'), *args], capture_output=True, text=True,
-                          env=CHILD_ENV, timeout=600)
+    return subprocess.run([sys.executable, os.path.join(HERE, 'reproduce.py'), *args], capture_output=True,
+                          text=True, env=CHILD_ENV, timeout=600)
 
 
 def tree(root):
@@ -2107,19 +2108,23 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
     assert meta['runs']['trained'] == 14 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
-    for stem in ('exp1_head_rank', 'exp2_vd_grid', 'exp2_rank_grid', 'exp3_text', 'exp4_meter'):  # CSV = JSON rows
+    # CSV = JSON rows
+    for stem in ('exp1_head_rank', 'exp2_vd_grid', 'exp2_rank_grid', 'exp3_text', 'exp4_meter'):
         rows = json.load(open(os.path.join(out, stem + '.json')))['rows']
         with open(os.path.join(out, stem + '.csv'), newline='') as f:
             table = list(csv.DictReader(f))
         assert len(table) == len(rows) and set(table[0]) == set(rows[0]), stem
-        assert [r['lr' if 'lr' in r else 'head'] for r in table] == [str(r['lr' if 'lr' in r else 'head']) for r in rows]
+        assert ([r['lr' if 'lr' in r else 'head'] for r in table] ==
+                [str(r['lr' if 'lr' in r else 'head']) for r in rows])
     e1 = json.load(open(os.path.join(out, 'exp1_head_rank.json')))
-    assert e1['controls']['ours'] and {r['edge'] for r in e1['rows']} == {'one lr'}  # e1_lrs is one value: flagged
+    # e1_lrs is one value: flagged
+    assert e1['controls']['ours'] and {r['edge'] for r in e1['rows']} == {'one lr'}
     grid = json.load(open(os.path.join(out, 'exp2_rank_grid.json')))
     assert grid['cells'] and all(len(cell['acc']) == 2 and 'loss_over_logV' in cell for cell in grid['cells'])
     e3 = json.load(open(os.path.join(out, 'exp3_text.json')))
     assert set(e3['baselines']) == {'unigram', 'bigram'} and 'passed' in e3['gate'] and e3['verdict']
-    wide = float(np.mean(e3['heads']['wide']['final_val_loss']))  # the gate reads the widest head, against both lines
+    # the gate reads the widest head, against both lines
+    wide = float(np.mean(e3['heads']['wide']['final_val_loss']))
     assert e3['gate']['widest_final_loss'] == pytest.approx(wide) and e3['gate']['passed'] == (
         wide <= e3['baselines']['unigram'] - reproduce.DEFAULTS['e3_gate_unigram'] and
         wide <= e3['baselines']['bigram'] + reproduce.DEFAULTS['e3_gate_bigram'])
@@ -2132,13 +2137,16 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     names = sorted(os.listdir(os.path.join(out, 'exp3')))
     for h, info in e3['heads'].items():
         tag = h.replace(':', '')
-        assert [n for n in names if n.startswith(tag) and n.endswith('_s1338')] == [f"{tag}_lr{info['best_lr']:g}_s1338"]
+        assert ([n for n in names if n.startswith(tag) and n.endswith('_s1338')] ==
+                [f"{tag}_lr{info['best_lr']:g}_s1338"])
     run = json.load(open(glob.glob(os.path.join(out, 'exp3', '*', 'run.json'))[0]))
     assert run['config']['type'] == 'config' and 'compile' in run['config'] and run['evals']
     assert not glob.glob(os.path.join(out, 'exp3', '*', '*.pt'))  # analysed, then deleted (no --keep_ckpt)
-    # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo their evals
+    # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
+    # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 14 and re.fullmatch(r"\[1/14\] exp1 r = 2 lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert len(progress) == 14 and re.fullmatch(r"\[1/14\] exp1 r = 2 lr 3e-3 seed 1337 … [\d.]+ s; .*",
+                                                progress[0])
     assert re.search(r"\[14/14\] exp3 .* seed 1338 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
@@ -2150,7 +2158,8 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
     before = tree(out)
     p = repro('--preset=tiny', f'--text={text}', f'--out={out}', '--device=cpu')
     assert p.returncode == 1 and p.stderr.count('\n') == 1 and 'already holds results' in p.stderr
-    assert '--reuse' in p.stderr and '--overwrite' in p.stderr and tree(out) == before  # nothing written or deleted
+    # nothing written or deleted
+    assert '--reuse' in p.stderr and '--overwrite' in p.stderr and tree(out) == before
     copy = str(tmp_path / 'copy')
     shutil.copytree(out, copy)
     p = repro('--preset=tiny', '--experiments=1', '--seeds=3', f'--out={copy}', '--device=cpu', '--reuse')
@@ -2162,9 +2171,9 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
 @pytest.mark.slow
 def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
     out = str(tmp_path / 'out')
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, 'reproduce.py'), '--preset=tiny', '--experiments=1',
-                          '--e1_max_iters=1000000', f'--out={out}', '--device=cpu'], cwd=HERE, env=CHILD_ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, 'reproduce.py'), '--preset=tiny',
+                          '--experiments=1', '--e1_max_iters=1000000', f'--out={out}', '--device=cpu'],
+                         cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().startswith('reproduce.py:') and p.stdout.readline().startswith('[1/')
     def mine():  # the processes other than reproduce.py whose command line names --out: its train.py runs
         found = []
@@ -2189,9 +2198,11 @@ def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
 def test_a_failing_run_stops_with_one_line_naming_it(tmp_path):
     text = tmp_path / 'short.txt'
     text.write_text('to be or not to be, that is the question ' * 4)
-    p = repro('--preset=tiny', '--experiments=3', f'--text={text}', f'--out={tmp_path}/out', '--e3_block_size=64')
+    p = repro('--preset=tiny', '--experiments=3', f'--text={text}', f'--out={tmp_path}/out',
+              '--e3_block_size=64')
     assert p.returncode == 1 and p.stderr.count('\n') == 1
-    assert re.match(r"error: run \S+narrow2_lr0.001_s1337 failed \(exit status 1\): \S+ is too short", p.stderr)
+    assert re.match(r"error: run \S+narrow2_lr0.001_s1337 failed "
+                    r"\(exit status 1\): \S+ is too short", p.stderr)
 
 
 def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
@@ -2221,19 +2232,23 @@ def test_bad_flags_are_refused(args, msg):
 
 def test_bad_flag_is_one_line_exit_1():
     p = repro('--quick', '--e1_lrs=1e-3,fast')
-    assert p.returncode == 1 and p.stderr.count('\n') == 1 and p.stderr.startswith('error: --e1_lrs=1e-3,fast: bad item')
+    assert (p.returncode == 1 and p.stderr.count('\n') == 1 and
+            p.stderr.startswith('error: --e1_lrs=1e-3,fast: bad item'))
     assert not p.stdout
 
 
-@pytest.mark.parametrize('name', ['cpu'] + sorted(f[len('reproduce_'):-3] for f in os.listdir(os.path.join(HERE, 'config'))
+@pytest.mark.parametrize('name', ['cpu'] + sorted(f[len('reproduce_'):-3]
+                                                   for f in os.listdir(os.path.join(HERE, 'config'))
                                                    if f.startswith('reproduce_') and f.endswith('.py')))
 def test_every_preset_validates(name, tmp_path):
     if name != 'cpu':
         for k, v in options.read_config_file(os.path.join(HERE, 'config', f'reproduce_{name}.py')).items():
             assert type(v) is type(reproduce.DEFAULTS[k]) or reproduce.DEFAULTS[k] is None, k
-    c = reproduce.parse_options([f'--preset={name}', '--device=cpu', f"--text={write_text(tmp_path / 't.txt', 5)}"])
+    text = write_text(tmp_path / 't.txt', 5)
+    c = reproduce.parse_options([f'--preset={name}', '--device=cpu', f"--text={text}"])
     specs = reproduce.plan(c)
-    assert {s['exp'] for s in specs} == {f'exp{e}' for e in reproduce.chosen_experiments(c)['run'] if e != '4'}
+    assert ({s['exp'] for s in specs} ==
+            {f'exp{e}' for e in reproduce.chosen_experiments(c)['run'] if e != '4'})
     assert all(s['lr'] is not None or not s['sweep'] for s in specs)
 
 
@@ -2243,8 +2258,8 @@ def test_plot_py_draws_a_real_log(tiny_repro, tmp_path):
     out, _, _ = tiny_repro
     for log in (glob.glob(os.path.join(out, exp, '*', 'log.jsonl'))[0] for exp in ('exp1', 'exp3')):
         png = str(tmp_path / (os.path.basename(os.path.dirname(log)) + '.png'))
-        p = subprocess.run([sys.executable, os.path.join(HERE, 'plot.py'), log, f'--out={png}'], capture_output=True,
-                           text=True, env=CHILD_ENV, timeout=120)
+        p = subprocess.run([sys.executable, os.path.join(HERE, 'plot.py'), log, f'--out={png}'],
+                           capture_output=True, text=True, env=CHILD_ENV, timeout=120)
         assert p.returncode == 0, p.stderr
         assert p.stdout.strip() == png and open(png, 'rb').read(8) == PNG
     p = subprocess.run([sys.executable, os.path.join(HERE, 'plot.py'), os.path.join(out, 'meta.json')],
@@ -2253,8 +2268,9 @@ def test_plot_py_draws_a_real_log(tiny_repro, tmp_path):
 
 
 def test_baselines_match_a_hand_computed_example():
-    # train 0 1 0 1 2 (V = 3): unigram (c + 1)/(5 + 3) = 3/8, 3/8, 2/8; contexts c(0) = c(1) = 2; successors t(0) = 1
-    # ({1}), t(1) = 2 ({0, 2}); c(0, 1) = 2, c(1, 2) = 1. Witten–Bell: λ_0 = 2/3, λ_1 = 1/2, λ_2 = 0 (never a context).
+    # train 0 1 0 1 2 (V = 3): unigram (c + 1)/(5 + 3) = 3/8, 3/8, 2/8; contexts c(0) = c(1) = 2;
+    # successors t(0) = 1 ({1}), t(1) = 2 ({0, 2}); c(0, 1) = 2, c(1, 2) = 1. Witten–Bell: λ_0 = 2/3,
+    # λ_1 = 1/2, λ_2 = 0 (never a context).
     b = reproduce.baselines([0, 1, 0, 1, 2], [0, 1, 2], [1, 2, 0], 3)
     p_uni = [3 / 8, 2 / 8, 3 / 8]
     p_bi = [2 / 3 * 2 / 2 + 1 / 3 * 3 / 8, 1 / 2 * 1 / 2 + 1 / 2 * 2 / 8, 3 / 8]
@@ -2273,7 +2289,8 @@ def test_spread_is_the_sample_std_and_one_seed_shows_a_dash():
 def test_best_lr_flags_the_edges_and_tokens_to_interpolates():
     run = lambda lr, acc, loss: dict(lr=lr, evals=[dict(val_acc=acc, val_loss=loss)])
     best = reproduce.best_lr
-    assert best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) == dict(lr=1e-2, edge='high edge')
+    assert (best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) ==
+            dict(lr=1e-2, edge='high edge'))
     assert best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == dict(lr=3e-3, edge='')
     assert best('exp3', [run(1e-3, 0, 4), run(3e-3, 0, 5)]) == dict(lr=1e-3, edge='low edge')
     evals = [dict(tokens=0, val_loss=9.0), dict(tokens=100, val_loss=7.0), dict(tokens=200, val_loss=5.0)]
