@@ -197,7 +197,8 @@ def check_config(config):
         raise ConfigError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
     if config.head_rank is not None:
         if config.head not in FACTORIZED:
-            raise ConfigError(f"head_rank applies only to factorized heads ({', '.join(sorted(FACTORIZED))}), "
+            factorized = ', '.join(sorted(FACTORIZED))
+            raise ConfigError(f"head_rank applies only to factorized heads ({factorized}), "
                              f"not to --head={config.head}: drop --head_rank")
         if not isinstance(config.head_rank, int) or config.head_rank <= 0:
             raise ConfigError(f"head_rank must be a positive integer, got {config.head_rank!r}")
