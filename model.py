@@ -199,7 +199,7 @@ def check_config(config):
         if config.head not in FACTORIZED:
             factorized = ', '.join(sorted(FACTORIZED))
             raise ConfigError(f"head_rank applies only to factorized heads ({factorized}), "
-                             f"not to --head={config.head}: drop --head_rank")
+                              f"not to --head={config.head}: drop --head_rank")
         if not isinstance(config.head_rank, int) or config.head_rank <= 0:
             raise ConfigError(f"head_rank must be a positive integer, got {config.head_rank!r}")
     if config.vocab_size < 2:
