@@ -602,6 +602,7 @@ def test_a_cuda_device_passes_set_devices_own_argument_check(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     for name, index in (('cuda', 0), ('auto', 0), ('cuda:1', 1)):
         assert _get_device_index(runtime.pick_device(name)) == index, name
+        assert _get_device_index(str(runtime.pick_device(name))) == index, name  # train.py keeps it as str
     assert _get_device_index(runtime.pick_device('cuda', local_rank=1)) == 1  # torchrun's second process
     with pytest.raises(ConfigError, match='sees 2 GPU'):
         runtime.pick_device('cuda:2')
