@@ -32,7 +32,9 @@ def write_tokens(path, ids, vocab_size, encoding, source=None, id_map=None):
     fields = dict(version=TOKEN_VERSION, dtype=np.dtype(dtype).name, vocab_size=vocab_size,
                   n_tokens=int(ids.size), encoding=encoding, source=source, n_map=int(id_map.size))
     header = json.dumps(fields).encode()
-    assert len(header) <= TOKEN_HEADER_BYTES - len(TOKEN_MAGIC), 'token header too long'
+    if len(header) > TOKEN_HEADER_BYTES - len(TOKEN_MAGIC):  # a source path of ~900 characters
+        raise ConfigError(f"{path}: the token file's header ({len(header)} bytes) does not fit; "
+                          f"use a shorter path")
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, 'wb') as f:
         f.write(TOKEN_MAGIC + header.ljust(TOKEN_HEADER_BYTES - len(TOKEN_MAGIC)))
