@@ -6,7 +6,7 @@ references (hand-built cases, float64 QR, explicit softmax, autograd) on CPU, wi
     python -m pytest -q test_all.py -m "not slow"    # the in-process tests only: under 10 seconds
 
 Tests marked `slow` run train.py, measure.py, bench.py, sample.py or torchrun in subprocesses. Sections, in
-order: model, SpamLang, common (options, data, checkpoints), train.py (subprocesses), measure.py, the fused
+order: model, SpamLang, options, data, checkpoints, train.py (subprocesses), measure.py, the fused
 loss / autocast / compile / DDP, bench.py, sample.py. Tolerances come from the arithmetic: fp32 rounding
 (≈ 1e-7 relative, 1e-5 after the sums of a meter), bf16 and fp16 epsilons (torch.finfo), or the standard
 error of a random quantity.
@@ -366,7 +366,7 @@ def test_spamlang_metrics_hand_built_values():
     assert set(only0) == {'loss_pos0', 'acc_pos0'} and only0['acc_pos0'] == 0.5
 
 # -----------------------------------------------------------------------------
-# common: the --key=value parser
+# options.py: the --key=value parser
 
 
 OPTIONS = dict(head='linear', learning_rate=1e-3, max_iters=2000, compile=None, head_rank=None, bias=False,
@@ -435,7 +435,7 @@ def test_peak_flops_matches_whole_names():
         assert runtime.peak_flops(unknown) == (None, None), unknown
 
 # -----------------------------------------------------------------------------
-# common: data (token files, tokenizing, batches)
+# textdata.py: data (token files, tokenizing, batches)
 
 
 def text_data(ids, split=0.9):
@@ -540,7 +540,7 @@ def test_too_short_text_leaves_no_token_file(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if '.tok' in f]
 
 # -----------------------------------------------------------------------------
-# common: checkpoints, random states, resume rules
+# checkpoint.py: checkpoints, random states, resume rules
 
 
 def test_checkpoint_digest_previous_and_fallback(tmp_path):

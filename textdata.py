@@ -104,7 +104,7 @@ def read_text(path):
     except UnicodeDecodeError as e:
         bad = raw[e.start:e.start + 1]
         raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {bad!r}): give a text file, "
-                          f"or a token file written by common.write_tokens")
+                          f"or a token file written by textdata.write_tokens")
     if '\x00' in text:
         raise ConfigError(f"{path} holds NUL bytes, so it is binary, not text: give a text file")
     if not text.strip():
