@@ -3,7 +3,7 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
 
     python bench.py                        # all sections (2-core CPU: several minutes;
                                            # mostly the N = 8192, V = 131k point)
-    python bench.py --json=bench.json      # the same rows for machines
+    python bench.py --json_out=bench.json      # the same rows for machines
     python bench.py --quick                # small shapes only, a smoke test (seconds)
     python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py
 
@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import sys
 import time
-from json import dump as json_dump, dumps, loads
+import json
 
 import torch
 import torch.nn as nn
@@ -312,13 +312,13 @@ def worker(spec):
 
 def run_worker(spec, timeout=1800):
     env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '65536'}  # see the docstring: RSS then tracks live memory
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker=' + dumps(spec)], cwd=HERE,
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker=' + json.dumps(spec)], cwd=HERE,
                        capture_output=True, text=True, timeout=timeout, env=env)
     lines = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
     if p.returncode != 0 or not lines:
         tail = (p.stderr.strip().splitlines() or ['no output'])[-1]
         return {'error': f"exit {p.returncode}: {tail[:200]}"}
-    return loads(lines[-1][len('RESULT '):])
+    return json.loads(lines[-1][len('RESULT '):])
 
 
 def fmt_bytes(b):
@@ -344,7 +344,7 @@ sections = '123'         # which to run: any of 1 (head + loss), 2 (training ste
 quick = False            # small shapes only: a smoke test (2 CPU cores: about a minute)
 reps = 2                 # timed calls per row; the best is reported
 device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
-json = ''                # --json=FILE: the rows for machines (gpu_check: default gpu_check.json)
+json_out = ''            # --json_out=FILE: the rows for machines (gpu_check: default gpu_check.json)
 gpu_check = False        # verify the GPU path in ≤ 8 min (one CUDA GPU): training, measure.py, head + loss
 gpu_check_iters = 200    # training steps of each gpu_check run
 # -----------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def check_gpu(opts):
             print(f"gpu_check {name}: FAILED: {e}", flush=True)
             continue
         with open(f'{out}/{name}/log.jsonl') as f:
-            log = [loads(line) for line in f]
+            log = [json.loads(line) for line in f]
         train = [r for r in log if r['type'] == 'train'][1:]  # the first interval holds the warm-up
         last = [r for r in log if r['type'] == 'eval'][-1]
         cfg = log[0]
@@ -438,9 +438,9 @@ def check_gpu(opts):
         print(f"gpu_check {name}: {runs[name]}", flush=True)
     ok = [name for name in runs if 'error' not in runs[name]]
     if ok:
-        run_script('measure.py', f'--ckpt={out}/{ok[0]}/ckpt.pt', f'--json={out}/measure.json')
+        run_script('measure.py', f'--ckpt={out}/{ok[0]}/ckpt.pt', f'--json_out={out}/measure.json')
         with open(f'{out}/measure.json') as f:
-            m = loads(f.read())
+            m = json.loads(f.read())
         runs['measure'] = {k: m[k] for k in ('destroyed_ratio', 'visible_cosine', 'random_baseline',
                                              'visible_over_chance', 'ey_floor', 'ey_k')}
         print(f"gpu_check measure.py on {ok[0]}: {runs['measure']}", flush=True)
@@ -478,9 +478,9 @@ def main(argv):
     if opts['gpu_check']:
         t0 = time.time()
         runs = check_gpu(opts)
-        path = opts['json'] or 'gpu_check.json'
+        path = opts['json_out'] or 'gpu_check.json'
         with open(path, 'w') as f:
-            json_dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(),
+            json.dump(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name(),
                            commit=runtime.code_version(), date=time.strftime('%Y-%m-%d %H:%M'),
                            wall_s=round(time.time() - t0, 1), runs=runs),
                       f, indent=1)
@@ -515,17 +515,17 @@ def main(argv):
               f"{fused['peak_mem_bytes'] / naive['peak_mem_bytes']:.3f} (≤ 0.25), time "
               f"{fused['time_s'] / naive['time_s']:.2f} (≤ 1.1), fused at {fused['flops_frac']:.2f} "
               f"of bare-matmul FLOP/s (≥ 0.80)")
-    if opts['json']:
-        with open(opts['json'], 'w') as f:
-            json_dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),
+    if opts['json_out']:
+        with open(opts['json_out'], 'w') as f:
+            json.dump(dict(torch=torch.__version__, device=device, date=time.strftime('%Y-%m-%d %H:%M'),
                            rows=rows), f, indent=1)
-        print(f"wrote {len(rows)} rows to {opts['json']}")
+        print(f"wrote {len(rows)} rows to {opts['json_out']}")
 
 
 if __name__ == '__main__':
     options.one_line_errors()
     if len(sys.argv) == 2 and sys.argv[1].startswith('--worker='):
         sys.path.insert(0, HERE)
-        print('RESULT ' + dumps(worker(loads(sys.argv[1][len('--worker='):]))), flush=True)
+        print('RESULT ' + json.dumps(worker(json.loads(sys.argv[1][len('--worker='):]))), flush=True)
     else:
         main(sys.argv[1:])

@@ -9,9 +9,9 @@ logit gradient G the head W destroys, on a checkpoint, a freshly initialized mod
     python measure.py --init --head=narrow --head_rank=4        # a factorized head D→r→V
     python measure.py --hf=gpt2 --data=input.txt                # any HF causal LM
                                                                 # (needs `pip install transformers`)
-    python measure.py --hf=EleutherAI/pythia-160m --json=p.json --plot=p.png
+    python measure.py --hf=EleutherAI/pythia-160m --json_out=p.json --plot=p.png
 
-Printed (and written with --json=FILE): the destroyed ratio r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F over all measured
+Printed (and written with --json_out=FILE): the destroyed ratio r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F over all measured
 tokens, the visible cosine c = √(1 − r²), the random-subspace baseline √(1 − rank(W)/V), the per-token
 distribution of r, the spectrum of G (ranks, energy in the top D / 2D / k components, components for
 70 / 99 / 99.9% energy, the Eckart–Young floor) and the direction test (loss decrease of equal-norm logit
@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from json import dump as json_dump
+import json
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ dtype = 'float64'        # precision of G and its projections: float64 or float3
 device = 'auto'          # auto = cuda if available, else cpu
 seed = 0
 plot = ''                # --plot=FILE.png: the energy curve (matplotlib)
-json = ''                # --json=FILE: the results for machines
+json_out = ''            # --json_out=FILE: the results for machines
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
 
@@ -379,7 +379,7 @@ def parse_args(argv):
     if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
         raise ConfigError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
     options.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
-    for key, ext in (('json', '.json'), ('plot', '.png')):  # checked before the work, not after it
+    for key, ext in (('json_out', '.json'), ('plot', '.png')):  # checked before the work, not after it
         folder = os.path.dirname(os.path.abspath(c[key])) if c[key] else None
         if folder and (os.path.isdir(c[key]) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
             raise ConfigError(f"--{key}={c[key]}: not a writable file path (is its folder there?); give e.g. "
@@ -454,11 +454,11 @@ def main(argv):
     m = measure(H[:n][keep], Y[:n][keep], W, bias, c['chunk'], c['spectrum_tokens'], c['direction_tokens'],
                 c['top_k'], getattr(torch, c['dtype']), factors)
     report(m, about['source'], time.time() - t0)
-    if c['json']:
-        with open(c['json'], 'w') as f:
+    if c['json_out']:
+        with open(c['json_out'], 'w') as f:
             record = {**about, **{k: v for k, v in m.items() if not k.startswith('_')}}  # V, D, rank_W in m
-            json_dump(record, f, indent=1)
-        print(f"wrote {c['json']}")
+            json.dump(record, f, indent=1)
+        print(f"wrote {c['json_out']}")
     if c['plot'] and 'spectrum' in m:
         draw(m, c['plot'])
         print(f"wrote {c['plot']}")

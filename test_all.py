@@ -1494,7 +1494,7 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     textdata.write_tokens(str(other), np.arange(500) % 50, vocab_size=50, encoding='enc')
     for args, msg in [([f'--ckpt={ckpt}', '--block_size=64'], 'exceeds the checkpoint'),
                       ([f'--ckpt={ckpt}', f'--data={other}'], 'V = 50 but the checkpoint'),
-                      ([f'--ckpt={ckpt}', f'--json={tmp_path}/no/such/m.json'], 'not a writable file path'),
+                      ([f'--ckpt={ckpt}', f'--json_out={tmp_path}/no/m.json'], 'not a writable file path'),
                       ([f'--ckpt={ckpt}', f'--plot={tmp_path}'], 'not a writable file path'),
                       ([f'--ckpt={ckpt}', '--n_tokens=0'], 'must be positive'),
                       ([f'--ckpt={ckpt}', '--dtype=float16'], 'must be one of float64, float32')]:
@@ -1573,7 +1573,7 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
     ckpt = str(tmp_path / 'run' / 'ckpt.pt')
     out = tmp_path / 'm.json'
     m = measure_main([f'--ckpt={ckpt}', '--n_tokens=300', '--batch_size=8', '--chunk=64', '--top_k=20',
-                      f'--json={out}'])
+                      f'--json_out={out}'])
     res = json.loads(out.read_text())
     for key in ('destroyed_ratio', 'visible_cosine', 'random_baseline', 'n_tokens', 'V', 'D', 'per_token',
                 'spectrum', 'direction'):
@@ -1658,7 +1658,7 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     ref = qr_ratio(softmax_minus_onehot(logits, Y), W)
     code = subprocess.run([sys.executable, 'measure.py', f'--hf={tmp_path}', f'--data={tmp_path}/text.txt',
                            '--block_size=32', '--n_tokens=256', '--batch_size=4', '--spectrum_tokens=128',
-                           '--direction_tokens=64', f'--json={tmp_path}/m.json'],
+                           '--direction_tokens=64', f'--json_out={tmp_path}/m.json'],
                           cwd=HERE, capture_output=True, text=True, timeout=120,
                           env={**CHILD_ENV, 'HF_HUB_OFFLINE': '1'})
     assert code.returncode == 0, code.stderr
@@ -1917,7 +1917,7 @@ def test_cuda_train_wide_then_measure_its_checkpoint(tmp_path):
     assert last['iter'] == 100 and math.isfinite(last['val_loss']) and 0 < last['grad_destroyed'] < 1
     assert all(r['peak_mem_gb'] > 0 and math.isfinite(r['loss']) for r in train)
     code, out, err = run_on_gpu('measure.py', f'--ckpt={tmp_path}/run/ckpt.pt', '--n_tokens=1024',
-                                f'--json={tmp_path}/m.json')
+                                f'--json_out={tmp_path}/m.json')
     assert code == 0, err[-3000:]
     m = json.load(open(tmp_path / 'm.json'))
     assert 0 < m['destroyed_ratio'] < 1 and m['visible_cosine'] == pytest.approx(
@@ -2014,13 +2014,13 @@ def test_bench_refuses_bad_options():
 
 @pytest.mark.slow
 def test_bench_quick_smoke_writes_json_rows(tmp_path, monkeypatch, capsys):
-    """`bench.py --quick --sections=1 --json=FILE` on one small shape: a worker subprocess per variant, one
-    row each, printed and written; flops_frac is the bare matmuls' time over the variant's."""
+    """`bench.py --quick --sections=1 --json_out=FILE` on one small shape: a worker subprocess per variant,
+    one row each, printed and written; flops_frac is the bare matmuls' time over the variant's."""
     monkeypatch.setattr(bench, 'QUICK_SHAPES', [(64, 512, 16)])
     monkeypatch.setattr(bench, 'VARIANTS', ('bare', 'naive', 'fused'))
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     monkeypatch.delattr(F, 'linear_cross_entropy', raising=False)  # as in torch ≤ 2.11: no line for it here
-    bench.main(['--quick', '--sections=1', '--reps=1', '--device=cpu', f'--json={tmp_path}/b.json'])
+    bench.main(['--quick', '--sections=1', '--reps=1', '--device=cpu', f'--json_out={tmp_path}/b.json'])
     res = json.loads((tmp_path / 'b.json').read_text())
     rows = res['rows']
     assert res['device'] == 'cpu' and res['torch'] == torch.__version__
