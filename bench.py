@@ -32,14 +32,14 @@ follows the live tensors instead of a heap that never shrinks (which would hide 
 are the best of `--reps` calls (the first also gives the memory); ratios between variants of one run are what
 to compare, since a shared machine's absolute speed drifts.
 """
-import os
 import inspect
-import math
-import subprocess
-import tempfile
-import sys
-import time
 import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
 
 import torch
 import torch.nn as nn
@@ -49,6 +49,7 @@ import options
 import runtime
 import measure
 import measure_cli
+import mfu
 from fused_loss import chunked_linear_cross_entropy
 from model import GPT, GPTConfig
 
@@ -269,7 +270,7 @@ def worker_step(spec):
     tok = spec['B'] * spec['T']
     out = dict(time_s=t, peak_mem_bytes=mem, tok_per_s=tok / t)
     if spec['device'] == 'cuda':
-        peak = runtime.peak_flops(torch.cuda.get_device_name())[0]
+        peak = mfu.peak_flops(torch.cuda.get_device_name())[0]
         out['mfu'] = model.flops_per_token() * tok / t / peak if peak else None
     return out
 

@@ -62,10 +62,15 @@ def save_checkpoint(path, state):
                 os.remove(leftover)
 
 
-def save_or_stop(path, state, saved_iter):
-    """save_checkpoint, or, when the write fails (a full disk), a TrainingError that says what is intact."""
+def save_or_stop(path, state, saved_iter, keep=None):
+    """save_checkpoint (and a hard link to it at `keep`), or, when the write fails (a full disk), a
+    TrainingError that says what is intact."""
     try:
         save_checkpoint(path, state)
+        if keep:
+            if os.path.exists(keep):
+                os.remove(keep)
+            os.link(path, keep)
     except OSError as e:
         kept = f"the previous checkpoint (iter {saved_iter}) is intact"
         if saved_iter is None:

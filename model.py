@@ -13,6 +13,8 @@ Heads (chosen by name with --head=, see HEADS at the bottom):
     tied     shares the token embedding wte
     narrow   factorized D→r→V, r = head_rank (default n_embd // 16): the paper's rank-r head
     wide     the same factorization with r = n_embd by default, so wide vs narrow differs only in r
+A factorized head's A is trained (the paper's), fixed random or a fixed selector (head_basis=select: rank is
+then the only difference from linear, which it equals at r = D).
 """
 import math
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ class GPTConfig:
     bias: bool = False
     head: str = 'linear'
     head_rank: int | None = None  # factorized heads only; None = the head's default rank
+    head_basis: str = 'trained'  # factorized heads' A: trained | random (fixed) | select (fixed, r ≤ D)
 
     @property
     def padded_vocab_size(self):
@@ -142,17 +145,26 @@ class FactorizedHead(LMHead):
     """W = B·A with A: r×D and B: Vp×r, no nonlinearity between them, so rank(W) ≤ r.
 
     Init (ours; README, Heads): A has orthonormal rows (r ≤ D) or columns (r > D), scaled so every column of A
-    has unit norm on average; B ~ N(0, 0.02). Then each entry of B·A has std 0.02, the plain head's scale, at
-    every r. Naive N(0, 0.02) factors start with logits ~√r·0.02 smaller and learn far slower even at r = D.
+    has unit norm on average; B ~ N(0, 0.02): each entry of B·A has std 0.02, the plain head's scale, at every
+    r (naive N(0, 0.02) factors learn far slower even at r = D). head_basis=random keeps this A fixed;
+    select fixes A = the first r rows of I: B·A is the plain head with D − r columns held at zero (at r = D
+    the same parameters, init draw and Adam steps as LinearHead; logits start √(r/D) as large).
     """
 
-    def __init__(self, config, wte, default_rank):
+    def __init__(self, config, wte):
         super().__init__(config, wte)
-        self.rank = r = config.head_rank or default_rank
+        self.rank = r = head_rank(config.head, config.n_embd, config.head_rank)
         D = config.n_embd
-        A = torch.empty(r, D)
-        nn.init.orthogonal_(A)
-        self.A = nn.Parameter(A * math.sqrt(max(1.0, D / r)))
+        if config.head_basis == 'select':
+            self.register_buffer('A', torch.eye(D)[:r])
+        else:
+            A = torch.empty(r, D)
+            nn.init.orthogonal_(A)
+            A = A * math.sqrt(max(1.0, D / r))
+            if config.head_basis == 'trained':
+                self.A = nn.Parameter(A)
+            else:
+                self.register_buffer('A', A)
         self.B = nn.Parameter(torch.randn(config.padded_vocab_size, r) * 0.02)
 
     def padded_weight(self):
@@ -166,24 +178,21 @@ class FactorizedHead(LMHead):
         return fused_linear_cross_entropy(F.linear(h, self.A), self.B[:self.vocab_size], targets, chunk_size)
 
 
-def narrow_rank(n_embd):
-    """The narrow head's default r (ours): n_embd // 16, at least 1."""
-    return max(1, n_embd // 16)
+def head_rank(head, n_embd, rank=None):
+    """r of a factorized head: rank if given, else its default: narrow n_embd // 16 (ours), at least 1;
+    wide n_embd."""
+    if rank:
+        return rank
+    return max(1, n_embd // 16) if head == 'narrow' else n_embd
 
 
 class NarrowHead(FactorizedHead):
     """The paper's rank-r head. Default r = n_embd // 16 (ours: at the CPU preset, D = 64, r = 4 fails
     SpamLang where r = D succeeds; see README). The paper's narrowest is r = 32 at D ≈ 4096."""
 
-    def __init__(self, config, wte):
-        super().__init__(config, wte, default_rank=narrow_rank(config.n_embd))
-
 
 class WideHead(FactorizedHead):
     """Full-rank factorization, r = n_embd by default; head_rank may also be set above n_embd."""
-
-    def __init__(self, config, wte):
-        super().__init__(config, wte, default_rank=config.n_embd)
 
 
 HEADS = {'linear': LinearHead, 'tied': TiedHead, 'narrow': NarrowHead, 'wide': WideHead}
@@ -201,6 +210,13 @@ def check_config(config):
                               f"not to --head={config.head}: drop --head_rank")
         if not isinstance(config.head_rank, int) or config.head_rank <= 0:
             raise ConfigError(f"head_rank must be a positive integer, got {config.head_rank!r}")
+    if config.head_basis not in ('trained', 'random', 'select'):
+        raise ConfigError(f"head_basis must be trained, random or select, got {config.head_basis!r}")
+    if config.head_basis != 'trained' and config.head not in FACTORIZED:
+        raise ConfigError(f"head_basis={config.head_basis} applies only to factorized heads: drop it")
+    rank = head_rank(config.head, config.n_embd, config.head_rank)
+    if config.head_basis == 'select' and rank > config.n_embd:
+        raise ConfigError(f"head_basis=select picks r ≤ n_embd coordinates, got r = {rank} > {config.n_embd}")
     if config.vocab_size < 2:
         raise ConfigError(f"vocab_size must be at least 2, got {config.vocab_size}")
     for key in ('block_size', 'n_layer', 'n_head', 'n_embd'):
@@ -264,11 +280,19 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # decay matrices only (≥ 2-D: attention/MLP weights, embeddings, head factors), not gains or biases
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, head_lr_mult=1.0):
+        # decay matrices only (≥ 2-D: attention/MLP weights, embeddings, head factors), not gains or biases;
+        # lr_mult: the training loop sets each group's lr to the schedule's × this (the head's: head_lr_mult)
+        head = {id(p) for p in self.lm_head.parameters()}  # tied: the shared embedding counts as the head
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
-                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        groups = []
+        for in_head, lr_mult in ((False, 1.0), (True, head_lr_mult)):
+            mine = [p for p in params if (id(p) in head) == in_head]
+            matrices = [p for p in mine if p.dim() >= 2]
+            others = [p for p in mine if p.dim() < 2]
+            groups.append({'params': matrices, 'weight_decay': weight_decay, 'lr_mult': lr_mult})
+            groups.append({'params': others, 'weight_decay': 0.0, 'lr_mult': lr_mult})
+        groups = [g for g in groups if g['params']]
         fused = device_type == 'cuda'
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import options
-from model import narrow_rank
+from model import head_rank
 
 # -----------------------------------------------------------------------------
 out = ''                   # the PNG to write; '' = beside the log, with the log's name and .png
@@ -67,8 +67,7 @@ def save(fig, path):
 
 def rank_of(cfg):
     """rank(W) of a train.py config: r of a factorized head (narrow's default D // 16), else D."""
-    D, r = cfg['n_embd'], cfg.get('head_rank')
-    return min(D, r or (narrow_rank(D) if cfg['head'] == 'narrow' else D))
+    return min(cfg['n_embd'], head_rank(cfg['head'], cfg['n_embd'], cfg.get('head_rank')))
 
 # -----------------------------------------------------------------------------
 # one run: python plot.py out/RUN/log.jsonl

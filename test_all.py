@@ -39,6 +39,7 @@ import options
 import runtime
 import textdata
 import measure
+import mfu
 import measure_cli
 import reproduce
 import spamlang
@@ -294,6 +295,64 @@ def test_bad_head_config():
             GPT(tiny(**bad))
 
 
+def test_select_basis_at_full_rank_is_the_linear_head_and_below_it_zeroes_columns():
+    """head_basis=select: at r = D the same init draw, logits, gradients and Adam steps as the linear head
+    (rank is the only difference); at r < D, W = [B, 0] and the held columns stay zero through a step."""
+    x = torch.randint(0, 100, (4, 8))
+    models = []
+    for head, kw in (('linear', {}), ('wide', dict(head_basis='select'))):
+        torch.manual_seed(0)
+        model = GPT(tiny(head, **kw))
+        opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
+        for _ in range(3):
+            _, loss = model(x, x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        models.append(model)
+    lin, sel = models
+    assert 'A' not in dict(sel.lm_head.named_parameters())  # a fixed selector: a buffer, never trained
+    assert torch.equal(lin.lm_head.effective_weight(), sel.lm_head.effective_weight())
+    assert torch.equal(lin(x)[0], sel(x)[0])
+    torch.manual_seed(0)
+    narrow = GPT(tiny('narrow', head_rank=5, head_basis='select'))
+    opt = narrow.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
+    narrow(x, x)[1].backward()
+    opt.step()
+    W = narrow.lm_head.effective_weight()
+    assert torch.equal(W[:, :5], narrow.lm_head.B[:100]) and not W[:, 5:].any()
+
+
+def test_random_basis_stays_fixed_and_is_saved():
+    torch.manual_seed(0)
+    model = GPT(tiny('wide', head_basis='random'))
+    A = model.lm_head.A.clone()
+    opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
+    x = torch.randint(0, 100, (4, 8))
+    model(x, x)[1].backward()
+    opt.step()
+    assert torch.equal(model.lm_head.A, A) and 'lm_head.A' in model.state_dict()
+    assert torch.allclose(A @ A.T, torch.eye(32), atol=1e-5)  # orthogonal, at r = D of scale 1
+
+
+@pytest.mark.parametrize('head', ['linear', 'tied', 'wide'])
+def test_head_lr_mult_reaches_the_heads_param_groups_only(head):
+    model = GPT(tiny(head))
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', head_lr_mult=3.0)
+    head_ids = {id(p) for p in model.lm_head.parameters()}
+    for group in opt.param_groups:
+        assert {id(p) in head_ids for p in group['params']} == {group['lr_mult'] == 3.0}
+    assert sum(len(g['params']) for g in opt.param_groups if g['lr_mult'] == 3.0) == len(head_ids)
+
+
+def test_bad_head_basis():
+    for bad, msg in [(dict(head='linear', head_basis='random'), 'only to factorized'),
+                     (dict(head='wide', head_basis='select', head_rank=40), 'r = 40 > 32'),
+                     (dict(head='wide', head_basis='fixed'), 'trained, random or select')]:
+        with pytest.raises(ValueError, match=msg):
+            GPT(tiny(**bad))
+
+
 def test_generate_is_deterministic_under_a_seed_and_respects_top_k():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
@@ -423,16 +482,16 @@ def test_every_script_prints_its_options_with_help():
 def test_peak_flops_matches_whole_names():
     """MFU's denominator: the longest table key that is a whole word of the GPU's name (A100 is not A10, L40S
     is not L40); an unknown GPU gives (None, None)."""
-    table = runtime.PEAK_FLOPS
+    table = mfu.PEAK_FLOPS
     for name, key in [('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A100 80GB PCIe', 'A100'),
                       ('NVIDIA A10', 'A10'), ('NVIDIA A10G', 'A10G'), ('NVIDIA L40S', 'L40S'),
                       ('NVIDIA L40', 'L40'), ('NVIDIA L4', 'L4'), ('NVIDIA H100 80GB HBM3', 'H100'),
                       ('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
                       ('NVIDIA GeForce RTX 4090', 'RTX 4090')]:
-        assert runtime.peak_flops(name) == (table[key], key), name
-    assert runtime.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
+        assert mfu.peak_flops(name) == (table[key], key), name
+    assert mfu.peak_flops('NVIDIA A100-SXM4-80GB')[0] == 312e12 and table['A10'] == 125e12  # data sheets
     for unknown in ('Tesla T4', 'NVIDIA A1000', 'cpu', ''):
-        assert runtime.peak_flops(unknown) == (None, None), unknown
+        assert mfu.peak_flops(unknown) == (None, None), unknown
 
 # -----------------------------------------------------------------------------
 # textdata.py: data (token files, tokenizing, batches)
@@ -732,7 +791,39 @@ def test_train_lr_warmup_then_cosine_to_min_lr(metered_run):
         assert r['lr'] == pytest.approx(lr_at(r['iter'] - 1, o), rel=1e-12, abs=0), r
     assert rows[-1]['lr'] > o['min_lr'] and min(r['lr'] for r in rows) >= o['min_lr'] * (1 - 1e-12)
     ckpt = checkpoint.load_checkpoint(str(out / 'ckpt.pt'))  # and every parameter group stepped with it
-    assert [g['lr'] for g in ckpt['optimizer']['param_groups']] == [rows[-1]['lr']] * 2
+    groups = ckpt['optimizer']['param_groups']
+    assert [g['lr'] for g in groups] == [rows[-1]['lr']] * len(groups) and len(groups) == 3  # head apart
+
+
+@pytest.mark.slow
+def test_wsd_cooldown_branch_from_a_kept_checkpoint_equals_a_straight_run(tmp_path):
+    """--schedule=wsd: warmup, constant, then linear to min_lr over the last cooldown_iters steps. A run with
+    --keep_checkpoints keeps ckpt_<iter>.pt; a cooldown resumed from one of its stable-phase checkpoints ends
+    exactly where a straight run of the same schedule ends (the ×-fold's branches rely on it)."""
+    o = dict(vocab_size=96, n_embd=16, n_head=2, block_size=8, batch_size=8, warmup_iters=3,
+             learning_rate=1e-2, min_lr=1e-3, log_interval=1, eval_interval=10, eval_iters=2, schedule='wsd')
+    args = [f'--{k}={v}' for k, v in o.items()]
+    trunk, branch, straight = tmp_path / 'trunk', tmp_path / 'branch', tmp_path / 'straight'
+    code, _, err = run_train(*args, '--max_iters=30', '--keep_checkpoints', f'--out_dir={trunk}')
+    assert code == 0, err
+    assert sorted(os.listdir(trunk)) == sorted(['ckpt.pt', 'prev_ckpt.pt', 'log.jsonl'] +
+                                               [f'ckpt_{i}.pt' for i in (0, 10, 20, 30)])
+    assert all(r['lr'] == 1e-2 for r in read_log(trunk, 'train')[3:])  # no cooldown: constant after warmup
+    os.makedirs(branch)
+    os.link(trunk / 'ckpt_20.pt', branch / 'ckpt.pt')
+    code, _, err = run_train(*args, '--max_iters=25', '--cooldown_iters=5', '--init_from=resume',
+                             '--allow_changes', f'--out_dir={branch}')
+    assert code == 0, err
+    code, _, err = run_train(*args, '--max_iters=25', '--cooldown_iters=5', f'--out_dir={straight}')
+    assert code == 0, err
+    rows = read_log(straight, 'train')
+    for r in rows:  # the row of iter k logs step k − 1's lr
+        it = r['iter'] - 1
+        want = 1e-2 * (it + 1) / 4 if it < 3 else 1e-2 - 9e-3 * max(0.0, 1 - (25 - it) / 5)
+        assert r['lr'] == pytest.approx(want, rel=1e-12), r
+    steps = [(r['loss'], r['lr']) for r in read_log(branch, 'train')]
+    assert steps == [(r['loss'], r['lr']) for r in rows[20:]]
+    assert read_log(branch, 'eval')[-1] == read_log(straight, 'eval')[-1]
 
 
 @pytest.mark.slow

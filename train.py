@@ -37,6 +37,7 @@ overwrite = False          # let a scratch run replace an existing out_dir/ckpt.
 allow_changes = False      # let a resumed run change its data or training knobs (never the model's shape)
 resume_fallback = False    # resume from out_dir/prev_ckpt.pt when ckpt.pt is corrupt
 save_checkpoints = True    # False: never write ckpt.pt (sweeps that never resume; log.jsonl is kept)
+keep_checkpoints = False   # also keep each one as ckpt_<iter>.pt (cooldown branches of a wsd run start there)
 log_interval = 100         # steps between training-loss lines
 eval_interval = 500        # steps between evaluations (and checkpoints)
 eval_iters = 10            # held-out batches per evaluation (text: 0 = every window of the validation split)
@@ -52,13 +53,17 @@ gradient_accumulation_steps = None  # micro-batches per step over all processes;
 # model
 head = 'linear'            # the LM head (model.HEADS)
 head_rank = None           # r of a factorized head; None: its default (wide n_embd, narrow n_embd // 16)
+head_basis = 'trained'     # factorized heads' A: trained | random (fixed) | select (fixed: r = D is linear)
 n_layer = 2
 n_head = 4
 n_embd = 64
 dropout = 0.0
 bias = False
-# AdamW, linear warmup then cosine decay to min_lr
+# AdamW, linear warmup, then cosine decay to min_lr or warmup–stable–decay (wsd)
 learning_rate = 1e-3       # the factorized wide head stalled near 95% at 3e-3, reached 100% at 1e-3 (README)
+head_lr_mult = 1.0         # the head's lr = the schedule's × this (tied: the shared embedding's)
+schedule = 'cosine'        # cosine | wsd: constant, then linear to min_lr over the last cooldown_iters steps
+cooldown_iters = 0
 max_iters = 2000
 weight_decay = 0.1
 beta1 = 0.9
@@ -77,12 +82,12 @@ seed = 1337
 STOP_EVERY = 10  # under torchrun, steps between the processes' exchanges of the stop flag (a read each)
 MAX_PENDING = 1000  # micro-steps whose losses wait for check_finite at most, whatever log_interval is
 RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints',
-            'device', 'dtype', 'compile', 'loss', 'log_interval', 'eval_interval', 'eval_iters',
-            'meter_every_step', 'peak_flops')  # may differ when resuming
+            'keep_checkpoints', 'device', 'dtype', 'compile', 'loss', 'log_interval', 'eval_interval',
+            'eval_iters', 'meter_every_step', 'peak_flops')  # may differ when resuming
 options.one_line_errors()
 types = dict(head_rank=int, compile=bool, gradient_accumulation_steps=int)  # options whose default is None
 choices = dict(init_from=('scratch', 'resume'), head=tuple(HEADS), dtype=('auto', *runtime.DTYPES),
-               loss=('auto', 'naive', 'fused'))
+               loss=('auto', 'naive', 'fused'), schedule=('cosine', 'wsd'))
 config, given = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__, types, choices)
 globals().update(config)
 # processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; DistributedDataParallel, nccl on CUDA, gloo on CPU
@@ -95,11 +100,12 @@ device_type = device.split(':')[0]
 dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' else dtype
 compile = device_type == 'cuda' if compile is None else compile
 options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval',
-                 'learning_rate')
+                 'learning_rate', 'head_lr_mult')
 if eval_iters < 0 or (eval_iters == 0 and data == 'spamlang'):
     raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {eval_iters}")
-if not 0 <= dropout < 1 or min_lr < 0:
-    raise ConfigError(f"--dropout must be in [0, 1) and --min_lr ≥ 0, got {dropout} and {min_lr}")
+if not 0 <= dropout < 1 or min(min_lr, cooldown_iters) < 0:
+    raise ConfigError(f"need 0 ≤ --dropout < 1, --min_lr ≥ 0, --cooldown_iters ≥ 0: got {dropout}, {min_lr}, "
+                      f"{cooldown_iters}")
 data_name = 'spamlang' if data == 'spamlang' else os.path.splitext(os.path.basename(data))[0].split('.')[0]
 try:
     out_dir = out_dir.format(**{k: globals()[k] for k in config}, dataset=data_name)
@@ -154,7 +160,7 @@ os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(seed)
 model = GPT(gptconf).to(device)
 model.fused = loss == 'fused'
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, head_lr_mult)
 train_gen = spamlang.make_generator(seed)
 iter_num, saved_iter = 0, None
 if ckpt is not None:
@@ -174,8 +180,11 @@ step_model = torch.compile(step_model) if compile else step_model  # the eager `
 ctx = runtime.autocast(device_type, dtype)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 flops_per_iter = model.flops_per_token() * tokens_per_iter / world  # per GPU, like the peak it is divided by
-gpu_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else None
-peak = peak_flops or (runtime.peak_flops(gpu_name)[0] if gpu_name else None)
+gpu_name, peak = None, peak_flops
+if device_type == 'cuda':
+    import mfu  # the GPUs' peak FLOP/s
+    gpu_name = torch.cuda.get_device_name(device)
+    peak = peak or mfu.peak_flops(gpu_name)[0]
 if master:
     files = options.config_files(sys.argv[1:])
     print(f"{'options from ' + ', '.join(files) + ': ' if files else ''}{head} head, V = {vocab_size:,}, "
@@ -184,7 +193,7 @@ if master:
           f"{gradient_accumulation_steps}), device {device} ({dtype}, {loss} loss"
           f"{', compiled' if compile else ''}{f', {world} processes' if ddp else ''})")
     if device_type == 'cuda' and not peak:
-        print(f"MFU not reported: {gpu_name} is not in runtime.PEAK_FLOPS; set --peak_flops")
+        print(f"MFU not reported: {gpu_name} is not in mfu.PEAK_FLOPS; set --peak_flops")
     log_file = open(log_path, 'a' if ckpt is not None else 'w')
     if ckpt is None:
         log_file.write(json.dumps({'type': 'config', **config}) + '\n')
@@ -202,6 +211,9 @@ def get_lr(it):
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it >= max_iters:
         return min_lr
+    if schedule == 'wsd':  # warmup–stable–decay: a cooldown can branch from any step of the stable phase
+        decay = max(0.0, 1 - (max_iters - it) / max(1, cooldown_iters))  # 0 until the last cooldown_iters
+        return learning_rate - decay * (learning_rate - min_lr)
     ratio = (it - warmup_iters) / max(1, max_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
@@ -256,7 +268,8 @@ def save():
     rng['train_gen'] = unread_state  # the stream from the fetched batch that no step has used yet
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), config=config, iter_num=iter_num,
                  rng=rng, id_map=corpus.get('id_map'))
-    checkpoint.save_or_stop(ckpt_path, state, saved_iter)
+    keep = os.path.join(out_dir, f'ckpt_{iter_num}.pt') if keep_checkpoints else None
+    checkpoint.save_or_stop(ckpt_path, state, saved_iter, keep)
     saved_iter = iter_num
 
 
@@ -325,7 +338,7 @@ t0, timed, first_step = time.time(), 0, True
 while iter_num < max_iters:
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
-        group['lr'] = lr
+        group['lr'] = lr * group['lr_mult']
     for micro in range(accum):
         if ddp:  # all-reduce the gradients only on the last micro-step
             step_model.require_backward_grad_sync = micro == accum - 1
