@@ -237,56 +237,57 @@ def grid(path, cells, x, xs, Vs, subtitle):
     return save(fig, path)
 
 
-def exp3(path, heads, runs, base, bins, subtitle):
-    """heads {head: dict with label, best_lr, edge, final_val_loss, probe_loss, loss_by_frequency {bin:
-    per seed}, spectrum {key: per seed}}, narrowest first; runs {head: {seed: the best lr's run record}}."""
+def exp3(path, heads, xfold, base, bins, subtitle):
+    """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}, final_val_loss,
+    probe_loss, ceiling_loss, loss_by_frequency {bin: per seed}} narrowest first, the widest (the reference of
+    xfold) last; xfold {head: [dicts with level, ratio {mean, lo, hi}, censored, lower_bound]}."""
     plt = pyplot()
     fig, ((ax, bx), (cx, dx)) = plt.subplots(2, 2, figsize=(13, 9))
     cs = colors(len(heads))
-    widest = list(heads)[-1]
-
-    def curve(r):
-        return [e['val_loss'] for e in r['evals']]
-
-    for color, (k, h) in zip(cs, heads.items()):
+    for color, h in zip(cs, heads.values()):
         flag = f", {EDGE[h['edge']]}" if h['edge'] else ''
-        tokens = [e['tokens'] for e in next(iter(runs[k].values()))['evals']]
-        label = f"{h['label']}: lr {sci(h['best_lr'])}{flag}"
-        band(ax, tokens, [curve(r) for r in runs[k].values()], color, label)
-        diffs = [np.subtract(curve(r), curve(runs[widest][s]))
-                 for s, r in runs[k].items() if s in runs[widest]]
-        band(bx, tokens, diffs, color)
+        curves = list(h['annealed'].values())
+        tokens = [t for t, _ in curves[0]]
+        band(ax, tokens, [[loss for _, loss in q] for q in curves], color, f"{h['label']}: lr {sci(h['best_lr'])}{flag}")
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         ax.axhline(base[name], color='k', ls=ls, lw=1, label=f"{name} baseline {base[name]:.3f}")
-    lo = min(min(curve(r)) for rs in runs.values() for r in rs.values())
-    ax.set_ylim(min(lo, base['bigram'], base['unigram']) - 0.2, max(base['unigram'], base['bigram']) + 1.5)
-    ax.set(xlabel='training tokens', ylabel='validation loss (nats per token)',
-           title='validation loss, best lr per head\nmean, band: min–max over seeds')
-    bx.axhline(0, color='k', lw=0.7)
-    bx.set(xlabel='training tokens', ylabel=f"val loss − {heads[widest]['label']}'s, same seed",
-           title=f"paired difference to the widest head\nabove 0: behind {heads[widest]['label']}")
+    ax.set(xlabel='training tokens (budget, cooldown included)', ylabel='validation loss (nats per token)',
+           title='annealed loss at each budget (the end of its cooldown)\nmean, band: min–max over seeds')
+    for color, (k, points) in zip(cs, xfold.items()):
+        ok = [q for q in points if q['ratio']['mean'] is not None]
+        if ok:
+            x = [q['level'] for q in ok]
+            bx.plot(x, [q['ratio']['mean'] for q in ok], color=color, marker='o', ms=3, label=heads[k]['label'])
+            lo = [q['ratio']['lo'] if q['ratio']['lo'] is not None else q['ratio']['mean'] for q in ok]
+            hi = [q['ratio']['hi'] if q['ratio']['hi'] is not None else q['ratio']['mean'] for q in ok]
+            bx.fill_between(x, lo, hi, color=color, alpha=0.2)
+    bx.axhline(1, color='k', lw=0.7)
+    bx.set_yscale('log')
+    bx.invert_xaxis()
+    ref = list(heads.values())[-1]['label']
+    bx.set(xlabel='target validation loss (annealed)', ylabel=f"tokens to reach it / {ref}'s",
+           title='×-fold in tokens, geometric mean over seeds, band: paired 95% CI\n(only levels every seed '
+                 'of both reaches)')
     w = 0.8 / len(heads)
     for k, (color, h) in enumerate(zip(cs, heads.values())):
         shift = (k - (len(heads) - 1) / 2) * w
         for j, b in enumerate(bins):
             ys = np.array(h['loss_by_frequency'][b], dtype=float)
             cx.bar(j + shift, ys.mean(), w, color=color, yerr=minmax_err(ys), capsize=2)
-        for j, (key, hatch) in enumerate((('final_val_loss', None), ('probe_loss', '//'))):
-            ys = np.array(h[key], dtype=float)
-            dx.bar(j + shift, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
-                   yerr=minmax_err(ys), capsize=2)
+        for j, (key, hatch) in enumerate((('final_val_loss', None), ('probe_loss', '//'), ('ceiling_loss', '..'))):
+            ys = np.array([v for v in h[key] if v is not None], dtype=float)
+            if ys.size:
+                dx.bar(j + shift, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
+                       yerr=minmax_err(ys), capsize=2)
     cx.set_xticks(range(len(bins)), [f"{b} types" if b != 'the rest' else 'the rest' for b in bins])
     cx.set(ylabel='validation loss (nats per token)',
-           title='loss by frequency of the target type (train split)\n'
-                 'final checkpoint, bar: min–max over seeds')
-    dx.set_xticks([0, 1], ['its own head', 'a fresh full-rank probe\n(frozen backbone)'])
+           title='loss by frequency of the target type (train split)\nfinal checkpoint, bar: min–max over seeds')
+    dx.set_xticks([0, 1, 2], ['its own head', 'converged full-rank probe\n(its frozen backbone)',
+                              'ceiling: rank-r head fitted\non the linear backbone'])
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         dx.axhline(base[name], color='k', ls=ls, lw=1)
     dx.set_ylim(base['bigram'] - 1, base['unigram'] + 0.5)
-    floors = ', '.join(f"{h['label']}: {np.mean(h['spectrum']['ey_floor']):.2f}" for h in heads.values())
-    dx.set(ylabel='final validation loss (nats per token)',
-           title='each backbone under a fresh full-rank probe\n'
-                 f'(Eckart–Young floor of G at 2·rank(W), mean over seeds:\n{floors})')
+    dx.set(ylabel='validation loss (nats per token)', title='expressivity apart from optimization')
     fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3,
                fontsize=8)
     fig.suptitle(subtitle, fontsize=10)

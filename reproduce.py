@@ -14,9 +14,11 @@ log.jsonl and run.json); heads are train.py's, written head[:head_rank] (narrow:
 its lrs on the first --sweep_seeds seeds, the others run at its best lr. An --out holding results is refused
 unless --reuse or --overwrite.
 """
+import concurrent.futures
 import csv
 import dataclasses
 import functools
+import glob
 import json
 import math
 import os
@@ -34,12 +36,14 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import fit_head
 import options
 import runtime
 import textdata
 import measure_cli
 import plot
 import spamlang
+import stats
 from options import ConfigError, TrainingError
 from model import FACTORIZED, HEADS, GPTConfig, check_config, fused_linear_cross_entropy
 
@@ -48,7 +52,7 @@ from model import FACTORIZED, HEADS, GPTConfig, check_config, fused_linear_cross
 # are not given from config/reproduce_NAME.py
 preset = 'cpu'            # cpu (these values) | quick | gpu | tiny (the test grid)
 quick = False             # = --preset=quick
-experiments = '1,2,3,4'   # a comma-separated subset, run in this order (4 reads the runs of 1 and 3)
+experiments = '1,2,3,4,5'  # a comma-separated subset, run in this order (4 reads the runs of 1 and 3)
 text = ''                 # a UTF-8 .txt file for experiment 3 (skipped, with a note, without one)
 out = 'results/{preset}'  # the results folder
 reuse = False             # keep the finished runs in --out whose train.py arguments are the same
@@ -56,13 +60,15 @@ overwrite = False         # delete the results in --out first
 device = 'auto'           # train.py --device of every run, and of experiment 3's analysis
 compile = None            # train.py --compile; None = train.py's default (on for CUDA)
 threads = 1               # OMP_NUM_THREADS of every run (0: torch's default); 1 is far faster on shared cores
-seeds = 3                 # runs per configuration: seeds --seed, --seed + 1, ...
+jobs = 2                  # runs at once (processes, and experiment 3's fits); one per core with threads = 1
 seed = 1337
-sweep_seeds = 1           # the lr grid runs on the first sweep_seeds seeds, the others at the best lr found
+sweep_seeds = 1           # the lr grid runs on seeds seed … seed + sweep_seeds − 1, never reported
+seeds = 3                 # fresh seeds per configuration at its best lr (the ones reported), after those
 n_head = 4                # attention heads of every model
 warmup = 0.1              # linear warmup over this fraction of each run's steps, then cosine to lr/10
-# experiment 1: head rank on SpamLang
-e1_heads = 'narrow:2,narrow:4,narrow:8,narrow:16,narrow:32,wide,linear,tied'  # head[:head_rank], train.py's
+# experiment 1: head rank on SpamLang; heads are train.py's, written head[:head_rank][/head_basis]
+e1_heads = ('narrow:2/select,narrow:4/select,narrow:8/select,narrow:16/select,narrow:32/select,'
+            'narrow:2,narrow:4,narrow:8,narrow:16,narrow:32,wide,linear,tied')
 e1_lrs = '1e-3,3e-3,1e-2,3e-2'  # the lr grid of every head
 e1_vocab_size = 1024
 e1_n_embd = 64
@@ -84,38 +90,47 @@ e2_steps = 250
 e2_n_layer = 2
 e2_block_size = 2          # [BOS, s]: one determined position per sequence
 e2_eval_sequences = 2048   # held-out sequences per cell (whole batches)
-# experiment 3: text, head rank on one backbone
-e3_heads = 'narrow:2,narrow:8,narrow:32,wide'  # r = 2 is the positive control, wide the full-rank head
-e3_lrs = '3e-4,1e-3,3e-3,1e-2'  # 3e-2 ended 0.11–0.57 nats behind every head's best in a first run
+# experiment 3: text, head rank on one backbone: fixed-basis heads (rank the only difference; linear is r = D)
+e3_heads = 'narrow:2/select,narrow:8/select,narrow:32/select,linear'  # r = 2: the positive control
+e3_lrs = '1e-3,3e-3,1e-2'  # every head's best lay inside 3e-4 … 1e-2 in a first run
 e3_encoding = 'cl100k_base'
 e3_n_embd = 64
 e3_n_layer = 2
 e3_block_size = 64
 e3_batch_size = 16
-e3_max_iters = 720         # 737k tokens ≈ 2.7 epochs of Tiny Shakespeare's train split (271k tokens)
-e3_eval_interval = 180
-e3_eval_iters = 0          # 0: every non-overlapping window of the validation split
+e3_max_iters = 720         # the longest budget, cooldown included: 737k tokens ≈ 2.7 epochs of Tiny
+                           # Shakespeare's train split (271k tokens)
+e3_schedule_evals = 24     # evaluations along the stable phase (the meter's curve), on e3_eval_iters batches
+e3_eval_iters = 8          # ... the annealed ends, the sweep and experiment 5 read every validation window
+e3_budgets = 6             # warmup–stable–decay: cooldown branches at 1/6 … 6/6 of the stable phase
+e3_cooldown = 0.2          # the last fraction of every budget: linear to lr/10
 e3_freq_bins = '64,1024'   # loss by frequency: the 64 most frequent types (train split), the next 1,024, rest
-e3_probe_steps = 100       # the probe: a fresh full-rank linear head fitted on each frozen backbone
-e3_probe_lr = 1e-2
+e3_fit_lr = 1e-3           # probes and ceilings: AdamW on frozen hidden states, until the held-out slice
+e3_fit_patience = 2        # (the train split's last 10%) has not improved for this many epochs
+e3_fit_max_epochs = 8
 e3_spectrum_tokens = 2048  # the first validation tokens, for the spectrum of G
 e3_gate_unigram = 0.5      # stage gate: the widest head must end ≥ this many nats below the unigram loss
 e3_gate_bigram = 0.3       # ... and ≤ this many nats above the bigram loss
+# experiment 5: the wide head (r = D) at experiment 3's sizes: its basis × a head lr multiplier, the backbone
+# at the linear head's best lr (swept on e3_lrs); wide/select at ×1 is the linear head itself
+e5_bases = 'select,random,trained'
+e5_head_lr_mults = '0.333,1,3'
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.join(HERE, 'train.py')
 TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at equal exposures: (D, V) and (r, V) grids',
-          '3': 'text, head rank on one backbone', '4': 'the meter along training'}
+          '3': 'text, head rank on one backbone', '4': 'the meter along training',
+          '5': 'the wide head on text: its basis and its learning rate'}
 FIGURES = {'1': ['exp1_head_rank.png'], '2': ['exp2_vd_heatmap.png', 'exp2_rank_heatmap.png'],
-           '3': ['exp3_text.png'], '4': ['exp4_meter.png']}
+           '3': ['exp3_text.png'], '4': ['exp4_meter.png'], '5': []}
 EDGE = {**plot.ARROWS, 'one lr': ' (one lr)', '': ''}  # the best lr's flag, after it in the tables
 OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to lr/10, grad clip 1 "
         "(train.py's)",
         "lrs swept on the first sweep_seeds seeds, the others at the best; ↓/↑: the best lr at the grid's "
         "low/high edge",
         "std over seeds with ddof = 1"]
-HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)}):[1-9][0-9]*")
+HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-9]*)?(/(trained|random|select))?")
 say = functools.partial(print, flush=True)
 
 # -----------------------------------------------------------------------------
@@ -139,28 +154,38 @@ def numbers(c, key, kind=float):
 
 
 def head_specs(c, key):
-    """A comma-separated option of train.py's heads, each written head[:rank] (narrow:8 sets the rank)."""
+    """A comma-separated option of train.py's heads, each written head[:rank][/basis] (narrow:8/select: rank 8,
+    a fixed selector A)."""
     specs = [s.strip() for s in str(c[key]).split(',')]
     for spec in specs:
         if not HEAD_SPEC.fullmatch(spec):
             raise ConfigError(f"--{key}={c[key]}: bad item {spec!r}; give heads ({', '.join(HEADS)}; "
-                              f"narrow:8 sets the rank), comma-separated")
+                              f"narrow:8 sets the rank, /select, /random or /trained the basis of a "
+                              f"factorized head), comma-separated")
     return specs
 
 
+def head_of(spec, D):
+    """A head spec as a dict: spec, key (its runs' name), args (train.py's), rank (of W) and label."""
+    spec, _, basis = spec.partition('/')
+    name, _, r = spec.partition(':')
+    args = dict(head=name)
+    if r:
+        args['head_rank'] = int(r)
+    if basis and basis != 'trained':
+        args['head_basis'] = basis
+    rank = plot.rank_of(dict(n_embd=D, **args))
+    label = f"r = {rank}" if name == 'narrow' else f"{name} (r = {rank})"
+    if name in FACTORIZED:
+        label += {'select': ', selector', 'random': ', fixed random A'}.get(basis, ', B·A')
+    full = spec + (f"/{basis}" if basis else '')
+    key = full.replace(':', '').replace('/', '_')
+    return dict(spec=full, key=key, args=args, rank=rank, label=label)
+
+
 def heads_of(c, e):
-    """The heads of experiment 1 or 3 (3: narrowest first), each a dict: spec (head[:rank]), key (its runs'
-    name), args (train.py's), rank (of W) and label."""
-    D = c[f'e{e}_n_embd']
-    heads = []
-    for spec in head_specs(c, f'e{e}_heads'):
-        name, _, r = spec.partition(':')
-        args = dict(head=name)
-        if r:
-            args['head_rank'] = int(r)
-        rank = plot.rank_of(dict(n_embd=D, **args))
-        label = f"r = {rank}" if name == 'narrow' else f"{name} (r = {rank})"
-        heads.append(dict(spec=spec, key=spec.replace(':', ''), args=args, rank=rank, label=label))
+    """The heads of experiment 1 or 3 (3: narrowest first), each head_of's dict."""
+    heads = [head_of(spec, c[f'e{e}_n_embd']) for spec in head_specs(c, f'e{e}_heads')]
     if e == '3':
         heads.sort(key=lambda h: h['rank'])
     return heads
@@ -225,31 +250,72 @@ def chosen_experiments(c):
     """The experiments to run, in the order given (run), and a note for each one skipped (notes)."""
     run = list(dict.fromkeys(e.strip() for e in c['experiments'].split(',') if e.strip()))
     if not run or not set(run) <= set(TITLES):
-        raise ConfigError(f"--experiments must be a comma-separated subset of 1,2,3,4, "
+        raise ConfigError(f"--experiments must be a comma-separated subset of {','.join(TITLES)}, "
                           f"got {c['experiments']!r}")
     notes = {}
-    if '3' in run and not c['text']:
-        run.remove('3')
-        notes['3'] = "skipped: no text given (--text=FILE.txt)"
+    for e in ('3', '5'):
+        if e in run and not c['text']:
+            run.remove(e)
+            notes[e] = "skipped: no text given (--text=FILE.txt)"
     return dict(run=run, notes=notes)
 
 # -----------------------------------------------------------------------------
 # the plan: every run, before any starts
 
 
-def plan_heads(c, e):
-    """Experiments 1 (SpamLang) and 3 (text; its data is the token file, set once it is written): one
-    backbone, only the head changes; 3 keeps the checkpoints for its analysis."""
-    steps, interval = c[f'e{e}_max_iters'], c[f'e{e}_eval_interval']
-    base = dict(data='spamlang' if e == '1' else None)
-    if e == '1':
-        base['vocab_size'] = c['e1_vocab_size']
-    base.update(n_embd=c[f'e{e}_n_embd'], n_layer=c[f'e{e}_n_layer'], n_head=c['n_head'],
-                block_size=c[f'e{e}_block_size'], batch_size=c[f'e{e}_batch_size'], max_iters=steps,
-                warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
-                eval_iters=c[f'e{e}_eval_iters'], log_interval=interval, save_checkpoints=e == '3')
+def plan_heads(c):
+    """Experiment 1 (SpamLang): one backbone, only the head changes."""
+    steps, interval = c['e1_max_iters'], c['e1_eval_interval']
+    base = dict(data='spamlang', vocab_size=c['e1_vocab_size'], n_embd=c['e1_n_embd'], n_layer=c['e1_n_layer'],
+                n_head=c['n_head'], block_size=c['e1_block_size'], batch_size=c['e1_batch_size'],
+                max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
+                eval_iters=c['e1_eval_iters'], log_interval=interval, save_checkpoints=False)
     return [dict(key=h['key'], label=h['label'], info=dict(head=h['spec']), args={**base, **h['args']})
-            for h in heads_of(c, e)]
+            for h in heads_of(c, '1')]
+
+
+def wsd_schedule(c):
+    """Experiments 3 and 5: warmup–stable–decay over e3_max_iters steps. The stable phase (stable steps) is
+    cut into e3_budgets equal parts; the cooldown branch of budget k resumes the stable phase at its k-th
+    checkpoint and decays over the last e3_cooldown of the budget. Returns stable, the stable phase's eval
+    interval, and the branches as (stable steps, cooldown steps), the last ending at e3_max_iters."""
+    total, parts = c['e3_max_iters'], c['e3_budgets']
+    stable = round(total * (1 - c['e3_cooldown']))
+    per_part = max(1, round(c['e3_schedule_evals'] / parts))
+    if stable % parts or (stable // parts) % per_part:
+        raise ConfigError(f"--e3_max_iters={total}: its stable phase ({stable} steps) must split into "
+                          f"--e3_budgets={parts} parts of a whole number of evaluations ({per_part} each, "
+                          f"--e3_schedule_evals); e.g. --e3_max_iters={parts * per_part * 10}")
+    step = stable // parts
+    ratio = c['e3_cooldown'] / (1 - c['e3_cooldown'])
+    branches = [(k * step, max(1, round(k * step * ratio))) for k in range(1, parts)]
+    return dict(stable=stable, interval=step // per_part, branches=branches + [(stable, total - stable)])
+
+
+def plan_text(c, e):
+    """Experiments 3 and 5 (their data, the token file, is set once it is written): the sweep runs (one
+    warmup–stable–decay run each, evaluated on every validation window at its end) and, for 3, the fresh
+    seeds' stable phase with its cooldown branches (wsd_schedule)."""
+    total, wsd = c['e3_max_iters'], wsd_schedule(c)
+    base = dict(data=None, n_embd=c['e3_n_embd'], n_layer=c['e3_n_layer'], n_head=c['n_head'],
+                block_size=c['e3_block_size'], batch_size=c['e3_batch_size'], schedule='wsd',
+                warmup_iters=max(1, int(c['warmup'] * total)))
+    full = dict(base, max_iters=total, cooldown_iters=total - wsd['stable'], eval_interval=total, eval_iters=0,
+                log_interval=total, save_checkpoints=e == '5')
+    if e == '5':
+        configs = []
+        for basis in str(c['e5_bases']).split(','):
+            for mult in numbers(c, 'e5_head_lr_mults'):
+                h = head_of(f"wide/{basis.strip()}", c['e3_n_embd'])
+                configs.append(dict(key=f"{h['key']}_x{mult:g}", label=f"{h['label']}, head lr ×{mult:g}",
+                                    info=dict(head=h['spec'], basis=basis.strip(), head_lr_mult=mult),
+                                    args={**full, **h['args'], 'head_lr_mult': mult}))
+        return configs
+    trunk = dict(base, max_iters=wsd['stable'], cooldown_iters=0, eval_interval=wsd['interval'],
+                 eval_iters=c['e3_eval_iters'], log_interval=wsd['interval'], keep_checkpoints=True)
+    return [dict(key=h['key'], label=h['label'], info=dict(head=h['spec']), args={**full, **h['args']},
+                 trunk={**trunk, **h['args']}, branches=wsd['branches'])
+            for h in heads_of(c, '3')]
 
 
 def plan_exp2(c):
@@ -279,20 +345,32 @@ def plan_exp2(c):
 
 def plan(c):
     """Every run, each model checked before any starts: per experiment, every lr of each configuration
-    (key, label, info, train.py args) on the first sweep_seeds seeds, then the other seeds seed-major, at
-    its best lr (None here, chosen once the sweep has run)."""
-    seeds = [c['seed'] + i for i in range(c['seeds'])]
+    (key, label, info, train.py args) on the sweep seeds, then every configuration once on each fresh seed,
+    seed-major, at its best lr (None here, chosen once the sweep has run). Experiment 5 sweeps only the
+    linear head (wide/select at ×1) and runs every cell at its best lr (lr_from)."""
+    sweep = [c['seed'] + i for i in range(c['sweep_seeds'])]
+    fresh = [c['seed'] + c['sweep_seeds'] + i for i in range(c['seeds'])]
     specs = []
     for e in chosen_experiments(c)['run']:
         if e == '4':  # it trains nothing: it reads the runs of 1 and 3
             continue
-        configs = plan_exp2(c) if e == '2' else plan_heads(c, e)
-        lrs = numbers(c, f'e{e}_lrs')
-        for i, seed in enumerate(seeds):
-            grid = lrs if i < c['sweep_seeds'] else [None]
+        configs = {'1': plan_heads, '2': plan_exp2}[e](c) if e in '12' else plan_text(c, e)
+        lrs = numbers(c, f"e{'3' if e == '5' else e}_lrs")
+        swept = configs
+        if e == '5':
+            swept = [x for x in configs if x['info']['basis'] == 'select' and x['info']['head_lr_mult'] == 1]
+            if not swept:
+                raise ConfigError("experiment 5 needs the linear head, wide/select at ×1: keep select in "
+                                  "--e5_bases and 1 in --e5_head_lr_mults")
+        for seed in sweep:
+            for config in swept:
+                for lr in lrs:
+                    run = {k: v for k, v in config.items() if k not in ('trunk', 'branches')}
+                    specs.append(dict(exp=f'exp{e}', **run, seed=seed, lr=lr, sweep=True))
+        for seed in fresh:
             for config in configs:
-                for lr in grid:
-                    specs.append(dict(exp=f'exp{e}', **config, seed=seed, lr=lr, sweep=lr is not None))
+                specs.append(dict(exp=f'exp{e}', **config, seed=seed, lr=None, sweep=False,
+                                  lr_from=swept[0]['key'] if e == '5' else config['key']))
     numbers(c, 'e3_freq_bins', int)  # read after the runs: checked now
     for s in specs:
         try:
@@ -304,7 +382,8 @@ def plan(c):
 
 def written_by_reproduce(name):
     """Whether a file or folder of an --out is one that reproduce.py writes."""
-    if name in ('meta.json', 'summary.md', 'exp1', 'exp2', 'exp3'):
+    if name in ('meta.json', 'summary.md', 'exp1', 'exp2', 'exp3', 'exp5', 'wide_diagnosis.json',
+                'wide_diagnosis.csv'):
         return True
     return name.startswith('exp') and name.endswith(('.csv', '.json', '.png'))
 
@@ -334,20 +413,52 @@ def prepare_out(c):
 
 @dataclasses.dataclass
 class Tally:
-    """This invocation's runs: how many were trained and reused, and the seconds of each trained run."""
+    """This invocation's runs: how many were trained and reused, the seconds of each trained run, and the
+    train.py processes running now (stop_all ends them when reproduce.py is stopped)."""
     trained: int = 0
     reused: int = 0
     train_seconds: float = 0.0
     seconds: dict = dataclasses.field(default_factory=dict)  # 'exp1': [seconds of each trained run], ...
+    running: set = dataclasses.field(default_factory=set)
+    stopping: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def add_trained(self, exp, seconds):
-        self.trained += 1
-        self.train_seconds = round(self.train_seconds + seconds, 1)
-        self.seconds.setdefault(exp, []).append(seconds)
+        with self.lock:
+            self.trained += 1
+            self.train_seconds = round(self.train_seconds + seconds, 1)
+            self.seconds.setdefault(exp, []).append(seconds)
+
+    def add_reused(self):
+        with self.lock:
+            self.reused += 1
+
+    def stop_all(self):
+        """No new run starts; every running train.py is terminated and waited for."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.running)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
 
     def counts(self):
         """For meta.json."""
         return dict(trained=self.trained, reused=self.reused, train_seconds=self.train_seconds)
+
+
+def in_parallel(c, tally, work, items):
+    """work(item) for every item, c['jobs'] at a time (threads: each waits on its train.py or runs torch
+    code that releases the GIL); results in the order of items. Ctrl-C or SIGTERM stops every run."""
+    pool = concurrent.futures.ThreadPoolExecutor(c['jobs'])
+    try:
+        return list(pool.map(work, items))
+    except BaseException:
+        tally.stop_all()  # never leave a run orphaned
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def clock(s):
@@ -368,24 +479,36 @@ def progress(i, specs, run, tally, t0):
 
 
 def run_experiment(c, e, specs, tally, t0):
-    """Train (or reuse) the runs of experiment e among specs, in order; a run without an lr runs at the best
-    lr of its configuration's sweep. Returns the run records of each configuration, by its key."""
+    """Train (or reuse) the runs of experiment e among specs: the sweep runs, then the others at the best lr
+    of their configuration's sweep (of lr_from's, in experiment 5). Returns the run records of each
+    configuration, by its key."""
     runs = {}
-    for i, spec in enumerate(specs):
-        if spec['exp'] != f'exp{e}':
-            continue
-        done = runs.setdefault(spec['key'], [])
-        lr = spec['lr']
-        if lr is None:
-            lr = best_lr(spec['exp'], [r for r in done if r['sweep']])['lr']
-        run = dict(spec, lr=lr, name=f"{spec['key']}_lr{lr:g}_s{spec['seed']}")
-        say(progress(i, specs, run, tally, t0))
-        done.append(run_one(c, run, tally))
+    mine = [(i, s) for i, s in enumerate(specs) if s['exp'] == f'exp{e}']
+    for sweep in (True, False):
+        todo = []
+        for i, spec in mine:
+            if spec['sweep'] != sweep:
+                continue
+            lr = spec['lr']
+            if lr is None:
+                lr = best_lr(spec['exp'], [r for r in runs[spec['lr_from']] if r['sweep']])['lr']
+            todo.append((i, dict(spec, lr=lr, name=f"{spec['key']}_lr{lr:g}_s{spec['seed']}")))
+
+        def work(item):
+            say(progress(item[0], specs, item[1], tally, t0))
+            return run_one(c, item[1], tally)
+
+        for (_, run), rec in zip(todo, in_parallel(c, tally, work, todo)):
+            runs.setdefault(run['key'], []).append(rec)
     return runs
 
 
 def outcome(rec):
     """A finished run's result in a few words."""
+    if rec.get('branches'):
+        end = rec['branches'][-1]
+        return (f"annealed val loss {end['val_loss']:.4f} after {end['tokens']:,} tokens "
+                f"({len(rec['branches'])} cooldown branches)")
     last = rec['evals'][-1]
     if 'val_acc' in last:
         return f"acc {100 * last['val_acc']:.1f}%, loss {last['val_loss']:.3f} on positions ≥ 1"
@@ -411,38 +534,68 @@ def finished_run(d, args):
 
 def run_one(c, run, tally):
     """One train.py run in <out>/<exp>/<name>; run.json: the run, its args, config row, eval rows, seconds.
-    With --reuse, a finished run with the same arguments is read back instead."""
+    A run with branches (experiment 3's fresh seeds) is a stable phase, then its cooldown branches in
+    <name>/cool<steps>, each resumed from a checkpoint of the stable phase; only the longest branch keeps its
+    checkpoint. With --reuse, a finished run with the same arguments is read back instead."""
     d = os.path.join(c['out'], run['exp'], run['name'])
-    args = {**run['args'], 'learning_rate': run['lr'], 'min_lr': run['lr'] / 10, 'seed': run['seed'],
-            'out_dir': d, 'overwrite': True, 'device': c['device']}
+    args = {**run.get('trunk', run['args']), 'learning_rate': run['lr'], 'min_lr': run['lr'] / 10,
+            'seed': run['seed'], 'out_dir': d, 'overwrite': True, 'device': c['device']}
     if c['compile'] is not None:
         args['compile'] = c['compile']
     if c['reuse']:
         rec = finished_run(d, args)
         if rec is not None:
-            tally.reused += 1
+            tally.add_reused()
             say(f"      reused: {outcome(rec)} (finished earlier with the same arguments)")
             return {**rec, 'sweep': run['sweep']}
     shutil.rmtree(d, ignore_errors=True)  # unfinished, or run with other arguments
     os.makedirs(d)
     t0 = time.time()
-    train(c, args, d, echo_evals=run['exp'] == 'exp3')
-    with open(os.path.join(d, 'log.jsonl')) as f:
-        rows = [json.loads(line) for line in f]
-    prev = os.path.join(d, 'prev_ckpt.pt')
-    if os.path.exists(prev):
-        os.remove(prev)  # only the final checkpoint is used
+    train(c, tally, args, d, echo_evals=run['exp'] == 'exp3' and not run.get('branches'))
+    rows = read_log(d)
     rec = dict({k: run[k] for k in ('exp', 'key', 'name', 'label', 'info', 'lr', 'seed', 'sweep')}, args=args,
-               config=rows[0], seconds=round(time.time() - t0, 2),
-               evals=[r for r in rows if r.get('type') == 'eval'])
+               config=rows[0], evals=[r for r in rows if r.get('type') == 'eval'])
+    branches = run.get('branches', [])
+    if branches:
+        rec['branches'] = [cooldown(c, tally, args, d, stable, cool, last=k == len(branches) - 1)
+                           for k, (stable, cool) in enumerate(branches)]
+    for f in os.listdir(d):
+        if f.endswith('.pt') and (f.startswith(('ckpt_', 'prev_')) or branches):
+            os.remove(os.path.join(d, f))  # only the final checkpoint is read (the longest branch's)
+    rec['seconds'] = round(time.time() - t0, 2)
     with open(os.path.join(d, 'run.json'), 'w') as f:
         json.dump(rec, f)
     tally.add_trained(run['exp'], rec['seconds'])
-    say(f"      {outcome(rec)}, {rec['seconds']:.1f} s")
+    say(f"      {run['name']}: {outcome(rec)}, {rec['seconds']:.1f} s")
     return rec
 
 
-def train(c, args, d, echo_evals):
+def cooldown(c, tally, args, d, stable, cool, last):
+    """The cooldown branch of a stable phase in d: resumed from its checkpoint at step `stable`, `cool` more
+    steps decaying linearly to lr/10, evaluated at its end on every validation window. Its record: the steps,
+    tokens and that evaluation."""
+    b = os.path.join(d, f'cool{stable + cool}')
+    os.makedirs(b)
+    os.link(os.path.join(d, f'ckpt_{stable}.pt'), os.path.join(b, 'ckpt.pt'))
+    branch = dict(args, out_dir=b, init_from='resume', allow_changes=True, overwrite=False, max_iters=stable + cool,
+                  cooldown_iters=cool, eval_interval=stable + cool, eval_iters=0, keep_checkpoints=False)
+    train(c, tally, branch, b, echo_evals=False)
+    final = read_log(b, 'eval')[-1]
+    for f in os.listdir(b):
+        if f.endswith('.pt') and not (last and f == 'ckpt.pt'):
+            os.remove(os.path.join(b, f))
+    return dict(stable_iters=stable, cooldown_iters=cool, iters=stable + cool, tokens=final['tokens'],
+                val_loss=final['val_loss'])
+
+
+def read_log(d, kind=None):
+    """The rows of d/log.jsonl (of one type if given)."""
+    with open(os.path.join(d, 'log.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if kind is None or r.get('type') == kind]
+
+
+def train(c, tally, args, d, echo_evals):
     """One `python train.py --key=value ...` process, its stdout then its stderr in d/stdout.txt (its eval
     lines echoed if asked); a failure raises TrainingError naming the run and its last line on stderr."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -450,8 +603,12 @@ def train(c, args, d, echo_evals):
         env['OMP_NUM_THREADS'] = str(c['threads'])
     command = [sys.executable, TRAIN, *(f"--{k}={v}" for k, v in args.items() if v is not None)]
     err = []
-    with open(os.path.join(d, 'stdout.txt'), 'w') as log:
-        p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with open(os.path.join(d, 'stdout.txt'), 'a') as log:
+        with tally.lock:
+            if tally.stopping:
+                raise TrainingError("stopped")
+            p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            tally.running.add(p)
         try:
             reader = threading.Thread(target=err.extend, args=(p.stderr,))  # so that neither pipe fills up
             reader.start()
@@ -463,7 +620,10 @@ def train(c, args, d, echo_evals):
             p.terminate()
             p.wait()
             raise
-        p.wait()
+        finally:
+            p.wait()
+            with tally.lock:
+                tally.running.discard(p)
         reader.join()
         log.writelines(err)
     if p.returncode:
@@ -480,7 +640,7 @@ def best_lr(exp, runs):
         finals.setdefault(r['lr'], []).append(r['evals'][-1])
 
     def score(lr):
-        acc = 0 if exp == 'exp3' else round(np.mean([e['val_acc'] for e in finals[lr]]), 3)
+        acc = round(np.mean([e['val_acc'] for e in finals[lr]]), 3) if 'val_acc' in finals[lr][0] else 0
         return acc, -np.mean([e['val_loss'] for e in finals[lr]])
 
     lrs = sorted(finals)
@@ -537,12 +697,13 @@ def write_table(c, stem, rows, controls, **extra):
 
 
 def lr_table(exp, runs, **info):
-    """A configuration's runs over its lrs: rows (one per lr, over its seeds, the best marked), the best lr
-    (lr), its flag (edge) and its runs (best_runs)."""
-    best = best_lr(exp, [r for r in runs if r['sweep']])
+    """A configuration's lr sweep: rows (one per lr, over the sweep seeds, the best marked), the best lr (lr),
+    its flag (edge), and the fresh seeds' runs at it (best_runs), the only ones reported."""
+    sweep = [r for r in runs if r['sweep']]
+    best = best_lr(exp, sweep)
     rows = []
-    for lr in sorted({r['lr'] for r in runs}):
-        finals = [r['evals'][-1] for r in runs if r['lr'] == lr]
+    for lr in sorted({r['lr'] for r in sweep}):
+        finals = [r['evals'][-1] for r in sweep if r['lr'] == lr]
         row = dict(**info, lr=lr, best=lr == best['lr'], edge=best['edge'] if lr == best['lr'] else '',
                    n_seeds=len(finals))
         for k in ('loss', 'acc'):
@@ -553,10 +714,31 @@ def lr_table(exp, runs, **info):
                     row[f"{k}_{stat}"] = None if v is None else round(v, 4)
         row['destroyed'] = round(np.mean([e['grad_destroyed'] for e in finals]), 6)
         row['visible_over_chance'] = round(np.mean([e.get('visible_over_chance', np.nan) for e in finals]), 4)
-        row['runs'] = [r['name'] for r in runs if r['lr'] == lr]
+        row['runs'] = [r['name'] for r in sweep if r['lr'] == lr]
         rows.append(row)
-    best_runs = [r for r in runs if r['lr'] == best['lr']]
-    return dict(rows=rows, lr=best['lr'], edge=best['edge'], best_runs=best_runs)
+    return dict(rows=rows, lr=best['lr'], edge=best['edge'], best_runs=[r for r in runs if not r['sweep']])
+
+
+def ci(x, fmt='{:.3f}', scale=1.0, p=False):
+    """An interval as 'mean [lo, hi]' (95%, t over seeds), with the paired test's p if asked."""
+    if x['mean'] is None:
+        return 'n/a'
+    if x['lo'] is None:
+        return f"{fmt.format(x['mean'] * scale)} (one seed)"
+    text = f"{fmt.format(x['mean'] * scale)} [{fmt.format(x['lo'] * scale)}, {fmt.format(x['hi'] * scale)}]"
+    return text + (f", p = {x['p']:.2g}" if p else '')
+
+
+def by_seed(runs, value):
+    """{seed: value(run)} of a configuration's fresh runs."""
+    return {r['seed']: value(r) for r in runs}
+
+
+def paired_by_seed(a, b):
+    """stats.paired over the seeds that a and b ({seed: value}) share."""
+    seeds = sorted(set(a) & set(b))
+    return stats.paired([a[s] for s in seeds], [b[s] for s in seeds])
+
 
 # -----------------------------------------------------------------------------
 # the experiments: each writes its tables and figures to --out and returns its summary (controls, a markdown
@@ -587,12 +769,38 @@ def summary_exp1(c, runs):
                            'batches',
                     ours=OURS + [f"accuracy and the meter on positions ≥ 1 of {c['e1_eval_iters']} "
                                  f"held-out batches"])
-    write_table(c, 'exp1_head_rank', rows, controls)
     plot.exp1(os.path.join(c['out'], FIGURES['1'][0]), heads, V, D,
               f"{c['seeds']} seeds, {controls['exposures_per_symbol']:g} exposures per symbol")
-    table = md(['head', 'best lr', 'final acc % (positions ≥ 1)', 'acc % at the other lrs (mean)',
-                'destroyed', 'visible/chance'], lines)
+    table = md(['head', 'best lr', 'final acc % (positions ≥ 1, fresh seeds)', 'acc % at the other lrs (mean, '
+                'sweep seed)', 'destroyed', 'visible/chance'], lines)
+    pairs = paired_heads(c, runs)
+    table += '\n\n' + md(['comparison', 'accuracy difference, pp [95% CI], paired t', 'loss difference'],
+                          [[p['comparison'], ci(p['acc'], '{:+.1f}', 100, p=True), ci(p['loss'], '{:+.3f}')]
+                           for p in pairs])
+    write_table(c, 'exp1_head_rank', rows, controls, paired=pairs)
     return dict(controls=controls, table=table, notes=[], heads=heads)
+
+
+def paired_heads(c, runs):
+    """Experiment 1's paired comparisons over the fresh seeds: each fixed-selector head against the trained
+    factorization of the same rank, and every head against linear (final accuracy and loss)."""
+    heads = {h['spec']: h for h in heads_of(c, '1')}
+    final = {spec: [r for r in runs[h['key']] if not r['sweep']] for spec, h in heads.items()}
+    pairs = []
+    for spec, h in heads.items():
+        others = []
+        if spec.endswith('/select') and spec[:-len('/select')] in heads:
+            others.append(spec[:-len('/select')])
+        if spec != 'linear' and 'linear' in heads:
+            others.append('linear')
+        for other in others:
+            pair = dict(comparison=f"{h['label']} − {heads[other]['label']}", a=spec, b=other)
+            for k in ('acc', 'loss'):
+                a = by_seed(final[spec], lambda r: r['evals'][-1][f'val_{k}'])
+                b = by_seed(final[other], lambda r: r['evals'][-1][f'val_{k}'])
+                pair[k] = paired_by_seed(a, b)
+            pairs.append(pair)
+    return pairs
 
 
 def summary_exp2(c, runs):
@@ -662,120 +870,146 @@ def frequency_bins(train, V, sizes):
     return np.searchsorted(np.cumsum(sizes), rank, side='right')
 
 
-def analyse(c, rec, data, xv, yv, bins):
-    """From a run's final checkpoint: the loss by frequency bin, a fresh full-rank probe fitted on the frozen
-    backbone (the same windows, steps and lr for every head), and the spectrum of G on the first validation
-    tokens."""
-    ckpt = checkpoint.load_checkpoint(os.path.join(c['out'], 'exp3', rec['name'], 'ckpt.pt'))
-    cfg, dev = ckpt['config'], c['device']
-    model = checkpoint.model_from_checkpoint(ckpt).to(dev)
+def hidden_states(model, x):
+    """The final hidden states (N, D) of the windows x (n, T), in the model's eval mode, without grad."""
+    with torch.no_grad():
+        return torch.cat([model.hidden(xb).reshape(-1, model.config.n_embd) for xb in x.split(64)])
+
+
+def fit(c, H, y, B, A=None):
+    """fit_head with experiment 3's settings: AdamW at e3_fit_lr until the train split's held-out last 10%
+    stops improving (patience in epochs), at most e3_fit_max_epochs."""
+    return fit_head.fit_head(H, y, B, A, lr=c['e3_fit_lr'], patience=c['e3_fit_patience'],
+                             max_epochs=c['e3_fit_max_epochs'], seed=c['seed'])
+
+
+def analyse(c, rec, data, windows, bins, ranks):
+    """From a fresh run's final checkpoint (its longest cooldown branch): the loss per validation window (and
+    its standard error), by frequency bin, the spectrum of G, and the converged probe: a full-rank head
+    fitted on the frozen backbone's train-split hidden states, warm-started from the run's own head. The
+    linear head's runs also fit the ceiling of each rank r in ranks: a trained B·A on this backbone, started
+    from the best rank-r approximation of its head."""
+    path = os.path.join(c['out'], 'exp3', rec['name'], f"cool{rec['branches'][-1]['iters']}", 'ckpt.pt')
+    model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device'])
     model.eval().requires_grad_(False)
-    V, D = cfg['vocab_size'], cfg['n_embd']
-    y = yv.reshape(-1).to(dev)
+    (xv, yv), (xt, yt) = [(x.to(c['device']), y.to(c['device'])) for x, y in windows]
     W = model.lm_head.effective_weight()
+    Hv, y = hidden_states(model, xv), yv.reshape(-1)
     with torch.no_grad():
-        H = torch.cat([model.hidden(x.to(dev)).reshape(-1, D) for x in xv.split(64)])
-        loss = torch.cat([F.cross_entropy(h @ W.T, t, reduction='none')
-                          for h, t in zip(H.split(4096), y.split(4096))])
-    b = torch.as_tensor(bins, device=dev)[y]
+        loss = torch.cat([F.cross_entropy(h @ W.T, t, reduction='none') for h, t in zip(Hv.split(4096),
+                                                                                        y.split(4096))])
+    per_window = loss.view(len(yv), -1).mean(1)
+    b = torch.as_tensor(bins, device=y.device)[y]
     n = min(c['e3_spectrum_tokens'], len(y))
-    m = measure_cli.measure(H[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
-    torch.manual_seed(c['seed'])
-    probe = torch.nn.Linear(D, V, bias=False).to(dev)
-    torch.nn.init.normal_(probe.weight, std=0.02)
-    opt = torch.optim.AdamW(probe.parameters(), lr=c['e3_probe_lr'], betas=(0.9, 0.95), weight_decay=0.0)
-    gen = spamlang.make_generator(c['seed'] + 7)  # the same training windows for every head
-    for _ in range(c['e3_probe_steps']):
-        xb, yb = textdata.get_batch(data, 'train', cfg['batch_size'], cfg['block_size'], gen, dev)
-        with torch.no_grad():
-            h = model.hidden(xb)
-        opt.zero_grad(set_to_none=True)
-        fused_linear_cross_entropy(h, probe.weight, yb).backward()  # no (N, V) logits: 2× faster on CPU
-        opt.step()
-    with torch.no_grad():
-        probe_loss = sum(F.cross_entropy(probe(h), t, reduction='sum').item()
-                         for h, t in zip(H.split(4096), y.split(4096)))
+    m = measure_cli.measure(Hv[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
+    Ht, ytf = hidden_states(model, xt), yt.reshape(-1)
+    probe = fit(c, Ht, ytf, W.detach().clone())
+    ceilings = {}
+    if rec['info']['head'] == 'linear':
+        for r in ranks:
+            B, A = fit_head.rank_r_init(W.detach(), r)
+            ceiling = fit(c, Ht, ytf, B, A)
+            ceilings[str(r)] = dict(loss=fit_head.head_loss(Hv, y, ceiling['B'], ceiling['A']),
+                                    epochs=ceiling['epochs'], stopped=ceiling['stopped'])
     by_bin = [loss[b == k].mean().item() if (b == k).any() else None for k in range(int(bins.max()) + 1)]
-    spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'],
-                    ey_floor=m['ey_floor'])
-    return dict(loss=loss.mean().item(), probe_loss=probe_loss / len(y), loss_by_frequency=by_bin,
+    spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'], ey_floor=m['ey_floor'])
+    return dict(loss=loss.mean().item(), loss_se=stats.std_error(per_window.tolist()),
+                probe_loss=fit_head.head_loss(Hv, y, probe['B']), probe_epochs=probe['epochs'],
+                probe_stopped=probe['stopped'], ceilings=ceilings, loss_by_frequency=by_bin,
                 spectrum=spectrum)
 
 
-def tokens_to(evals, level):
-    """Tokens at which a validation-loss curve first reaches `level` (which it does), linear between
-    evaluations."""
-    L = np.array([e['val_loss'] for e in evals], dtype=float)
-    t = np.array([e['tokens'] for e in evals], dtype=float)
-    i = int(np.argmax(L <= level))
-    if i == 0:
-        return t[0]
-    return t[i - 1] + (L[i - 1] - level) / (L[i - 1] - L[i]) * (t[i] - t[i - 1])
+def analyse_all(c, fresh, data, windows, bins, ranks):
+    """analyse every fresh run not analysed yet (jobs at a time), saved in its run.json; then its checkpoint
+    goes."""
+    todo = [r for runs in fresh.values() for r in runs if 'analysis' not in r]
+    for r in todo:
+        say(f"exp3: analysing {r['name']}: window losses, probe{', ceilings' if r['info']['head'] == 'linear' else ''}")
+
+    def work(r):
+        r['analysis'] = analyse(c, r, data, windows, bins, ranks)
+        with open(os.path.join(c['out'], 'exp3', r['name'], 'run.json'), 'w') as f:
+            json.dump(r, f)
+        return r
+
+    in_parallel(c, Tally(), work, todo)
+    for runs in fresh.values():
+        for r in runs:
+            for f in glob.glob(os.path.join(c['out'], 'exp3', r['name'], 'cool*', '*.pt')):
+                os.remove(f)
 
 
-def fold_changes(per, best):
-    """×-fold in tokens, same seed: for each head but the widest (ref), the tokens it needs / the tokens
-    each wider head needs to reach the worst final loss of ref and every wider head (a loss all of them
-    reach). None: a head reached it at step 0."""
-    heads, fold = list(per), {}
-    for i, ref in enumerate(heads[:-1]):
-        level = max(v for h in heads[i:] for v in per[h]['final_val_loss'])
-        ratios = {}
-        for h in heads[i + 1:]:
-            ratios[h] = []
-            for seed, r in best[h].items():
-                if seed in best[ref]:
-                    t = tokens_to(r['evals'], level)
-                    ratios[h].append(tokens_to(best[ref][seed]['evals'], level) / t if t else None)
-        fold[ref] = dict(level=level, fold=ratios)
-    return fold
+def decomposition(per, spec, ref):
+    """The head's rank effect against ref (linear), per seed: the gap own − ref's own, split into
+    expressivity (the rank-r ceiling − ref's probe, both on ref's backbone), backbone (this probe − ref's
+    probe) and the rest (head optimization); and own − probe. Each a paired interval over the seeds."""
+    h, r = per[spec], per[ref]
+    seeds = [s for s in h['seeds'] if s in r['seeds']]
+
+    def at(p, key):
+        return {s: v for s, v in zip(p['seeds'], p[key])}
+
+    own, probe, ceiling = at(h, 'final_val_loss'), at(h, 'probe_loss'), at(h, 'ceiling_loss')
+    r_own, r_probe = at(r, 'final_val_loss'), at(r, 'probe_loss')
+    parts = dict(gap=[own[s] - r_own[s] for s in seeds],
+                 expressivity=[ceiling[s] - r_probe[s] if ceiling[s] is not None else None for s in seeds],
+                 backbone=[probe[s] - r_probe[s] for s in seeds],
+                 own_minus_probe=[own[s] - probe[s] for s in seeds])
+    parts['rest'] = [g - e - b if e is not None else None
+                     for g, e, b in zip(parts['gap'], parts['expressivity'], parts['backbone'])]
+    out = {k: stats.paired(v, [0.0] * len(v)) for k, v in parts.items()}
+    return dict(seeds=seeds, per_seed=parts, **out)
 
 
 def summary_exp3(c, runs, tokens):
-    """Experiment 3: text (the token file `tokens`), head rank on one backbone. The best lr's runs are
-    analysed from their final checkpoints, which are then deleted; the widest head is checked against the
-    stage gate."""
+    """Experiment 3: text (the token file `tokens`), head rank on one backbone, fixed-basis heads. The lr
+    sweep on the sweep seed; on each fresh seed the stable phase and its cooldown branches (the annealed
+    curve, the ×-fold), the final checkpoint analysed (window losses, probe, ceilings) and deleted; the
+    widest head is checked against the stage gate."""
     D, T = c['e3_n_embd'], c['e3_block_size']
     data = textdata.load_data(dict(data=tokens, block_size=T))
     V = data['vocab_size']
     train_ids = np.asarray(data['train'], dtype=np.int64)
     xv, yv = textdata.val_windows(data, T)  # every window of the validation split, as train.py --eval_iters=0
+    windows = [(xv, yv), textdata.val_windows(data, T, split='train')]
     base = baselines(train_ids, xv.numpy().ravel(), yv.numpy().ravel(), V)
     sizes = numbers(c, 'e3_freq_bins', int)
     bins = frequency_bins(train_ids, V, sizes)
     names = [f"top {sizes[0]:,}"] + [f"next {n:,}" for n in sizes[1:]] + ['the rest']
-    per, best, rows, heads = {}, {}, [], []
-    for h in heads_of(c, '3'):
-        t = lr_table('exp3', runs[h['key']], head=h['spec'], rank=h['rank'])
-        for r in t['best_runs']:
-            if 'analysis' in r:  # analysed by an earlier invocation (--reuse)
-                continue
-            folder = os.path.join(c['out'], 'exp3', r['name'])
-            if not os.path.isfile(os.path.join(folder, 'ckpt.pt')):
-                raise ConfigError(f"exp3/{r['name']} was never analysed and its checkpoint is gone: "
-                                  f"use --overwrite")
-            say(f"exp3: analysing {r['name']}: loss by frequency, probe, spectrum")
-            r['analysis'] = analyse(c, r, data, xv, yv, bins)
-            with open(os.path.join(folder, 'run.json'), 'w') as f:
-                json.dump(r, f)
-        for r in runs[h['key']]:
-            ckpt = os.path.join(c['out'], 'exp3', r['name'], 'ckpt.pt')
-            if os.path.exists(ckpt):
-                os.remove(ckpt)  # the checkpoints were only for the analysis
-        a = [r['analysis'] for r in t['best_runs']]
+    heads = heads_of(c, '3')
+    ref = heads[-1]['spec']  # the widest head
+    ranks = sorted({h['rank'] for h in heads if h['rank'] < D})
+    tables = {h['spec']: lr_table('exp3', runs[h['key']], head=h['spec'], rank=h['rank']) for h in heads}
+    fresh = {spec: t['best_runs'] for spec, t in tables.items()}
+    analyse_all(c, fresh, data, windows, bins, ranks)
+    per, rows = {}, []
+    for h in heads:
+        t, rs = tables[h['spec']], fresh[h['spec']]
         rows += t['rows']
-        best[h['spec']] = {r['seed']: r for r in t['best_runs']}
-        heads.append(dict(label=h['label'], rank=h['rank'], runs=t['best_runs']))
+        a = [r['analysis'] for r in rs]
+        ref_a = {r['seed']: r['analysis'] for r in fresh[ref]}
+
+        def ceiling(seed):
+            if seed not in ref_a:
+                return None
+            return ref_a[seed]['probe_loss'] if h['rank'] >= D else ref_a[seed]['ceilings'][str(h['rank'])]['loss']
+
         per[h['spec']] = dict(label=h['label'], rank=h['rank'], best_lr=t['lr'], edge=t['edge'],
-                              seeds=[r['seed'] for r in t['best_runs']],
-                              final_val_loss=[r['evals'][-1]['val_loss'] for r in t['best_runs']],
+                              seeds=[r['seed'] for r in rs],
+                              final_val_loss=[r['branches'][-1]['val_loss'] for r in rs],
+                              final_val_loss_se=[x['loss_se'] for x in a],
                               probe_loss=[x['probe_loss'] for x in a],
+                              probe_epochs=[x['probe_epochs'] for x in a],
+                              ceiling_loss=[ceiling(r['seed']) for r in rs],
+                              annealed={r['seed']: [[b['tokens'], b['val_loss']] for b in r['branches']]
+                                        for r in rs},
                               loss_by_frequency={n: [x['loss_by_frequency'][k] for x in a]
                                                  for k, n in enumerate(names)},
                               spectrum={k: [x['spectrum'][k] for x in a] for k in a[0]['spectrum']})
-    fold = fold_changes(per, best)
-    narrowest, widest = list(per)[0], list(per)[-1]
-    wl = float(np.mean(per[widest]['final_val_loss']))
+    curves = {spec: p['annealed'] for spec, p in per.items()}
+    xfold = stats.xfold_curve(curves, ref, stats.levels_between(curves, ref, 20))
+    split = {spec: decomposition(per, spec, ref) for spec in per if spec != ref}
+    wl = float(np.mean(per[ref]['final_val_loss']))
     passed = wl <= base['unigram'] - c['e3_gate_unigram'] and wl <= base['bigram'] + c['e3_gate_bigram']
     verdict = (f"Stage gate {'passed' if passed else 'FAILED'}: the widest head ends at {wl:.3f} nats, "
                f"{wl - base['unigram']:+.2f} from the unigram loss {base['unigram']:.3f} "
@@ -783,48 +1017,66 @@ def summary_exp3(c, runs, tokens):
                f"{base['bigram']:.3f} (≤ +{c['e3_gate_bigram']:g}).")
     if not passed:
         verdict += " This experiment cannot conclude anything about the effect of head rank on text."
-    diff = [best[narrowest][s]['evals'][-1]['val_loss'] - r['evals'][-1]['val_loss']
-            for s, r in best[widest].items()]
-    control = (f"Positive control, {per[narrowest]['label']}: {np.mean(diff):+.3f} nats vs "
-               f"{per[widest]['label']} at the end, same seed (worse on {sum(d > 0 for d in diff)} of "
-               f"{len(diff)} seeds)")
+    narrowest = heads[0]['spec']
+    control = (f"Positive control, {per[narrowest]['label']} − {per[ref]['label']}: "
+               f"{ci(split[narrowest]['gap'], '{:+.3f}', p=True)} nats at the end (paired over fresh seeds)")
     lines = []
-    for h, p in per.items():
-        folds = '; '.join(f"{pm(spread(f['fold'][h]), '{:.2f}')} vs {per[ref]['label']} at {f['level']:.3f}"
-                          for ref, f in fold.items() if h in f['fold'])
+    for spec, p in per.items():
+        d = split.get(spec)
+        se = np.mean(p['final_val_loss_se'])
         lines.append([p['label'], f"{plot.sci(p['best_lr'])}{EDGE[p['edge']]}",
-                      pm(spread(p['final_val_loss']), '{:.3f}'), pm(spread(p['probe_loss']), '{:.3f}'),
-                      ' / '.join(f"{np.mean(p['loss_by_frequency'][n]):.2f}" for n in names),
-                      f"{np.mean(p['spectrum']['destroyed_ratio']):.5f}",
-                      f"{np.mean(p['spectrum']['ey_floor']):.3f}",
-                      folds or '-'])
+                      f"{ci(stats.interval(p['final_val_loss']))} (± {se:.3f})",
+                      ci(stats.interval(p['probe_loss'])), ci(stats.interval(p['ceiling_loss'])),
+                      *([ci(d[k], '{:+.3f}') for k in ('gap', 'expressivity', 'backbone', 'rest')] if d else
+                        ['-'] * 4),
+                      ci(d['own_minus_probe'] if d else stats.paired(
+                          p['final_val_loss'], p['probe_loss']), '{:+.3f}')])
+    fold_lines = []
+    for spec, points in xfold.items():
+        for q in points[::max(1, len(points) // 5)]:
+            bound = f"> {q['lower_bound']:.2f}" if q['censored'] else ''
+            fold_lines.append([per[spec]['label'], f"{q['level']:.3f}", ci(q['ratio'], '{:.2f}'),
+                               f"{q['n_ok']} ok, {q['censored']} never {bound}".strip()])
     tokens_seen = c['e3_max_iters'] * c['e3_batch_size'] * T
     val_share = np.bincount(bins[yv.numpy().ravel()], minlength=len(names)) / yv.numel()
+    wsd = wsd_schedule(c)
     controls = dict(data=os.path.basename(c['text']), encoding=c['e3_encoding'], vocab_size=V, n_embd=D,
-                    block_size=T,
-                    n_layer=c['e3_n_layer'], batch_size=c['e3_batch_size'], max_iters=c['e3_max_iters'],
-                    tokens=tokens_seen, train_tokens=len(train_ids),
-                    epochs=round(tokens_seen / len(train_ids), 2),
-                    val_tokens=int(yv.numel()), lrs=numbers(c, 'e3_lrs'), frequency_bins=names,
-                    val_share_by_bin=val_share.round(4).tolist(), varies='only the head and its lr',
-                    ours=OURS + ["vocabulary compacted to the ids that occur; 90% train, 10% validation "
-                                 "(every window)",
-                                 "baselines from train counts: add-one unigram, Witten–Bell bigram",
-                                 f"probe: a fresh linear head, AdamW lr {c['e3_probe_lr']:g}, "
-                                 f"{c['e3_probe_steps']} steps, same windows",
-                                 "×-fold: tokens of the narrower head / of the wider to the worst final "
-                                 "loss of both and every head between, same seed",
-                                 f"spectrum on {c['e3_spectrum_tokens']} val tokens"])
+                    block_size=T, n_layer=c['e3_n_layer'], batch_size=c['e3_batch_size'],
+                    max_iters=c['e3_max_iters'], tokens=tokens_seen, train_tokens=len(train_ids),
+                    epochs=round(tokens_seen / len(train_ids), 2), val_tokens=int(yv.numel()),
+                    lrs=numbers(c, 'e3_lrs'), frequency_bins=names, val_share_by_bin=val_share.round(4).tolist(),
+                    budgets=[b + k for b, k in wsd['branches']],
+                    varies='only the head (a fixed selector of r coordinates: rank is the only difference) '
+                           'and its lr',
+                    ours=OURS[1:] + [
+                        "AdamW (0.9, 0.95), weight decay 0.1 on matrices, grad clip 1; warmup–stable–decay: "
+                        f"linear warmup over {c['warmup']:g} of the steps, constant, linear to lr/10 over the last "
+                        f"{c['e3_cooldown']:g} of each budget (cooldown branches from the stable phase)",
+                        "vocabulary compacted to the ids that occur; 90% train, 10% validation (every window)",
+                        "baselines from train counts: add-one unigram, Witten–Bell bigram",
+                        f"probe and ceilings: AdamW lr {c['e3_fit_lr']:g} on the frozen final hidden states of "
+                        f"the train split's windows, until the loss on its last 10% (held out) has not improved "
+                        f"for {c['e3_fit_patience']} epochs (at most {c['e3_fit_max_epochs']}); the probe starts "
+                        "from the run's own head, a ceiling from the best rank-r approximation of the linear "
+                        "head; reported on the validation split",
+                        "intervals: 95%, t over the fresh seeds, paired by seed; ×-fold: geometric mean of "
+                        "tokens(head)/tokens(linear) to reach each annealed loss (log-tokens interpolated "
+                        "between budgets)",
+                        "(± x): the validation loss's standard error over its windows",
+                        f"spectrum on {c['e3_spectrum_tokens']} val tokens"])
     gate = dict(passed=passed, widest_final_loss=wl)
-    write_table(c, 'exp3_text', rows, controls, baselines=base, gate=gate,
-                verdict=verdict, positive_control=control, heads=per, fold=fold)
-    plot.exp3(os.path.join(c['out'], FIGURES['3'][0]), per, best, base, names,
+    write_table(c, 'exp3_text', rows, controls, baselines=base, gate=gate, verdict=verdict,
+                positive_control=control, heads=per, decomposition=split, xfold=xfold)
+    plot.exp3(os.path.join(c['out'], FIGURES['3'][0]), per, xfold, base, names,
               f"{controls['data']}, {c['e3_encoding']} compacted (V = {V:,}), D = {D}, "
-              f"{controls['epochs']:g} epochs")
-    table = md(['head', 'best lr', 'final val loss', 'probe val loss',
-                f"loss by frequency ({' / '.join(names)})", 'destroyed (G on val)', 'Eckart–Young floor',
-                '×-fold in tokens'], lines)
-    return dict(controls=controls, table=table, notes=[verdict, control], heads=heads)
+              f"{controls['epochs']:g} epochs, {len(per[ref]['seeds'])} fresh seeds")
+    table = md(['head', 'best lr (sweep seed)', 'final val loss [95% CI] (± window SE)', 'converged probe',
+                'ceiling (rank r on the linear backbone)', 'gap to linear', '= expressivity',
+                '+ backbone', '+ rest (head optimization)', 'own − probe'], lines)
+    table += '\n\n×-fold in tokens to reach an annealed loss, against linear:\n\n' + md(
+        ['head', 'target loss', 'tokens / linear\'s, geometric mean [95% CI]', 'seeds'], fold_lines)
+    return dict(controls=controls, table=table, notes=[verdict, control],
+                heads=[dict(label=h['label'], rank=h['rank'], runs=fresh[h['spec']]) for h in heads])
 
 
 def summary_exp4(c, heads):
@@ -862,6 +1114,68 @@ def summary_exp4(c, heads):
 # -----------------------------------------------------------------------------
 
 
+def summary_exp5(c, runs, tokens):
+    """Experiment 5: the wide head (r = D) on experiment 3's text and sizes, its basis A (the selector, i.e.
+    the linear head; fixed random orthogonal; trained) × a head lr multiplier, the backbone at the linear
+    head's best lr; every cell on the fresh seeds, paired against the linear head (select, ×1)."""
+    T = c['e3_block_size']
+    data = textdata.load_data(dict(data=tokens, block_size=T))
+    xv, yv = textdata.val_windows(data, T)
+    configs = plan_text(c, '5')
+    ref = next(x for x in configs if x['info']['basis'] == 'select' and x['info']['head_lr_mult'] == 1)
+    sweep = lr_table('exp5', runs[ref['key']], head=ref['info']['head'])
+    se = {}
+    for x in configs:
+        for r in runs[x['key']]:
+            se[r['name']] = window_se(c, r, xv, yv)
+    final = {x['key']: by_seed([r for r in runs[x['key']] if not r['sweep']], lambda r: r['evals'][-1]['val_loss'])
+             for x in configs}
+    cells, lines = [], []
+    for x in configs:
+        fresh = [r for r in runs[x['key']] if not r['sweep']]
+        cell = dict(x['info'], label=x['label'], lr=fresh[0]['lr'], seeds=sorted(final[x['key']]),
+                    final_val_loss=[final[x['key']][s] for s in sorted(final[x['key']])],
+                    window_se=[se[r['name']] for r in fresh],
+                    loss=stats.interval(list(final[x['key']].values())),
+                    minus_linear=paired_by_seed(final[x['key']], final[ref['key']]))
+        cells.append(cell)
+        lines.append([x['info']['basis'], f"×{x['info']['head_lr_mult']:g}",
+                      f"{ci(cell['loss'])} (± {np.mean(cell['window_se']):.3f})",
+                      '(reference)' if x is ref else ci(cell['minus_linear'], '{:+.3f}', p=True)])
+    controls = dict(data=os.path.basename(c['text']), head='wide (r = D = %d)' % c['e3_n_embd'],
+                    backbone_lr=sweep['lr'], backbone_lr_edge=sweep['edge'], lrs=numbers(c, 'e3_lrs'),
+                    varies="the head's basis A and its lr multiplier; the backbone's lr is the linear head's best",
+                    ours=["the sizes, data and warmup–stable–decay schedule of experiment 3 (its last budget)",
+                          "lr swept on the linear head (wide/select ×1) on the sweep seed; every cell at it on "
+                          "the fresh seeds",
+                          "A: select = the first D rows of I (the linear head, parameter for parameter); random "
+                          "= a fixed orthogonal matrix; trained = the paper's factorization (orthogonal init)",
+                          "intervals: 95%, t over the fresh seeds, paired by seed with the linear head; (± x): "
+                          "the standard error over validation windows"])
+    write_table(c, 'wide_diagnosis', sweep['rows'], controls, cells=cells)
+    table = md(['A', 'head lr', 'final val loss [95% CI] (± window SE)', '− linear, paired [95% CI]'], lines)
+    note = (f"Backbone lr {plot.sci(sweep['lr'])}{EDGE[sweep['edge']]}: the linear head's best of "
+            f"{', '.join(plot.sci(v) for v in numbers(c, 'e3_lrs'))} on the sweep seed.")
+    return dict(controls=controls, table=table, notes=[note])
+
+
+def window_se(c, rec, xv, yv):
+    """The standard error of a run's final validation loss over the validation windows, from its final
+    checkpoint (then deleted)."""
+    path = os.path.join(c['out'], rec['exp'], rec['name'], 'ckpt.pt')
+    if 'window_se' not in rec:
+        model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device']).eval()
+        with torch.no_grad():
+            logits = torch.cat([model(x.to(c['device']))[0].float() for x in xv.split(64)])  # (n, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), yv.reshape(-1).to(c['device']), reduction='none')
+        rec['window_se'] = stats.std_error(loss.view(len(yv), -1).mean(1).tolist())
+        with open(os.path.join(os.path.dirname(path), 'run.json'), 'w') as f:
+            json.dump(rec, f)
+    if os.path.exists(path):
+        os.remove(path)
+    return rec['window_se']
+
+
 def summarise(c, e, runs, tokens, done):
     """Experiment e's summary from its runs (by configuration key); experiment 4 reads the summaries done
     so far."""
@@ -871,6 +1185,8 @@ def summarise(c, e, runs, tokens, done):
         return summary_exp2(c, runs)
     if e == '3':
         return summary_exp3(c, runs, tokens)
+    if e == '5':
+        return summary_exp5(c, runs, tokens)
     return summary_exp4(c, {x: done[x]['heads'] for x in ('1', '3') if x in done})
 
 
@@ -905,13 +1221,14 @@ def main(argv):
     specs = plan(c)
     prepare_out(c)
     tokens = None
-    if '3' in chosen['run']:
-        exp3 = os.path.join(c['out'], 'exp3')
-        os.makedirs(exp3, exist_ok=True)
-        tokens = textdata.tokenize_text(c['text'], c['e3_encoding'], exp3, compact=True)
+    if {'3', '5'} & set(chosen['run']):
+        folder = os.path.join(c['out'], 'exp3')
+        os.makedirs(folder, exist_ok=True)
+        tokens = textdata.tokenize_text(c['text'], c['e3_encoding'], folder, compact=True)
         for s in specs:
-            if s['exp'] == 'exp3':
-                s['args']['data'] = tokens
+            for args in (s['args'], s.get('trunk', {})):
+                if s['exp'] in ('exp3', 'exp5'):
+                    args['data'] = tokens
     tally = Tally()
     gpu = torch.cuda.get_device_name(c['device']) if c['device'].startswith('cuda') else None
     meta = dict(command=' '.join(['python reproduce.py', *argv]), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),

@@ -166,9 +166,10 @@ def load_data(c, cache_dir=None):
                 source_path=c['data'], fingerprint=meta['fingerprint'], train=train, val=val, id_map=id_map)
 
 
-def val_windows(data, block_size, max_windows=0):
-    """The validation split as fixed non-overlapping windows x, y: (n, T), all or the first max_windows."""
-    ids = data['val']
+def val_windows(data, block_size, max_windows=0, split='val'):
+    """A split (the validation split by default) as fixed non-overlapping windows x, y: (n, T), all or the
+    first max_windows."""
+    ids = data[split]
     n = (len(ids) - 1) // block_size
     n = min(n, max_windows) if max_windows else n
     x = torch.from_numpy(np.asarray(ids[:n * block_size], dtype=np.int64).reshape(n, block_size))
