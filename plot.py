@@ -248,7 +248,8 @@ def exp3(path, heads, xfold, base, bins, subtitle):
         flag = f", {EDGE[h['edge']]}" if h['edge'] else ''
         curves = list(h['annealed'].values())
         tokens = [t for t, _ in curves[0]]
-        band(ax, tokens, [[loss for _, loss in q] for q in curves], color, f"{h['label']}: lr {sci(h['best_lr'])}{flag}")
+        label = f"{h['label']}: lr {sci(h['best_lr'])}{flag}"
+        band(ax, tokens, [[loss for _, loss in q] for q in curves], color, label)
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         ax.axhline(base[name], color='k', ls=ls, lw=1, label=f"{name} baseline {base[name]:.3f}")
     ax.set(xlabel='training tokens (budget, cooldown included)', ylabel='validation loss (nats per token)',
@@ -257,7 +258,8 @@ def exp3(path, heads, xfold, base, bins, subtitle):
         ok = [q for q in points if q['ratio']['mean'] is not None]
         if ok:
             x = [q['level'] for q in ok]
-            bx.plot(x, [q['ratio']['mean'] for q in ok], color=color, marker='o', ms=3, label=heads[k]['label'])
+            ratio = [q['ratio']['mean'] for q in ok]
+            bx.plot(x, ratio, color=color, marker='o', ms=3, label=heads[k]['label'])
             lo = [q['ratio']['lo'] if q['ratio']['lo'] is not None else q['ratio']['mean'] for q in ok]
             hi = [q['ratio']['hi'] if q['ratio']['hi'] is not None else q['ratio']['mean'] for q in ok]
             bx.fill_between(x, lo, hi, color=color, alpha=0.2)
@@ -274,14 +276,16 @@ def exp3(path, heads, xfold, base, bins, subtitle):
         for j, b in enumerate(bins):
             ys = np.array(h['loss_by_frequency'][b], dtype=float)
             cx.bar(j + shift, ys.mean(), w, color=color, yerr=minmax_err(ys), capsize=2)
-        for j, (key, hatch) in enumerate((('final_val_loss', None), ('probe_loss', '//'), ('ceiling_loss', '..'))):
+        bars = (('final_val_loss', None), ('probe_loss', '//'), ('ceiling_loss', '..'))
+        for j, (key, hatch) in enumerate(bars):
             ys = np.array([v for v in h[key] if v is not None], dtype=float)
             if ys.size:
                 dx.bar(j + shift, ys.mean(), w, color=color, hatch=hatch, edgecolor='white',
                        yerr=minmax_err(ys), capsize=2)
     cx.set_xticks(range(len(bins)), [f"{b} types" if b != 'the rest' else 'the rest' for b in bins])
     cx.set(ylabel='validation loss (nats per token)',
-           title='loss by frequency of the target type (train split)\nfinal checkpoint, bar: min–max over seeds')
+           title='loss by frequency of the target type (train split)\n'
+                 'final checkpoint, bar: min–max over seeds')
     dx.set_xticks([0, 1, 2], ['its own head', 'converged full-rank probe\n(its frozen backbone)',
                               'ceiling: rank-r head fitted\non the linear backbone'])
     for name, ls in (('unigram', ':'), ('bigram', '--')):

@@ -130,7 +130,8 @@ OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to 
         "lrs swept on the first sweep_seeds seeds, the others at the best; ↓/↑: the best lr at the grid's "
         "low/high edge",
         "std over seeds with ddof = 1"]
-HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-9]*)?(/(trained|random|select))?")
+HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-9]*)?"
+                       r"(/(trained|random|select))?")
 say = functools.partial(print, flush=True)
 
 # -----------------------------------------------------------------------------
@@ -154,8 +155,8 @@ def numbers(c, key, kind=float):
 
 
 def head_specs(c, key):
-    """A comma-separated option of train.py's heads, each written head[:rank][/basis] (narrow:8/select: rank 8,
-    a fixed selector A)."""
+    """A comma-separated option of train.py's heads, each written head[:rank][/basis] (narrow:8/select:
+    rank 8, a fixed selector A)."""
     specs = [s.strip() for s in str(c[key]).split(',')]
     for spec in specs:
         if not HEAD_SPEC.fullmatch(spec):
@@ -234,6 +235,7 @@ def parse_options(argv):
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:
         raise ConfigError(f"--{', --'.join(zero_ok)} must be ≥ 0 and --warmup < 1")
     chosen_experiments(c)  # refuses a bad --experiments before the checks below
+    wsd_schedule(c)  # experiments 3 and 5's schedule, checked even when no text is given
     if c['text'] and not os.path.isfile(c['text']):
         raise ConfigError(f"--text={c['text']!r} is not a file: give a UTF-8 .txt file, or drop --text")
     if c['reuse'] and c['overwrite']:
@@ -266,9 +268,10 @@ def chosen_experiments(c):
 def plan_heads(c):
     """Experiment 1 (SpamLang): one backbone, only the head changes."""
     steps, interval = c['e1_max_iters'], c['e1_eval_interval']
-    base = dict(data='spamlang', vocab_size=c['e1_vocab_size'], n_embd=c['e1_n_embd'], n_layer=c['e1_n_layer'],
-                n_head=c['n_head'], block_size=c['e1_block_size'], batch_size=c['e1_batch_size'],
-                max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
+    base = dict(data='spamlang', vocab_size=c['e1_vocab_size'], n_embd=c['e1_n_embd'],
+                n_layer=c['e1_n_layer'], n_head=c['n_head'], block_size=c['e1_block_size'],
+                batch_size=c['e1_batch_size'], max_iters=steps,
+                warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
                 eval_iters=c['e1_eval_iters'], log_interval=interval, save_checkpoints=False)
     return [dict(key=h['key'], label=h['label'], info=dict(head=h['spec']), args={**base, **h['args']})
             for h in heads_of(c, '1')]
@@ -300,8 +303,8 @@ def plan_text(c, e):
     base = dict(data=None, n_embd=c['e3_n_embd'], n_layer=c['e3_n_layer'], n_head=c['n_head'],
                 block_size=c['e3_block_size'], batch_size=c['e3_batch_size'], schedule='wsd',
                 warmup_iters=max(1, int(c['warmup'] * total)))
-    full = dict(base, max_iters=total, cooldown_iters=total - wsd['stable'], eval_interval=total, eval_iters=0,
-                log_interval=total, save_checkpoints=e == '5')
+    full = dict(base, max_iters=total, cooldown_iters=total - wsd['stable'], eval_interval=total,
+                eval_iters=0, log_interval=total, save_checkpoints=e == '5')
     if e == '5':
         configs = []
         for basis in str(c['e5_bases']).split(','):
@@ -577,8 +580,9 @@ def cooldown(c, tally, args, d, stable, cool, last):
     b = os.path.join(d, f'cool{stable + cool}')
     os.makedirs(b)
     os.link(os.path.join(d, f'ckpt_{stable}.pt'), os.path.join(b, 'ckpt.pt'))
-    branch = dict(args, out_dir=b, init_from='resume', allow_changes=True, overwrite=False, max_iters=stable + cool,
-                  cooldown_iters=cool, eval_interval=stable + cool, eval_iters=0, keep_checkpoints=False)
+    branch = dict(args, out_dir=b, init_from='resume', allow_changes=True, overwrite=False,
+                  max_iters=stable + cool, cooldown_iters=cool, eval_interval=stable + cool, eval_iters=0,
+                  keep_checkpoints=False)
     train(c, tally, branch, b, echo_evals=False)
     final = read_log(b, 'eval')[-1]
     for f in os.listdir(b):
@@ -771,8 +775,8 @@ def summary_exp1(c, runs):
                                  f"held-out batches"])
     plot.exp1(os.path.join(c['out'], FIGURES['1'][0]), heads, V, D,
               f"{c['seeds']} seeds, {controls['exposures_per_symbol']:g} exposures per symbol")
-    table = md(['head', 'best lr', 'final acc % (positions ≥ 1, fresh seeds)', 'acc % at the other lrs (mean, '
-                'sweep seed)', 'destroyed', 'visible/chance'], lines)
+    table = md(['head', 'best lr', 'final acc % (positions ≥ 1, fresh seeds)',
+                'acc % at the other lrs (mean, sweep seed)', 'destroyed', 'visible/chance'], lines)
     pairs = paired_heads(c, runs)
     table += '\n\n' + md(['comparison', 'accuracy difference, pp [95% CI], paired t', 'loss difference'],
                           [[p['comparison'], ci(p['acc'], '{:+.1f}', 100, p=True), ci(p['loss'], '{:+.3f}')]
@@ -912,7 +916,8 @@ def analyse(c, rec, data, windows, bins, ranks):
             ceilings[str(r)] = dict(loss=fit_head.head_loss(Hv, y, ceiling['B'], ceiling['A']),
                                     epochs=ceiling['epochs'], stopped=ceiling['stopped'])
     by_bin = [loss[b == k].mean().item() if (b == k).any() else None for k in range(int(bins.max()) + 1)]
-    spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'], ey_floor=m['ey_floor'])
+    spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'],
+                    ey_floor=m['ey_floor'])
     return dict(loss=loss.mean().item(), loss_se=stats.std_error(per_window.tolist()),
                 probe_loss=fit_head.head_loss(Hv, y, probe['B']), probe_epochs=probe['epochs'],
                 probe_stopped=probe['stopped'], ceilings=ceilings, loss_by_frequency=by_bin,
@@ -924,7 +929,8 @@ def analyse_all(c, fresh, data, windows, bins, ranks):
     goes."""
     todo = [r for runs in fresh.values() for r in runs if 'analysis' not in r]
     for r in todo:
-        say(f"exp3: analysing {r['name']}: window losses, probe{', ceilings' if r['info']['head'] == 'linear' else ''}")
+        ceilings = ', ceilings' if r['info']['head'] == 'linear' else ''
+        say(f"exp3: analysing {r['name']}: window losses, probe{ceilings}")
 
     def work(r):
         r['analysis'] = analyse(c, r, data, windows, bins, ranks)
@@ -992,7 +998,9 @@ def summary_exp3(c, runs, tokens):
         def ceiling(seed):
             if seed not in ref_a:
                 return None
-            return ref_a[seed]['probe_loss'] if h['rank'] >= D else ref_a[seed]['ceilings'][str(h['rank'])]['loss']
+            if h['rank'] >= D:
+                return ref_a[seed]['probe_loss']
+            return ref_a[seed]['ceilings'][str(h['rank'])]['loss']
 
         per[h['spec']] = dict(label=h['label'], rank=h['rank'], best_lr=t['lr'], edge=t['edge'],
                               seeds=[r['seed'] for r in rs],
@@ -1044,21 +1052,24 @@ def summary_exp3(c, runs, tokens):
                     block_size=T, n_layer=c['e3_n_layer'], batch_size=c['e3_batch_size'],
                     max_iters=c['e3_max_iters'], tokens=tokens_seen, train_tokens=len(train_ids),
                     epochs=round(tokens_seen / len(train_ids), 2), val_tokens=int(yv.numel()),
-                    lrs=numbers(c, 'e3_lrs'), frequency_bins=names, val_share_by_bin=val_share.round(4).tolist(),
+                    lrs=numbers(c, 'e3_lrs'), frequency_bins=names,
+                    val_share_by_bin=val_share.round(4).tolist(),
                     budgets=[b + k for b, k in wsd['branches']],
                     varies='only the head (a fixed selector of r coordinates: rank is the only difference) '
                            'and its lr',
                     ours=OURS[1:] + [
-                        "AdamW (0.9, 0.95), weight decay 0.1 on matrices, grad clip 1; warmup–stable–decay: "
-                        f"linear warmup over {c['warmup']:g} of the steps, constant, linear to lr/10 over the last "
-                        f"{c['e3_cooldown']:g} of each budget (cooldown branches from the stable phase)",
-                        "vocabulary compacted to the ids that occur; 90% train, 10% validation (every window)",
+                        "AdamW (0.9, 0.95), weight decay 0.1 on matrices, grad clip 1; "
+                        f"warmup–stable–decay: linear warmup over {c['warmup']:g} of the steps, "
+                        "constant, linear to lr/10 over the "
+                        f"last {c['e3_cooldown']:g} of each budget (cooldown branches from the stable phase)",
+                        "vocabulary compacted to the ids that occur; 90% train, 10% validation (every "
+                        "window)",
                         "baselines from train counts: add-one unigram, Witten–Bell bigram",
-                        f"probe and ceilings: AdamW lr {c['e3_fit_lr']:g} on the frozen final hidden states of "
-                        f"the train split's windows, until the loss on its last 10% (held out) has not improved "
-                        f"for {c['e3_fit_patience']} epochs (at most {c['e3_fit_max_epochs']}); the probe starts "
-                        "from the run's own head, a ceiling from the best rank-r approximation of the linear "
-                        "head; reported on the validation split",
+                        f"probe and ceilings: AdamW lr {c['e3_fit_lr']:g} on the frozen final hidden states "
+                        f"of the train split's windows, until the loss on its last 10% (held out) has not "
+                        f"improved for {c['e3_fit_patience']} epochs (at most {c['e3_fit_max_epochs']}); the "
+                        "probe starts from the run's own head, a ceiling from the best rank-r approximation "
+                        "of the linear head; reported on the validation split",
                         "intervals: 95%, t over the fresh seeds, paired by seed; ×-fold: geometric mean of "
                         "tokens(head)/tokens(linear) to reach each annealed loss (log-tokens interpolated "
                         "between budgets)",
@@ -1128,8 +1139,10 @@ def summary_exp5(c, runs, tokens):
     for x in configs:
         for r in runs[x['key']]:
             se[r['name']] = window_se(c, r, xv, yv)
-    final = {x['key']: by_seed([r for r in runs[x['key']] if not r['sweep']], lambda r: r['evals'][-1]['val_loss'])
-             for x in configs}
+    final = {}
+    for x in configs:
+        fresh = [r for r in runs[x['key']] if not r['sweep']]
+        final[x['key']] = by_seed(fresh, lambda r: r['evals'][-1]['val_loss'])
     cells, lines = [], []
     for x in configs:
         fresh = [r for r in runs[x['key']] if not r['sweep']]
@@ -1144,14 +1157,17 @@ def summary_exp5(c, runs, tokens):
                       '(reference)' if x is ref else ci(cell['minus_linear'], '{:+.3f}', p=True)])
     controls = dict(data=os.path.basename(c['text']), head='wide (r = D = %d)' % c['e3_n_embd'],
                     backbone_lr=sweep['lr'], backbone_lr_edge=sweep['edge'], lrs=numbers(c, 'e3_lrs'),
-                    varies="the head's basis A and its lr multiplier; the backbone's lr is the linear head's best",
-                    ours=["the sizes, data and warmup–stable–decay schedule of experiment 3 (its last budget)",
-                          "lr swept on the linear head (wide/select ×1) on the sweep seed; every cell at it on "
-                          "the fresh seeds",
-                          "A: select = the first D rows of I (the linear head, parameter for parameter); random "
-                          "= a fixed orthogonal matrix; trained = the paper's factorization (orthogonal init)",
-                          "intervals: 95%, t over the fresh seeds, paired by seed with the linear head; (± x): "
-                          "the standard error over validation windows"])
+                    varies="the head's basis A and its lr multiplier; the backbone's lr is the linear "
+                           "head's best",
+                    ours=["the sizes, data and warmup–stable–decay schedule of experiment 3 (its last "
+                          "budget)",
+                          "lr swept on the linear head (wide/select ×1) on the sweep seed; every cell at it "
+                          "on the fresh seeds",
+                          "A: select = the first D rows of I (the linear head, parameter for parameter); "
+                          "random = a fixed orthogonal matrix; trained = the paper's factorization "
+                          "(orthogonal init)",
+                          "intervals: 95%, t over the fresh seeds, paired by seed with the linear head; "
+                          "(± x): the standard error over validation windows"])
     write_table(c, 'wide_diagnosis', sweep['rows'], controls, cells=cells)
     table = md(['A', 'head lr', 'final val loss [95% CI] (± window SE)', '− linear, paired [95% CI]'], lines)
     note = (f"Backbone lr {plot.sci(sweep['lr'])}{EDGE[sweep['edge']]}: the linear head's best of "
@@ -1236,8 +1252,10 @@ def main(argv):
                 cpu_count=os.cpu_count(), threads=c['threads'] or os.environ.get('OMP_NUM_THREADS'),
                 torch=torch.__version__, wall_s={}, runs=tally.counts(), runs_by_experiment={},
                 config=dict(c, exps=chosen['run'], notes=notes))  # notes: the same dict, filled in as we go
+    fresh = c['seed'] + c['sweep_seeds']
     say(f"reproduce.py: preset {c['preset']}, experiments {','.join(chosen['run'])}, {len(specs)} runs, "
-        f"seeds {c['seed']}..{c['seed'] + c['seeds'] - 1}, device {c['device']}, out {c['out']}")
+        f"lr sweeps on seed {c['seed']}…{fresh - 1}, fresh seeds {fresh}…{fresh + c['seeds'] - 1}, "
+        f"device {c['device']}, out {c['out']}")
     t0 = time.time()
     last = t0
     done, sections = {}, {}

@@ -2199,9 +2199,10 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert 'Stage gate' in summary and '| head | best lr |' in summary
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
-    assert meta['runs']['trained'] == 14 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    assert meta['runs']['trained'] == 29 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
     # CSV = JSON rows
-    for stem in ('exp1_head_rank', 'exp2_vd_grid', 'exp2_rank_grid', 'exp3_text', 'exp4_meter'):
+    stems = ('exp1_head_rank', 'exp2_vd_grid', 'exp2_rank_grid', 'exp3_text', 'exp4_meter', 'wide_diagnosis')
+    for stem in stems:
         rows = json.load(open(os.path.join(out, stem + '.json')))['rows']
         with open(os.path.join(out, stem + '.csv'), newline='') as f:
             table = list(csv.DictReader(f))
@@ -2216,30 +2217,43 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     e3 = json.load(open(os.path.join(out, 'exp3_text.json')))
     assert set(e3['baselines']) == {'unigram', 'bigram'} and 'passed' in e3['gate'] and e3['verdict']
     # the gate reads the widest head, against both lines
-    wide = float(np.mean(e3['heads']['wide']['final_val_loss']))
+    wide = float(np.mean(e3['heads']['linear']['final_val_loss']))
     assert e3['gate']['widest_final_loss'] == pytest.approx(wide) and e3['gate']['passed'] == (
         wide <= e3['baselines']['unigram'] - reproduce.DEFAULTS['e3_gate_unigram'] and
         wide <= e3['baselines']['bigram'] + reproduce.DEFAULTS['e3_gate_bigram'])
     assert e3['verdict'].startswith('Stage gate ' + ('passed' if e3['gate']['passed'] else 'FAILED'))
-    for h in e3['heads'].values():
-        assert len(h['final_val_loss']) == len(h['probe_loss']) == 2
+    for h in e3['heads'].values():  # lists over the fresh seeds 1338, 1339
+        assert h['seeds'] == [1338, 1339]
+        for key in ('final_val_loss', 'final_val_loss_se', 'probe_loss', 'ceiling_loss'):
+            assert len(h[key]) == 2 and all(math.isfinite(v) for v in h[key]), key
         assert all(len(v) == 2 for v in h['loss_by_frequency'].values()) and len(h['loss_by_frequency']) == 3
         assert all(math.isfinite(v) for v in h['spectrum']['ey_floor'])
-    # the sweep runs every lr on seed 1337; seed 1338 runs once per head, at its best lr
+        assert all(len(curve) == 2 for curve in h['annealed'].values())  # one point per budget
+    # linear's ceiling is its own probe; every narrower head is split against it, with an interval
+    assert e3['heads']['linear']['ceiling_loss'] == e3['heads']['linear']['probe_loss']
+    split = e3['decomposition']['narrow:2/select']
+    assert {'gap', 'expressivity', 'backbone', 'rest'} <= set(split) and split['gap']['n'] == 2
+    assert set(e3['xfold']) == {'narrow:2/select'} and 'fold' not in e3
+    # the sweep runs every lr on seed 1337; each fresh seed runs once per head, at its best lr
     names = sorted(os.listdir(os.path.join(out, 'exp3')))
     for h, info in e3['heads'].items():
-        tag = h.replace(':', '')
+        tag = h.replace(':', '').replace('/', '_')
         assert ([n for n in names if n.startswith(tag) and n.endswith('_s1338')] ==
                 [f"{tag}_lr{info['best_lr']:g}_s1338"])
+        assert sorted(os.listdir(os.path.join(out, 'exp3', f"{tag}_lr{info['best_lr']:g}_s1338"))) == [
+            'cool10', 'cool5', 'log.jsonl', 'run.json', 'stdout.txt']  # the stable phase and its branches
     run = json.load(open(glob.glob(os.path.join(out, 'exp3', '*', 'run.json'))[0]))
     assert run['config']['type'] == 'config' and 'compile' in run['config'] and run['evals']
-    assert not glob.glob(os.path.join(out, 'exp3', '*', '*.pt'))  # analysed, then deleted (no --keep_ckpt)
+    assert not glob.glob(os.path.join(out, 'exp*', '**', '*.pt'), recursive=True)  # analysed, then deleted
+    diagnosis = json.load(open(os.path.join(out, 'wide_diagnosis.json')))
+    assert [(x['basis'], x['head_lr_mult']) for x in diagnosis['cells']] == [('select', 1.0), ('random', 1.0)]
+    assert diagnosis['cells'][0]['minus_linear']['mean'] == 0  # the reference, against itself
     # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
     # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 14 and re.fullmatch(r"\[1/14\] exp1 r = 2 lr 3e-3 seed 1337 … [\d.]+ s; .*",
-                                                progress[0])
-    assert re.search(r"\[14/14\] exp3 .* seed 1338 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert len(progress) == 29 and re.fullmatch(
+        r"\[1/29\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert re.search(r"\[29/29\] exp5 .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
 
@@ -2256,8 +2270,8 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
     shutil.copytree(out, copy)
     p = repro('--preset=tiny', '--experiments=1', '--seeds=3', f'--out={copy}', '--device=cpu', '--reuse')
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count('reused:') == 4 and '2 runs trained, 4 reused' in p.stdout  # seed 1339 is new
-    assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 2
+    assert p.stdout.count('reused:') == 9 and '3 runs trained, 9 reused' in p.stdout  # seed 1340 is new
+    assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 3
 
 
 @pytest.mark.slow
@@ -2275,7 +2289,7 @@ def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
             except OSError:  # ended meanwhile
                 pass
         return found
-    run = os.path.join(out, 'exp1', 'narrow2_lr0.003_s1337')
+    run = os.path.join(out, 'exp1', 'narrow2_select_lr0.003_s1337')
     deadline = time.time() + 60
     while time.time() < deadline and rows_written(run) < 3:  # its train.py is in the training loop
         time.sleep(0.05)
@@ -2293,7 +2307,7 @@ def test_a_failing_run_stops_with_one_line_naming_it(tmp_path):
     p = repro('--preset=tiny', '--experiments=3', f'--text={text}', f'--out={tmp_path}/out',
               '--e3_block_size=64')
     assert p.returncode == 1 and p.stderr.count('\n') == 1
-    assert re.match(r"error: run \S+narrow2_lr0.001_s1337 failed "
+    assert re.match(r"error: run \S+narrow2_select_lr0.001_s1337 failed "
                     r"\(exit status 1\): \S+ is too short", p.stderr)
 
 
@@ -2310,7 +2324,9 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e1_heads=narrow:0'], "bad item 'narrow:0'"),
     (['--e1_heads=linear:4'], "bad item 'linear:4'"),
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
-    (['--experiments=1,5'], 'subset of 1,2,3,4'),
+    (['--experiments=1,6'], 'subset of 1,2,3,4,5'),
+    (['--e1_heads=linear/select'], "bad item 'linear/select'"),
+    (['--e3_max_iters=721'], 'must split into --e3_budgets=6 parts'),
     (['--quick', '--preset=gpu'], '--quick is --preset=quick'),
     (['--reuse', '--overwrite'], 'give one of the two'),
     (['--seeds=0'], '--seeds must be positive'),
@@ -2378,12 +2394,10 @@ def test_spread_is_the_sample_std_and_one_seed_shows_a_dash():
     assert one['std'] is None and reproduce.pm(one, scale=100) == '50.0 ± -'
 
 
-def test_best_lr_flags_the_edges_and_tokens_to_interpolates():
+def test_best_lr_flags_the_edges():
     run = lambda lr, acc, loss: dict(lr=lr, evals=[dict(val_acc=acc, val_loss=loss)])
     best = reproduce.best_lr
     assert (best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) ==
             dict(lr=1e-2, edge='high edge'))
     assert best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == dict(lr=3e-3, edge='')
     assert best('exp3', [run(1e-3, 0, 4), run(3e-3, 0, 5)]) == dict(lr=1e-3, edge='low edge')
-    evals = [dict(tokens=0, val_loss=9.0), dict(tokens=100, val_loss=7.0), dict(tokens=200, val_loss=5.0)]
-    assert reproduce.tokens_to(evals, 6.0) == pytest.approx(150) and reproduce.tokens_to(evals, 9.5) == 0

@@ -23,13 +23,11 @@ e2_vocab_sizes = '4096,16384,65536'
 e2_lrs = '3e-4,1e-3,3e-3'
 e2_steps = 500
 e2_eval_sequences = 8192
-# experiment 3: D = 256, 4 layers, T = 128,
-# 400 steps × 16 windows ≈ 3 epochs of Tiny Shakespeare's train split
-e3_heads = 'narrow:2,narrow:8,narrow:32,narrow:128,wide'
+# experiment 3: D = 256, 4 layers, T = 128, fixed-basis heads,
+# 480 steps × 16 windows ≈ 3.6 epochs of Tiny Shakespeare's train split; stable phase 384 = 6 budgets × 64
+e3_heads = 'narrow:2/select,narrow:8/select,narrow:32/select,narrow:128/select,linear'
 e3_lrs = '3e-4,1e-3,3e-3'
 e3_n_embd = 256
 e3_n_layer = 4
 e3_block_size = 128
-e3_max_iters = 400
-e3_eval_interval = 40
-e3_probe_steps = 400
+e3_max_iters = 480
