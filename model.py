@@ -100,14 +100,14 @@ class Block(nn.Module):
 # the padded rows are cut off before any softmax, so they get no probability mass and no gradient.
 
 class LMHead(nn.Module):
-    """Base class: subclasses store `weight`-like parameters and implement padded_weight()."""
+    """Base class: a subclass stores its (Vp, D) matrix as `weight`, or overrides padded_weight()."""
 
     def __init__(self, config, wte):
         super().__init__()
         self.vocab_size, self.n_embd = config.vocab_size, config.n_embd
 
     def padded_weight(self):  # (Vp, D)
-        raise NotImplementedError
+        return self.weight
 
     def effective_weight(self):  # (V, D), the matrix measure.py projects onto
         return self.padded_weight()[:self.vocab_size]
@@ -126,9 +126,6 @@ class LinearHead(LMHead):
         super().__init__(config, wte)
         self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.n_embd) * 0.02)
 
-    def padded_weight(self):
-        return self.weight
-
 
 class TiedHead(LMHead):
     """Shares its weight with the token embedding wte: one Parameter under two names, as in nanoGPT."""
@@ -136,9 +133,6 @@ class TiedHead(LMHead):
     def __init__(self, config, wte):
         super().__init__(config, wte)
         self.weight = wte.weight
-
-    def padded_weight(self):
-        return self.weight
 
 
 class FactorizedHead(LMHead):
