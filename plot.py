@@ -238,9 +238,10 @@ def grid(path, cells, x, xs, Vs, subtitle):
 
 
 def exp3(path, heads, xfold, base, bins, subtitle):
-    """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}, final_val_loss,
-    probe_loss, ceiling_loss, loss_by_frequency {bin: per seed}} narrowest first, the widest (the reference of
-    xfold) last; xfold {head: [dicts with level, ratio {mean, lo, hi}, censored, lower_bound]}."""
+    """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}, report_loss,
+    probe_loss, ceiling_loss (on the report half of the validation windows), loss_by_frequency {bin: per
+    seed}} narrowest first, the widest (the reference of xfold) last; xfold {head: [dicts with level, ratio
+    {mean, lo, hi}, censored, lower_bound]}."""
     plt = pyplot()
     fig, ((ax, bx), (cx, dx)) = plt.subplots(2, 2, figsize=(13, 9))
     cs = colors(len(heads))
@@ -276,7 +277,7 @@ def exp3(path, heads, xfold, base, bins, subtitle):
         for j, b in enumerate(bins):
             ys = np.array(h['loss_by_frequency'][b], dtype=float)
             cx.bar(j + shift, ys.mean(), w, color=color, yerr=minmax_err(ys), capsize=2)
-        bars = (('final_val_loss', None), ('probe_loss', '//'), ('ceiling_loss', '..'))
+        bars = (('report_loss', None), ('probe_loss', '//'), ('ceiling_loss', '..'))
         for j, (key, hatch) in enumerate(bars):
             ys = np.array([v for v in h[key] if v is not None], dtype=float)
             if ys.size:
@@ -291,7 +292,8 @@ def exp3(path, heads, xfold, base, bins, subtitle):
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         dx.axhline(base[name], color='k', ls=ls, lw=1)
     dx.set_ylim(base['bigram'] - 1, base['unigram'] + 0.5)
-    dx.set(ylabel='validation loss (nats per token)', title='expressivity apart from optimization')
+    dx.set(ylabel='validation loss, report half (nats per token)',
+           title='expressivity apart from optimization')
     fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3,
                fontsize=8)
     fig.suptitle(subtitle, fontsize=10)

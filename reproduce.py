@@ -105,9 +105,10 @@ e3_eval_iters = 8          # ... the annealed ends, the sweep and experiment 5 r
 e3_budgets = 6             # warmup–stable–decay: cooldown branches at 1/6 … 6/6 of the stable phase
 e3_cooldown = 0.2          # the last fraction of every budget: linear to lr/10
 e3_freq_bins = '64,1024'   # loss by frequency: the 64 most frequent types (train split), the next 1,024, rest
-e3_fit_lr = 1e-3           # probes and ceilings: AdamW on frozen hidden states, until the held-out slice
-e3_fit_patience = 2        # (the train split's last 10%) has not improved for this many epochs
-e3_fit_max_epochs = 8
+e3_fit_lr = 3e-4           # the probe (warm-started from the run's own head): AdamW on frozen hidden states
+e3_ceiling_lr = 3e-3       # the ceilings (from the linear head's best rank-r approximation)
+e3_fit_patience = 4        # a fit stops after this many quarter-epoch evaluations without improvement on the
+e3_fit_max_epochs = 8      # first half of the validation windows; it is reported on the second half
 e3_spectrum_tokens = 2048  # the first validation tokens, for the spectrum of G
 e3_gate_unigram = 0.5      # stage gate: the widest head must end ≥ this many nats below the unigram loss
 e3_gate_bigram = 0.3       # ... and ≤ this many nats above the bigram loss
@@ -880,10 +881,21 @@ def hidden_states(model, x):
         return torch.cat([model.hidden(xb).reshape(-1, model.config.n_embd) for xb in x.split(64)])
 
 
-def fit(c, H, y, B, A=None):
-    """fit_head with experiment 3's settings: AdamW at e3_fit_lr until the train split's held-out last 10%
-    stops improving (patience in epochs), at most e3_fit_max_epochs."""
-    return fit_head.fit_head(H, y, B, A, lr=c['e3_fit_lr'], patience=c['e3_fit_patience'],
+def fit_settings(c):
+    """What an analysis depends on beyond the run: a --reuse with other settings analyses again."""
+    return dict(probe_lr=c['e3_fit_lr'], ceiling_lr=c['e3_ceiling_lr'], patience=c['e3_fit_patience'],
+                max_epochs=c['e3_fit_max_epochs'], stop='val half 1', report='val half 2')
+
+
+def fit(c, train, stop, B, A, lr):
+    """fit_head on the train split's hidden states and targets `train`, stopped on `stop` (the first half of
+    the validation windows: the backbone trained on every train token, so no slice of the train split can
+    tell a fit that generalizes from one that memorizes); evaluated every quarter epoch."""
+    H = torch.cat([train[0], stop[0]])
+    y = torch.cat([train[1], stop[1]])
+    every = max(1, len(train[1]) // 4 // 4096)
+    return fit_head.fit_head(H, y, B, A, lr=lr, batch_tokens=4096, holdout=len(stop[1]) / len(y),
+                             eval_every=every, patience=c['e3_fit_patience'],
                              max_epochs=c['e3_fit_max_epochs'], seed=c['seed'])
 
 
@@ -892,7 +904,8 @@ def analyse(c, rec, data, windows, bins, ranks):
     its standard error), by frequency bin, the spectrum of G, and the converged probe: a full-rank head
     fitted on the frozen backbone's train-split hidden states, warm-started from the run's own head. The
     linear head's runs also fit the ceiling of each rank r in ranks: a trained B·A on this backbone, started
-    from the best rank-r approximation of its head."""
+    from the best rank-r approximation of its head. Fits stop on the validation windows' first half and are
+    reported, with the run's own head, on the second (report_*)."""
     path = os.path.join(c['out'], 'exp3', rec['name'], f"cool{rec['branches'][-1]['iters']}", 'ckpt.pt')
     model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device'])
     model.eval().requires_grad_(False)
@@ -906,20 +919,24 @@ def analyse(c, rec, data, windows, bins, ranks):
     b = torch.as_tensor(bins, device=y.device)[y]
     n = min(c['e3_spectrum_tokens'], len(y))
     m = measure_cli.measure(Hv[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
-    Ht, ytf = hidden_states(model, xt), yt.reshape(-1)
-    probe = fit(c, Ht, ytf, W.detach().clone())
+    train = (hidden_states(model, xt), yt.reshape(-1))
+    half = len(yv) // 2 * yv.size(1)  # whole windows
+    stop, report = (Hv[:half], y[:half]), (Hv[half:], y[half:])
+    probe = fit(c, train, stop, W.detach().clone(), None, c['e3_fit_lr'])
     ceilings = {}
     if rec['info']['head'] == 'linear':
         for r in ranks:
             B, A = fit_head.rank_r_init(W.detach(), r)
-            ceiling = fit(c, Ht, ytf, B, A)
-            ceilings[str(r)] = dict(loss=fit_head.head_loss(Hv, y, ceiling['B'], ceiling['A']),
-                                    epochs=ceiling['epochs'], stopped=ceiling['stopped'])
+            ceiling = fit(c, train, stop, B, A, c['e3_ceiling_lr'])
+            ceilings[str(r)] = dict(loss=fit_head.head_loss(*report, ceiling['B'], ceiling['A']),
+                                    epochs=ceiling['epochs'], stopped=ceiling['stopped'],
+                                    start=fit_head.head_loss(*report, B, A))
     by_bin = [loss[b == k].mean().item() if (b == k).any() else None for k in range(int(bins.max()) + 1)]
     spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'],
                     ey_floor=m['ey_floor'])
-    return dict(loss=loss.mean().item(), loss_se=stats.std_error(per_window.tolist()),
-                probe_loss=fit_head.head_loss(Hv, y, probe['B']), probe_epochs=probe['epochs'],
+    return dict(settings=fit_settings(c), loss=loss.mean().item(),
+                loss_se=stats.std_error(per_window.tolist()), report_loss=fit_head.head_loss(*report, W),
+                probe_loss=fit_head.head_loss(*report, probe['B']), probe_epochs=probe['epochs'],
                 probe_stopped=probe['stopped'], ceilings=ceilings, loss_by_frequency=by_bin,
                 spectrum=spectrum)
 
@@ -927,7 +944,8 @@ def analyse(c, rec, data, windows, bins, ranks):
 def analyse_all(c, fresh, data, windows, bins, ranks):
     """analyse every fresh run not analysed yet (jobs at a time), saved in its run.json; then its checkpoint
     goes."""
-    todo = [r for runs in fresh.values() for r in runs if 'analysis' not in r]
+    todo = [r for runs in fresh.values() for r in runs
+            if r.get('analysis', {}).get('settings') != fit_settings(c)]
     for r in todo:
         ceilings = ', ceilings' if r['info']['head'] == 'linear' else ''
         say(f"exp3: analysing {r['name']}: window losses, probe{ceilings}")
@@ -946,17 +964,18 @@ def analyse_all(c, fresh, data, windows, bins, ranks):
 
 
 def decomposition(per, spec, ref):
-    """The head's rank effect against ref (linear), per seed: the gap own − ref's own, split into
-    expressivity (the rank-r ceiling − ref's probe, both on ref's backbone), backbone (this probe − ref's
-    probe) and the rest (head optimization); and own − probe. Each a paired interval over the seeds."""
+    """The head's rank effect against ref (linear), per seed, on the report half of the validation windows:
+    the gap own − ref's own, split into expressivity (the rank-r ceiling − ref's probe, both on ref's
+    backbone), backbone (this probe − ref's probe) and the rest (head optimization); and own − probe. Each a
+    paired interval over the seeds."""
     h, r = per[spec], per[ref]
     seeds = [s for s in h['seeds'] if s in r['seeds']]
 
     def at(p, key):
         return {s: v for s, v in zip(p['seeds'], p[key])}
 
-    own, probe, ceiling = at(h, 'final_val_loss'), at(h, 'probe_loss'), at(h, 'ceiling_loss')
-    r_own, r_probe = at(r, 'final_val_loss'), at(r, 'probe_loss')
+    own, probe, ceiling = at(h, 'report_loss'), at(h, 'probe_loss'), at(h, 'ceiling_loss')
+    r_own, r_probe = at(r, 'report_loss'), at(r, 'probe_loss')
     parts = dict(gap=[own[s] - r_own[s] for s in seeds],
                  expressivity=[ceiling[s] - r_probe[s] if ceiling[s] is not None else None for s in seeds],
                  backbone=[probe[s] - r_probe[s] for s in seeds],
@@ -1006,6 +1025,7 @@ def summary_exp3(c, runs, tokens):
                               seeds=[r['seed'] for r in rs],
                               final_val_loss=[r['branches'][-1]['val_loss'] for r in rs],
                               final_val_loss_se=[x['loss_se'] for x in a],
+                              report_loss=[x['report_loss'] for x in a],
                               probe_loss=[x['probe_loss'] for x in a],
                               probe_epochs=[x['probe_epochs'] for x in a],
                               ceiling_loss=[ceiling(r['seed']) for r in rs],
@@ -1034,11 +1054,12 @@ def summary_exp3(c, runs, tokens):
         se = np.mean(p['final_val_loss_se'])
         lines.append([p['label'], f"{plot.sci(p['best_lr'])}{EDGE[p['edge']]}",
                       f"{ci(stats.interval(p['final_val_loss']))} (± {se:.3f})",
-                      ci(stats.interval(p['probe_loss'])), ci(stats.interval(p['ceiling_loss'])),
+                      ci(stats.interval(p['report_loss'])), ci(stats.interval(p['probe_loss'])),
+                      ci(stats.interval(p['ceiling_loss'])),
                       *([ci(d[k], '{:+.3f}') for k in ('gap', 'expressivity', 'backbone', 'rest')] if d else
                         ['-'] * 4),
                       ci(d['own_minus_probe'] if d else stats.paired(
-                          p['final_val_loss'], p['probe_loss']), '{:+.3f}')])
+                          p['report_loss'], p['probe_loss']), '{:+.3f}')])
     fold_lines = []
     for spec, points in xfold.items():
         for q in points[::max(1, len(points) // 5)]:
@@ -1065,11 +1086,14 @@ def summary_exp3(c, runs, tokens):
                         "vocabulary compacted to the ids that occur; 90% train, 10% validation (every "
                         "window)",
                         "baselines from train counts: add-one unigram, Witten–Bell bigram",
-                        f"probe and ceilings: AdamW lr {c['e3_fit_lr']:g} on the frozen final hidden states "
-                        f"of the train split's windows, until the loss on its last 10% (held out) has not "
-                        f"improved for {c['e3_fit_patience']} epochs (at most {c['e3_fit_max_epochs']}); the "
-                        "probe starts from the run's own head, a ceiling from the best rank-r approximation "
-                        "of the linear head; reported on the validation split",
+                        f"probe (AdamW lr {c['e3_fit_lr']:g}, from the run's own head) and ceilings (lr "
+                        f"{c['e3_ceiling_lr']:g}, from the best rank-r approximation of the linear head): "
+                        "fitted on the frozen final hidden states of the train split's windows until the "
+                        "loss on the first half of the validation windows has not improved for "
+                        f"{c['e3_fit_patience']} quarter-epoch evaluations (at most "
+                        f"{c['e3_fit_max_epochs']} epochs); probe, ceiling and own head reported on the "
+                        "second half (the backbone trained on every train token, so a train slice cannot "
+                        "stop a fit)",
                         "intervals: 95%, t over the fresh seeds, paired by seed; ×-fold: geometric mean of "
                         "tokens(head)/tokens(linear) to reach each annealed loss (log-tokens interpolated "
                         "between budgets)",
@@ -1081,8 +1105,9 @@ def summary_exp3(c, runs, tokens):
     plot.exp3(os.path.join(c['out'], FIGURES['3'][0]), per, xfold, base, names,
               f"{controls['data']}, {c['e3_encoding']} compacted (V = {V:,}), D = {D}, "
               f"{controls['epochs']:g} epochs, {len(per[ref]['seeds'])} fresh seeds")
-    table = md(['head', 'best lr (sweep seed)', 'final val loss [95% CI] (± window SE)', 'converged probe',
-                'ceiling (rank r on the linear backbone)', 'gap to linear', '= expressivity',
+    table = md(['head', 'best lr (sweep seed)', 'final val loss [95% CI] (± window SE)',
+                'own head, report half', 'converged probe, report half',
+                'ceiling (rank r on the linear backbone), report half', 'gap to linear', '= expressivity',
                 '+ backbone', '+ rest (head optimization)', 'own − probe'], lines)
     table += '\n\n×-fold in tokens to reach an annealed loss, against linear:\n\n' + md(
         ['head', 'target loss', 'tokens / linear\'s, geometric mean [95% CI]', 'seeds'], fold_lines)
