@@ -2224,7 +2224,7 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert e3['verdict'].startswith('Stage gate ' + ('passed' if e3['gate']['passed'] else 'FAILED'))
     for h in e3['heads'].values():  # lists over the fresh seeds 1338, 1339
         assert h['seeds'] == [1338, 1339]
-        for key in ('final_val_loss', 'final_val_loss_se', 'probe_loss', 'ceiling_loss'):
+        for key in ('final_val_loss', 'final_val_loss_se', 'report_loss', 'probe_loss', 'ceiling_loss'):
             assert len(h[key]) == 2 and all(math.isfinite(v) for v in h[key]), key
         assert all(len(v) == 2 for v in h['loss_by_frequency'].values()) and len(h['loss_by_frequency']) == 3
         assert all(math.isfinite(v) for v in h['spectrum']['ey_floor'])
