@@ -1267,9 +1267,10 @@ def main(argv):
         os.makedirs(folder, exist_ok=True)
         tokens = textdata.tokenize_text(c['text'], c['e3_encoding'], folder, compact=True)
         for s in specs:
-            for args in (s['args'], s.get('trunk', {})):
-                if s['exp'] in ('exp3', 'exp5'):
-                    args['data'] = tokens
+            if s['exp'] in ('exp3', 'exp5'):
+                s['args']['data'] = tokens
+            if 'trunk' in s:
+                s['trunk']['data'] = tokens
     tally = Tally()
     gpu = torch.cuda.get_device_name(c['device']) if c['device'].startswith('cuda') else None
     meta = dict(command=' '.join(['python reproduce.py', *argv]), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
