@@ -81,7 +81,8 @@ def save_or_stop(path, state, saved_iter, keep=None):
 
 def model_from_checkpoint(ckpt):
     """The GPT of a loaded checkpoint, with its weights (on the CPU, in training mode)."""
-    model = GPT(GPTConfig(**{k: ckpt['config'][k] for k in MODEL_KEYS}))
+    saved = ckpt['config']  # a key added since it was saved (e.g. head_basis) takes its default
+    model = GPT(GPTConfig(**{k: saved[k] for k in MODEL_KEYS if k in saved}))
     model.load_state_dict(ckpt['model'])
     return model
 
