@@ -1046,8 +1046,10 @@ def summary_exp3(c, runs, tokens):
     if not passed:
         verdict += " This experiment cannot conclude anything about the effect of head rank on text."
     narrowest = heads[0]['spec']
+    final = {spec: dict(zip(p['seeds'], p['final_val_loss'])) for spec, p in per.items()}
     control = (f"Positive control, {per[narrowest]['label']} − {per[ref]['label']}: "
-               f"{ci(split[narrowest]['gap'], '{:+.3f}', p=True)} nats at the end (paired over fresh seeds)")
+               f"{ci(paired_by_seed(final[narrowest], final[ref]), '{:+.3f}', p=True)} nats in final "
+               f"validation loss (every window; paired over fresh seeds)")
     lines = []
     for spec, p in per.items():
         d = split.get(spec)
@@ -1107,7 +1109,8 @@ def summary_exp3(c, runs, tokens):
               f"{controls['epochs']:g} epochs, {len(per[ref]['seeds'])} fresh seeds")
     table = md(['head', 'best lr (sweep seed)', 'final val loss [95% CI] (± window SE)',
                 'own head, report half', 'converged probe, report half',
-                'ceiling (rank r on the linear backbone), report half', 'gap to linear', '= expressivity',
+                'ceiling (rank r on the linear backbone), report half', 'own − linear\'s own, report half',
+                '= expressivity',
                 '+ backbone', '+ rest (head optimization)', 'own − probe'], lines)
     table += '\n\n×-fold in tokens to reach an annealed loss, against linear:\n\n' + md(
         ['head', 'target loss', 'tokens / linear\'s, geometric mean [95% CI]', 'seeds'], fold_lines)
