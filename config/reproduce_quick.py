@@ -1,4 +1,4 @@
-# The quick preset of reproduce.py (ours; `--quick`): experiments 1, 3 and 4 at small sizes in ≤ 3 min on
+# The quick preset of reproduce.py (ours; `--quick`): experiments 1, 3 and 4 at small sizes in ≈ 3 min on
 # 2 CPU cores. A smoke test of the whole pipeline: experiment 3 stays near the unigram
 # stage here, so its stage gate fails and it concludes nothing; the CPU preset (the defaults of reproduce.py)
 # is the real run.
