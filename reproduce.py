@@ -1007,20 +1007,21 @@ def summary_exp3(c, runs, tokens):
     tables = {h['spec']: lr_table('exp3', runs[h['key']], head=h['spec'], rank=h['rank']) for h in heads}
     fresh = {spec: t['best_runs'] for spec, t in tables.items()}
     analyse_all(c, fresh, data, windows, bins, ranks)
+    ref_a = {r['seed']: r['analysis'] for r in fresh[ref]}  # the ceilings were fitted on ref's backbones
+
+    def ceiling(seed, rank):
+        """The rank-r ceiling on ref's backbone of this seed (r = D: ref's probe); None without one."""
+        if seed not in ref_a:
+            return None
+        if rank >= D:
+            return ref_a[seed]['probe_loss']
+        return ref_a[seed]['ceilings'][str(rank)]['loss']
+
     per, rows = {}, []
     for h in heads:
         t, rs = tables[h['spec']], fresh[h['spec']]
         rows += t['rows']
         a = [r['analysis'] for r in rs]
-        ref_a = {r['seed']: r['analysis'] for r in fresh[ref]}
-
-        def ceiling(seed):
-            if seed not in ref_a:
-                return None
-            if h['rank'] >= D:
-                return ref_a[seed]['probe_loss']
-            return ref_a[seed]['ceilings'][str(h['rank'])]['loss']
-
         per[h['spec']] = dict(label=h['label'], rank=h['rank'], best_lr=t['lr'], edge=t['edge'],
                               seeds=[r['seed'] for r in rs],
                               final_val_loss=[r['branches'][-1]['val_loss'] for r in rs],
@@ -1028,7 +1029,7 @@ def summary_exp3(c, runs, tokens):
                               report_loss=[x['report_loss'] for x in a],
                               probe_loss=[x['probe_loss'] for x in a],
                               probe_epochs=[x['probe_epochs'] for x in a],
-                              ceiling_loss=[ceiling(r['seed']) for r in rs],
+                              ceiling_loss=[ceiling(r['seed'], h['rank']) for r in rs],
                               annealed={r['seed']: [[b['tokens'], b['val_loss']] for b in r['branches']]
                                         for r in rs},
                               loss_by_frequency={n: [x['loss_by_frequency'][k] for x in a]
