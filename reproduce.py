@@ -17,7 +17,6 @@ unless --reuse or --overwrite.
 import concurrent.futures
 import csv
 import dataclasses
-import functools
 import glob
 import json
 import math
@@ -133,7 +132,14 @@ OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to 
         "std over seeds with ddof = 1"]
 HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-9]*)?"
                        r"(/(trained|random|select))?")
-say = functools.partial(print, flush=True)
+SAY_LOCK = threading.Lock()
+
+
+def say(line):
+    """Print one line whole: runs in parallel threads would otherwise interleave a line and its newline."""
+    with SAY_LOCK:
+        sys.stdout.write(line + '\n')
+        sys.stdout.flush()
 
 # -----------------------------------------------------------------------------
 # options

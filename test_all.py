@@ -2274,6 +2274,22 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
     assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 3
 
 
+def test_say_keeps_lines_whole_when_threads_print_to_a_pipe():
+    # print() writes a line and its newline apart: parallel runs' progress lines merged in a pipe
+    code = ("import sys, threading, reproduce\n"
+            "sys.setswitchinterval(1e-6)\n"
+            "def work(k):\n"
+            "    for i in range(3000):\n"
+            "        reproduce.say(f'[{k}] line {i} ' + 'x' * (i % 300))\n"
+            "threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n")
+    p = subprocess.run([sys.executable, '-c', code], cwd=HERE, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 12000 and all(line.startswith('[') and line.count('[') == 1 for line in lines)
+
+
 @pytest.mark.slow
 def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
     out = str(tmp_path / 'out')
