@@ -239,7 +239,7 @@ def grid(path, cells, x, xs, Vs, subtitle):
 
 def exp3(path, heads, xfold, base, bins, subtitle):
     """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}, report_loss,
-    probe_loss, ceiling_loss (on the report half of the validation windows), loss_by_frequency {bin: per
+    probe_loss, ceiling_loss (on the odd validation windows), loss_by_frequency {bin: per
     seed}} narrowest first, the widest (the reference of xfold) last; xfold {head: [dicts with level, ratio
     {mean, lo, hi}, censored, lower_bound]}."""
     plt = pyplot()
@@ -287,12 +287,12 @@ def exp3(path, heads, xfold, base, bins, subtitle):
     cx.set(ylabel='validation loss (nats per token)',
            title='loss by frequency of the target type (train split)\n'
                  'final checkpoint, bar: min–max over seeds')
-    dx.set_xticks([0, 1, 2], ['its own head', 'converged full-rank probe\n(its frozen backbone)',
+    dx.set_xticks([0, 1, 2], ['its own head', 'full-rank probe\n(its frozen backbone)',
                               'ceiling: rank-r head fitted\non the linear backbone'])
     for name, ls in (('unigram', ':'), ('bigram', '--')):
         dx.axhline(base[name], color='k', ls=ls, lw=1)
     dx.set_ylim(base['bigram'] - 1, base['unigram'] + 0.5)
-    dx.set(ylabel='validation loss, report half (nats per token)',
+    dx.set(ylabel='validation loss, odd windows (nats per token)',
            title='expressivity apart from optimization')
     fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3,
                fontsize=8)

@@ -90,7 +90,7 @@ e2_n_layer = 2
 e2_block_size = 2          # [BOS, s]: one determined position per sequence
 e2_eval_sequences = 2048   # held-out sequences per cell (whole batches)
 # experiment 3: text, head rank on one backbone: fixed-basis heads (rank the only difference; linear is r = D)
-e3_heads = 'narrow:2/select,narrow:8/select,narrow:32/select,linear'  # r = 2: the positive control
+e3_heads = 'narrow:2/select,narrow:8/select,linear'  # r = 2: the positive control
 e3_lrs = '1e-3,3e-3,1e-2'  # every head's best lay inside 3e-4 … 1e-2 in a first run
 e3_encoding = 'cl100k_base'
 e3_n_embd = 64
@@ -101,13 +101,14 @@ e3_max_iters = 720         # the longest budget, cooldown included: 737k tokens 
                            # Shakespeare's train split (271k tokens)
 e3_schedule_evals = 24     # evaluations along the stable phase (the meter's curve), on e3_eval_iters batches
 e3_eval_iters = 8          # ... the annealed ends, the sweep and experiment 5 read every validation window
-e3_budgets = 6             # warmup–stable–decay: cooldown branches at 1/6 … 6/6 of the stable phase
+e3_budgets = 4             # warmup–stable–decay: cooldown branches at 1/4 … 4/4 of the stable phase
 e3_cooldown = 0.2          # the last fraction of every budget: linear to lr/10
 e3_freq_bins = '64,1024'   # loss by frequency: the 64 most frequent types (train split), the next 1,024, rest
-e3_fit_lr = 3e-4           # the probe (warm-started from the run's own head): AdamW on frozen hidden states
-e3_ceiling_lr = 3e-3       # the ceilings (from the linear head's best rank-r approximation)
-e3_fit_patience = 4        # a fit stops after this many quarter-epoch evaluations without improvement on the
-e3_fit_max_epochs = 8      # first half of the validation windows; it is reported on the second half
+e3_fit_lr = 1e-3           # the probe (warm-started from the run's own head): AdamW on frozen hidden states
+e3_ceiling_lrs = '3e-3,3e-2'  # the ceilings (from the linear head's best rank-r approximation): one fit
+                           # per lr, the best on the stopping windows kept (r = 2 likes 3e-2, r = 8 3e-3)
+e3_fit_patience = 2        # a fit stops after this many half-epoch evaluations without improvement on the
+e3_fit_max_epochs = 1.5    # even validation windows, or at this cap; it is reported on the odd windows
 e3_spectrum_tokens = 2048  # the first validation tokens, for the spectrum of G
 e3_gate_unigram = 0.5      # stage gate: the widest head must end ≥ this many nats below the unigram loss
 e3_gate_bigram = 0.3       # ... and ≤ this many nats above the bigram loss
@@ -115,6 +116,7 @@ e3_gate_bigram = 0.3       # ... and ≤ this many nats above the bigram loss
 # at the linear head's best lr (swept on e3_lrs); wide/select at ×1 is the linear head itself
 e5_bases = 'select,random,trained'
 e5_head_lr_mults = '0.333,1,3'
+e5_trained_head_lr_mults = '0.1,0.333,1'  # the trained factorization's: its best was ×⅓ of ⅓, 1, 3 at first
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -314,11 +316,12 @@ def plan_text(c, e):
                 eval_iters=0, log_interval=total, save_checkpoints=e == '5')
     if e == '5':
         configs = []
-        for basis in str(c['e5_bases']).split(','):
-            for mult in numbers(c, 'e5_head_lr_mults'):
-                h = head_of(f"wide/{basis.strip()}", c['e3_n_embd'])
+        for basis in [b.strip() for b in str(c['e5_bases']).split(',')]:
+            mults = 'e5_trained_head_lr_mults' if basis == 'trained' else 'e5_head_lr_mults'
+            for mult in numbers(c, mults):
+                h = head_of(f"wide/{basis}", c['e3_n_embd'])
                 configs.append(dict(key=f"{h['key']}_x{mult:g}", label=f"{h['label']}, head lr ×{mult:g}",
-                                    info=dict(head=h['spec'], basis=basis.strip(), head_lr_mult=mult),
+                                    info=dict(head=h['spec'], basis=basis, head_lr_mult=mult),
                                     args={**full, **h['args'], 'head_lr_mult': mult}))
         return configs
     trunk = dict(base, max_iters=wsd['stable'], cooldown_iters=0, eval_interval=wsd['interval'],
@@ -889,17 +892,17 @@ def hidden_states(model, x):
 
 def fit_settings(c):
     """What an analysis depends on beyond the run: a --reuse with other settings analyses again."""
-    return dict(probe_lr=c['e3_fit_lr'], ceiling_lr=c['e3_ceiling_lr'], patience=c['e3_fit_patience'],
-                max_epochs=c['e3_fit_max_epochs'], stop='val half 1', report='val half 2')
+    return dict(probe_lr=c['e3_fit_lr'], ceiling_lrs=c['e3_ceiling_lrs'], patience=c['e3_fit_patience'],
+                max_epochs=c['e3_fit_max_epochs'], stop='val even windows', report='val odd windows')
 
 
 def fit(c, train, stop, B, A, lr):
-    """fit_head on the train split's hidden states and targets `train`, stopped on `stop` (the first half of
-    the validation windows: the backbone trained on every train token, so no slice of the train split can
-    tell a fit that generalizes from one that memorizes); evaluated every quarter epoch."""
+    """fit_head on the train split's hidden states and targets `train`, stopped on `stop` (the even
+    validation windows: the backbone trained on every train token, so no slice of the train split can
+    tell a fit that generalizes from one that memorizes); evaluated every half epoch."""
     H = torch.cat([train[0], stop[0]])
     y = torch.cat([train[1], stop[1]])
-    every = max(1, len(train[1]) // 4 // 4096)
+    every = max(1, len(train[1]) // 2 // 4096)
     return fit_head.fit_head(H, y, B, A, lr=lr, batch_tokens=4096, holdout=len(stop[1]) / len(y),
                              eval_every=every, patience=c['e3_fit_patience'],
                              max_epochs=c['e3_fit_max_epochs'], seed=c['seed'])
@@ -907,11 +910,11 @@ def fit(c, train, stop, B, A, lr):
 
 def analyse(c, rec, data, windows, bins, ranks):
     """From a fresh run's final checkpoint (its longest cooldown branch): the loss per validation window (and
-    its standard error), by frequency bin, the spectrum of G, and the converged probe: a full-rank head
+    its standard error), by frequency bin, the spectrum of G, and the probe: a full-rank head
     fitted on the frozen backbone's train-split hidden states, warm-started from the run's own head. The
     linear head's runs also fit the ceiling of each rank r in ranks: a trained B·A on this backbone, started
-    from the best rank-r approximation of its head. Fits stop on the validation windows' first half and are
-    reported, with the run's own head, on the second (report_*)."""
+    from the best rank-r approximation of its head. Fits stop on the even validation windows and are
+    reported, with the run's own head, on the odd ones (report_*)."""
     path = os.path.join(c['out'], 'exp3', rec['name'], f"cool{rec['branches'][-1]['iters']}", 'ckpt.pt')
     model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device'])
     model.eval().requires_grad_(False)
@@ -926,16 +929,20 @@ def analyse(c, rec, data, windows, bins, ranks):
     n = min(c['e3_spectrum_tokens'], len(y))
     m = measure_cli.measure(Hv[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
     train = (hidden_states(model, xt), yt.reshape(-1))
-    half = len(yv) // 2 * yv.size(1)  # whole windows
-    stop, report = (Hv[:half], y[:half]), (Hv[half:], y[half:])
+    # interleaved, not halves: both sets then sample every part of the split (its halves are other plays)
+    Hw = Hv.view(len(yv), yv.size(1), -1)  # (windows, T, D)
+    stop = (Hw[0::2].flatten(0, 1), yv[0::2].reshape(-1))
+    report = (Hw[1::2].flatten(0, 1), yv[1::2].reshape(-1))
     probe = fit(c, train, stop, W.detach().clone(), None, c['e3_fit_lr'])
     ceilings = {}
     if rec['info']['head'] == 'linear':
         for r in ranks:
             B, A = fit_head.rank_r_init(W.detach(), r)
-            ceiling = fit(c, train, stop, B, A, c['e3_ceiling_lr'])
+            tried = {lr: fit(c, train, stop, B, A, lr) for lr in numbers(c, 'e3_ceiling_lrs')}
+            lr = min(tried, key=lambda k: tried[k]['holdout_loss'])  # chosen on the stopping windows
+            ceiling = tried[lr]
             ceilings[str(r)] = dict(loss=fit_head.head_loss(*report, ceiling['B'], ceiling['A']),
-                                    epochs=ceiling['epochs'], stopped=ceiling['stopped'],
+                                    epochs=ceiling['epochs'], stopped=ceiling['stopped'], lr=lr,
                                     start=fit_head.head_loss(*report, B, A))
     by_bin = [loss[b == k].mean().item() if (b == k).any() else None for k in range(int(bins.max()) + 1)]
     spectrum = dict(tokens=n, rank_W=m['rank_W'], destroyed_ratio=m['destroyed_ratio'],
@@ -952,6 +959,7 @@ def analyse_all(c, fresh, data, windows, bins, ranks):
     goes."""
     todo = [r for runs in fresh.values() for r in runs
             if r.get('analysis', {}).get('settings') != fit_settings(c)]
+    todo.sort(key=lambda r: r['info']['head'] != 'linear')  # the ceilings' runs first: the longest
     for r in todo:
         ceilings = ', ceilings' if r['info']['head'] == 'linear' else ''
         say(f"exp3: analysing {r['name']}: window losses, probe{ceilings}")
@@ -970,7 +978,7 @@ def analyse_all(c, fresh, data, windows, bins, ranks):
 
 
 def decomposition(per, spec, ref):
-    """The head's rank effect against ref (linear), per seed, on the report half of the validation windows:
+    """The head's rank effect against ref (linear), per seed, on the odd (report) validation windows:
     the gap own − ref's own, split into expressivity (the rank-r ceiling − ref's probe, both on ref's
     backbone), backbone (this probe − ref's probe) and the rest (head optimization); and own − probe. Each a
     paired interval over the seeds."""
@@ -1096,13 +1104,14 @@ def summary_exp3(c, runs, tokens):
                         "window)",
                         "baselines from train counts: add-one unigram, Witten–Bell bigram",
                         f"probe (AdamW lr {c['e3_fit_lr']:g}, from the run's own head) and ceilings (lr "
-                        f"{c['e3_ceiling_lr']:g}, from the best rank-r approximation of the linear head): "
+                        f"{c['e3_ceiling_lrs']}, the best on the stopping windows, from the best rank-r "
+                        "approximation of the linear head): "
                         "fitted on the frozen final hidden states of the train split's windows until the "
-                        "loss on the first half of the validation windows has not improved for "
-                        f"{c['e3_fit_patience']} quarter-epoch evaluations (at most "
-                        f"{c['e3_fit_max_epochs']} epochs); probe, ceiling and own head reported on the "
-                        "second half (the backbone trained on every train token, so a train slice cannot "
-                        "stop a fit)",
+                        "loss on the even validation windows has not improved for "
+                        f"{c['e3_fit_patience']} half-epoch evaluations, or for at most "
+                        f"{c['e3_fit_max_epochs']:g} epochs (a budget, not convergence); probe, ceiling and "
+                        "own head reported on the odd windows (the backbone trained on every train token, "
+                        "so a train slice cannot stop a fit)",
                         "intervals: 95%, t over the fresh seeds, paired by seed; ×-fold: geometric mean of "
                         "tokens(head)/tokens(linear) to reach each annealed loss (log-tokens interpolated "
                         "between budgets)",
@@ -1115,8 +1124,8 @@ def summary_exp3(c, runs, tokens):
               f"{controls['data']}, {c['e3_encoding']} compacted (V = {V:,}), D = {D}, "
               f"{controls['epochs']:g} epochs, {len(per[ref]['seeds'])} fresh seeds")
     table = md(['head', 'best lr (sweep seed)', 'final val loss [95% CI] (± window SE)',
-                'own head, report half', 'converged probe, report half',
-                'ceiling (rank r on the linear backbone), report half', 'own − linear\'s own, report half',
+                'own head, odd windows', 'probe, odd windows',
+                'ceiling (rank r on the linear backbone), odd windows', 'own − linear\'s own, odd windows',
                 '= expressivity',
                 '+ backbone', '+ rest (head optimization)', 'own − probe'], lines)
     table += '\n\n×-fold in tokens to reach an annealed loss, against linear:\n\n' + md(
@@ -1170,10 +1179,9 @@ def summary_exp5(c, runs, tokens):
     configs = plan_text(c, '5')
     ref = next(x for x in configs if x['info']['basis'] == 'select' and x['info']['head_lr_mult'] == 1)
     sweep = lr_table('exp5', runs[ref['key']], head=ref['info']['head'])
-    se = {}
-    for x in configs:
-        for r in runs[x['key']]:
-            se[r['name']] = window_se(c, r, xv, yv)
+    every = [r for x in configs for r in runs[x['key']]]
+    ses = in_parallel(c, Tally(), lambda r: window_se(c, r, xv, yv), every)
+    se = dict(zip([r['name'] for r in every], ses))
     final = {}
     for x in configs:
         fresh = [r for r in runs[x['key']] if not r['sweep']]

@@ -2342,7 +2342,7 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
     (['--experiments=1,6'], 'subset of 1,2,3,4,5'),
     (['--e1_heads=linear/select'], "bad item 'linear/select'"),
-    (['--e3_max_iters=721'], 'must split into --e3_budgets=6 parts'),
+    (['--e3_max_iters=721'], 'must split into --e3_budgets=4 parts'),
     (['--quick', '--preset=gpu'], '--quick is --preset=quick'),
     (['--reuse', '--overwrite'], 'give one of the two'),
     (['--seeds=0'], '--seeds must be positive'),
@@ -2374,6 +2374,14 @@ def test_every_preset_validates(name, tmp_path):
     assert ({s['exp'] for s in specs} ==
             {f'exp{e}' for e in reproduce.chosen_experiments(c)['run'] if e != '4'})
     assert all(s['lr'] is not None or not s['sweep'] for s in specs)
+
+
+def test_exp5_gives_the_trained_factorization_its_own_multipliers():
+    c = reproduce.parse_options(['--device=cpu', '--e5_trained_head_lr_mults=0.1,0.333'])
+    cells = [(x['info']['basis'], x['info']['head_lr_mult']) for x in reproduce.plan_text(c, '5')]
+    assert cells == [('select', 0.333), ('select', 1.0), ('select', 3.0), ('random', 0.333), ('random', 1.0),
+                     ('random', 3.0), ('trained', 0.1), ('trained', 0.333)]
+    assert {x['args']['head_lr_mult'] for x in reproduce.plan_text(c, '5')} == {0.1, 0.333, 1.0, 3.0}
 
 
 @pytest.mark.slow

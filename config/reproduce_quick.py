@@ -18,5 +18,6 @@ e3_block_size = 32
 e3_max_iters = 160         # stable phase 128 steps, budgets at 64 and 128 (+ cooldowns 16 and 32)
 e3_budgets = 2
 e3_schedule_evals = 8
-e3_fit_max_epochs = 1      # a smoke test: the fits stop after one epoch, unconverged
+e3_fit_max_epochs = 0.5    # a smoke test: the fits stop after half an epoch, unconverged
+e3_ceiling_lrs = '3e-2'    # one ceiling fit, not a choice of two
 e3_spectrum_tokens = 1024
