@@ -39,7 +39,7 @@ cfg = state['config']
 model = checkpoint.model_from_checkpoint(state).to(device).eval()
 
 # the tokenizer: none for SpamLang; tiktoken for text, with the map of a compacted vocabulary if there is one
-text = cfg['data'] != 'spamlang'
+text = cfg['data'] != 'spamlang' and cfg['data'].split(':')[0] != 'hmm'
 enc = textdata.get_encoding(cfg['encoding']) if text else None
 id_map = state.get('id_map')  # compact id -> the tokenizer's id, or None
 if c['start_ids']:

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import bench
 import checkpoint
+import hmm
 import options
 import runtime
 import textdata
@@ -1193,6 +1194,31 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
                              f'--out_dir={out}')
     assert code == 0, err  # intended changes (new data, more steps) are allowed when said so
     assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
+
+
+def test_hmm_data_logs_its_floor_and_resumes_its_stream(tmp_path):
+    args = [*TINY_RUN, '--data=hmm:4', '--eval_interval=3']
+    full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
+    assert run_train(*args, '--max_iters=6', f'--out_dir={full}')[0] == 0
+    assert run_train(*args, '--max_iters=3', f'--out_dir={part}')[0] == 0
+    code, out, err = run_train(*args, '--max_iters=6', '--allow_changes=True', '--init_from=resume',
+                               f'--out_dir={part}')
+    assert code == 0, err
+    # the language's stream resumes where it stopped: the same losses, step for step
+    steps = lambda d: [(r['iter'], r['loss']) for r in read_log(d, 'train')]
+    assert steps(part) == steps(full) and len(steps(full)) == 6
+    floor = hmm.Language(64, 4).floor(8)
+    evals = read_log(full, 'eval')
+    assert len(evals) >= 2 and {r['floor'] for r in evals} == {floor} and f"(floor {floor:.4f})" in out
+    code, _, err = run_train('--init_from=resume', '--data=hmm:8', '--max_iters=9', f'--out_dir={full}')
+    assert code == 1 and "differs from the checkpoint's 'hmm:4'" in err and err.count('\n') == 1, err
+    # measure.py reads the language back from the checkpoint's config
+    c = measure_cli.parse_args([f"--ckpt={full}/ckpt.pt", '--n_tokens=64', '--batch_size=4'])
+    H, Y, W, _, _, _ = measure_cli.source_ckpt(c, 'cpu')
+    assert H.shape == (64, 16) and (hmm.Language(64, 4).state_of[Y] >= 0).all()
+    code, _, err = run_train('--data=hmm:x', '--max_iters=1', f'--out_dir={tmp_path}/bad')
+    assert code == 1 and err.strip() == 'error: --data=hmm:x: write hmm or hmm:S, S a whole number of ' \
+        'states, e.g. hmm:16', err
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
 """
 Tests of the science helpers reproduce.py's experiments use: stats.py (t intervals, paired tests, geometric
-means, x-fold token ratios of annealed loss curves) and fit_head.py (heads fitted on frozen hidden states).
+means, x-fold token ratios of annealed loss curves), fit_head.py (heads fitted on frozen hidden states) and
+hmm.py (the synthetic language with an exact floor).
 Each checks against an independent reference: hand computations, closed forms of the t CDF, synthetic loss
-curves with a known x-fold answer, a synthetic softmax problem with a known optimum, torch's SVD.
+curves with a known x-fold answer, a synthetic softmax problem with a known optimum, torch's SVD, Monte
+Carlo estimates.
 
     python -m pytest -q test_science.py         # a few seconds on one core
 """
@@ -13,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import fit_head
+import hmm
 import stats
+from options import ConfigError
 
 # -----------------------------------------------------------------------------
 # stats.py: t quantiles, intervals, paired tests
@@ -311,3 +315,56 @@ def test_rank_r_init_is_the_truncated_svd():
     assert torch.allclose(A @ A.t(), torch.diag(S[:r]), atol=1e-12)
     with pytest.raises(ValueError, match="rank r"):
         fit_head.rank_r_init(W, 11)
+
+
+# -----------------------------------------------------------------------------
+# hmm.py: the language with an exact floor
+
+
+def test_hmm_floor_matches_monte_carlo():
+    lang = hmm.Language(513, states=16)
+    x, y = lang.get_batch(256, 64, torch.Generator().manual_seed(0))
+    assert (x[:, 0] == hmm.BOS).all() and (x[:, 1:] == y[:, :-1]).all() and (lang.state_of[y] >= 0).all()
+    # positions >= 1: the mean of -log p(y_t | y_{t-1}) under the exact conditional estimates the entropy rate
+    nll = -lang.log_prob(y[:, :-1], y[:, 1:]).flatten()
+    assert torch.isfinite(nll).all()
+    assert abs(nll.mean().item() - lang.entropy_rate()) < 4 * nll.std().item() / nll.numel() ** 0.5
+    # position 0: y_1 comes from the stationary state and its emission
+    s = lang.state_of[y[:, 0]]
+    rank = (lang.group[s] == y[:, :1]).float().argmax(-1)
+    first = -(torch.log(lang.pi[s]) + torch.log(lang.E[s, rank]))
+    assert abs(first.mean().item() - lang.first_entropy()) < 4 * first.std().item() / 256 ** 0.5
+    assert lang.floor(64) == pytest.approx((lang.first_entropy() + 63 * lang.entropy_rate()) / 64)
+    # the chain is stationary: the state frequencies at every position follow pi
+    counts = torch.bincount(lang.state_of[y].flatten(), minlength=16).double() / y.numel()
+    assert (counts - lang.pi).abs().max() < 0.01
+    # a rough language has a floor between 0 and log V, below the unigram entropy
+    assert 0 < lang.entropy_rate() < lang.first_entropy() < math.log(512)
+
+
+def test_hmm_log_probability_matrix_has_rank_at_most_states_plus_one():
+    lang = hmm.Language(97, states=6)  # 96 symbols, 16 per state
+    symbols = lang.group.flatten()
+    xs, ys = symbols.repeat_interleave(96), symbols.repeat(96)
+    L = lang.log_prob(xs, ys).view(96, 96)
+    assert torch.allclose(L.exp().sum(1), torch.ones(96, dtype=torch.float64))  # each row a distribution
+    first = torch.log(lang.pi[lang.state_of[symbols]]) + torch.log(lang.E[0])[
+        (lang.group[lang.state_of[symbols]] == symbols.unsqueeze(1)).float().argmax(1)]
+    assert torch.allclose(first.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.linalg.matrix_rank(torch.cat([L, first.unsqueeze(0)])).item() <= 7
+
+
+def test_hmm_batches_follow_the_generator_and_bad_specs_are_refused():
+    lang = hmm.Language(1024)
+    a = lang.get_batch(4, 16, torch.Generator().manual_seed(3))
+    b = lang.get_batch(4, 16, torch.Generator().manual_seed(3))
+    c = lang.get_batch(4, 16, torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    # the language is fixed by LANGUAGE_SEED, not by the run
+    assert torch.equal(hmm.Language(1024).P, lang.P) and torch.equal(hmm.Language(1024).group, lang.group)
+    assert hmm.corpus('hmm:8', 256)['language'].states == 8 and hmm.corpus('hmm', 1024)['fingerprint'] != (
+        hmm.corpus('hmm:8', 1024)['fingerprint'])
+    with pytest.raises(ConfigError, match='write hmm or hmm:S'):
+        hmm.corpus('hmm:x', 256)
+    with pytest.raises(ConfigError, match='raise --vocab_size or lower S'):
+        hmm.corpus('hmm:200', 256)

@@ -140,10 +140,13 @@ def tokenize_text(path, encoding, cache_dir=None, compact=False):
 
 
 def load_data(c, cache_dir=None):
-    """From c['data'] ('spamlang', a .txt or a token file): a dict with kind, vocab_size, fingerprint, and for
-    text the train/val token arrays (first 90% / last 10%)."""
+    """From c['data'] ('spamlang', 'hmm[:S]', a .txt or a token file): a dict with kind, vocab_size,
+    fingerprint, and for text the train/val token arrays (first 90% / last 10%)."""
     if c['data'] == 'spamlang':
         return dict(kind='spamlang', vocab_size=c['vocab_size'], fingerprint=f"spamlang-V{c['vocab_size']}")
+    if c['data'].split(':')[0] == 'hmm':
+        import hmm  # the synthetic language with an exact floor
+        return hmm.corpus(c['data'], c['vocab_size'])
     path = c['data']
     if not os.path.isfile(path):
         raise ConfigError(f"data file {path!r} not found: "
@@ -182,6 +185,8 @@ def get_batch(data, split, batch_size, block_size, generator, device):
     generator: a checkpoint's data stream then resumes on any device); the batch is moved afterwards."""
     if data['kind'] == 'spamlang':
         x, y = spamlang.get_batch(batch_size, block_size, data['vocab_size'], generator)
+    elif data['kind'] == 'hmm':
+        x, y = data['language'].get_batch(batch_size, block_size, generator)
     else:
         ids = data[split]
         ix = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).tolist()

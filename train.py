@@ -1,9 +1,10 @@
 """
-Train a GPT whose LM head is chosen by name, on SpamLang (default) or on real text.
+Train a GPT whose LM head is chosen by name, on SpamLang (default), a language with a known floor, or text.
 
     python train.py --head=wide                      # SpamLang, full-rank head: learns it (2 CPU cores)
     python train.py --head=narrow                    # the same model with a rank-4 head: fails
     python train.py --head=wide --data=input.txt     # text, tokenized once with cl100k_base (V = 100,277)
+    python train.py --head=wide --data=hmm           # hmm.py's language: the eval line shows its floor
     python train.py --head=wide --init_from=resume   # continue out/spamlang_wide/ckpt.pt
     python train.py config/train_gpu.py --head=wide  # options from a file; the command line wins
     torchrun --standalone --nproc_per_node=2 train.py --head=wide
@@ -43,10 +44,10 @@ eval_interval = 500        # steps between evaluations (and checkpoints)
 eval_iters = 10            # held-out batches per evaluation (text: 0 = every window of the validation split)
 meter_every_step = False   # the live meter (grad_destroyed, grad_cosine) on every step, not only at evals
 # data
-data = 'spamlang'          # spamlang, a .txt file (tokenized once, cached beside it) or a token file
+data = 'spamlang'          # spamlang, hmm[:S] (hmm.py), a .txt file (tokenized once, cached) or a token file
 encoding = 'cl100k_base'   # tiktoken encoding for .txt data
 compact_vocab = False      # .txt data: only the token ids that occur (V = their count; decoded through a map)
-vocab_size = 1024          # SpamLang only; text takes V from its tokenizer
+vocab_size = 1024          # SpamLang and hmm; text takes V from its tokenizer
 batch_size = 32            # sequences per micro-batch
 block_size = 32            # sequence length T
 gradient_accumulation_steps = None  # micro-batches per step over all processes; None = one per process
@@ -101,12 +102,13 @@ dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' 
 compile = device_type == 'cuda' if compile is None else compile
 options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval',
                  'learning_rate', 'head_lr_mult')
-if eval_iters < 0 or (eval_iters == 0 and data == 'spamlang'):
+synthetic = data == 'spamlang' or data.split(':')[0] == 'hmm'  # drawn on the fly: no splits, no windows
+if eval_iters < 0 or (eval_iters == 0 and synthetic):
     raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {eval_iters}")
 if not 0 <= dropout < 1 or min(min_lr, cooldown_iters) < 0:
     raise ConfigError(f"need 0 ≤ --dropout < 1, --min_lr ≥ 0, --cooldown_iters ≥ 0: got {dropout}, {min_lr}, "
                       f"{cooldown_iters}")
-data_name = 'spamlang' if data == 'spamlang' else os.path.splitext(os.path.basename(data))[0].split('.')[0]
+data_name = data.replace(':', '') if synthetic else os.path.splitext(os.path.basename(data))[0].split('.')[0]
 try:
     out_dir = out_dir.format(**{k: globals()[k] for k in config}, dataset=data_name)
 except (KeyError, IndexError, ValueError) as e:
@@ -126,6 +128,9 @@ elif os.path.exists(ckpt_path) and not overwrite:
                       f"--overwrite=True, or choose another --out_dir")
 if data == 'spamlang':
     corpus = dict(kind='spamlang', vocab_size=vocab_size, fingerprint=f"spamlang-V{vocab_size}")
+elif synthetic:
+    import hmm  # a synthetic language with an exact floor: an optional source
+    corpus = hmm.corpus(data, vocab_size)
 else:
     import textdata  # text is an optional source: tokenizer, token files and their batches live there
     corpus = textdata.load_data({k: globals()[k] for k in config})
@@ -222,6 +227,8 @@ def get_batch(split, gen):
     """x, y: (B, T) on the CPU, drawn by the CPU generator `gen` (a checkpoint then resumes on any device)."""
     if corpus['kind'] == 'spamlang':
         return spamlang.get_batch(batch_size, block_size, vocab_size, gen)
+    if corpus['kind'] == 'hmm':
+        return corpus['language'].get_batch(batch_size, block_size, gen)
     return textdata.get_batch(corpus, split, batch_size, block_size, gen, 'cpu')
 
 
@@ -231,7 +238,7 @@ def evaluate():
     fixed non-overlapping windows of the validation split) and the gradient-bottleneck meter on the first
     batch."""
     model.eval()
-    if corpus['kind'] == 'spamlang':
+    if synthetic:
         gen = spamlang.make_generator(seed + 1)  # the same held-out batches at every evaluation
         batches = [get_batch('val', gen) for _ in range(eval_iters)]
     else:
@@ -321,6 +328,9 @@ def eval_and_save():
                    exposures_per_symbol=spamlang.exposures_per_symbol(sequences, vocab_size))
         line = (f"eval {iter_num}: val loss {m['loss']:.4f}, acc {100 * m['acc']:.2f}% (positions ≥ 1; "
                 f"position 0 loss {m['loss_pos0']:.2f}), {rec['exposures_per_symbol']:.1f} exposures/symbol")
+    if corpus['kind'] == 'hmm':  # the least loss any model can reach on these windows
+        rec['floor'] = corpus['language'].floor(block_size)
+        line += f" (floor {rec['floor']:.4f})"
     log('eval', rec, line + f", grad destroyed {m['grad_destroyed']:.4f} (cos {m['grad_cosine']:.4f}, "
                            f"{m['visible_over_chance']:.2f}× chance)")
     save()
