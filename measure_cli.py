@@ -61,6 +61,8 @@ batch_size = 8           # sequences per forward pass
 chunk = 512              # rows of G held at once: memory O(chunk·V + V·D)
 spectrum_tokens = 2048   # the first tokens of the set, for the spectrum (cost ∝ tokens²·V)
 direction_tokens = 1024  # the first tokens of the set, for the direction test
+step_tokens = 0          # the first tokens of the set, for the realizable share, c_H, c_W, c* (one step's;
+                         # 0 = the checkpoint's tokens per step, batch_size × block_size otherwise)
 top_k = 1000             # the spectrum reports the energy held by the top k components too
 dtype = 'float64'        # precision of G and its projections: float64 or float32
 device = 'auto'          # auto = cuda if available, else cpu
@@ -119,10 +121,12 @@ def spectrum(H, targets, W, bias=None, chunk=512, dtype=torch.float64):
     return torch.linalg.eigvalsh(K).flip(0).clamp(min=0)
 
 
-def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
+def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL, ey_k=None):
     """Ranks and energy fractions (cumulative σ² / Σσ²) of a spectrum σ² (descending). A first-order update
-    of the hidden states and a head of rank r changes the logits by at most rank 2r, so by Eckart–Young the
-    energy beyond the top k = 2r components is out of reach of any such update: the floor."""
+    of the hidden states and the head changes the logits by a matrix of rank at most ey_k (update_rank; 2r
+    for a plain head of rank r), so by Eckart–Young the energy beyond the top ey_k components is out of reach
+    of any such update: the floor."""
+    ey_k = 2 * rank_W if ey_k is None else ey_k
     sig2 = sig2.double()
     energy = sig2.cumsum(0) / sig2.sum()
     s = sig2.sqrt()
@@ -133,7 +137,7 @@ def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
     out = {'numerical_rank': int((s > rtol * s[0]).sum()),
            'effective_rank': effective_rank,
            'energy_top_r': at(rank_W), 'energy_top_2r': at(2 * rank_W), 'energy_top_k': at(top_k),
-           'top_k': top_k, 'ey_k': 2 * rank_W, 'ey_floor': max(0.0, 1 - at(2 * rank_W))}
+           'top_k': top_k, 'ey_k': ey_k, 'ey_floor': max(0.0, 1 - at(ey_k))}
     for level in ENERGY_LEVELS:
         level_t = torch.tensor(level - 1e-12, dtype=energy.dtype, device=energy.device)
         out[f'components_{level:g}'] = int(torch.searchsorted(energy, level_t).item()) + 1
@@ -142,12 +146,96 @@ def spectrum_stats(sig2, rank_W, top_k=1000, rtol=RANK_RTOL):
 
 def head_update(S, factors=None):
     """The change of the effective matrix W that a gradient step on the head's own parameters makes, for the
-    gradient S = ∂L/∂W (V, D): S itself for a plain head; for W = B·A, first order,
-    ΔW = (S Aᵀ) A + B (Bᵀ S)."""
+    gradient S = ∂L/∂W (V, D): S itself for a plain head; for W = B·A (factors = (B, A, A trained)), first
+    order, ΔW = (S Aᵀ) A + B (Bᵀ S), without the second term when A is fixed."""
     if factors is None:
         return S
-    B, A = (f.to(S) for f in factors)
-    return (S @ A.T) @ A + B @ (B.T @ S)
+    B, A = (f.to(S) for f in factors[:2])
+    dW = (S @ A.T) @ A
+    if factors[2]:
+        dW = dW + B @ (B.T @ S)
+    return dW
+
+
+def update_bases(H, W, factors=None):
+    """Orthonormal bases (fp64) of the four spaces that bound a first-order logit change ΔU (N, V) of the
+    tokens H (N, D): col(W) and the row space its hidden-state term reaches (W_), col(H) (H_), the columns of
+    the head's own term (K_: col(H Aᵀ) for W = B·A, col(H) for a plain head) and the rows of the A-term (B_:
+    col(B) when A is trained, else col(W))."""
+    Q_W, Q_H = column_basis(W), column_basis(H)
+    if factors is None:
+        return dict(W_=Q_W, H_=Q_H, K_=Q_H, B_=Q_W)
+    B, A, trained = factors
+    Q_K = column_basis(H.double() @ A.double().T)
+    return dict(W_=Q_W, H_=Q_H, K_=Q_K, B_=column_basis(B) if trained else Q_W)
+
+
+def update_rank(bases):
+    """The largest rank of a first-order logit change ΔU (realizable's blocks): every reachable ΔU has its
+    nonzero blocks in the rows of col(H) or the columns of col(W), and in the rows of col(H Aᵀ) or the
+    columns of col(B), so rank ΔU ≤ min(rank H + rank W, rank HAᵀ + rank B), and a generic step reaches it
+    (tested). Full ranks: 2D for a plain head, 2r for W = B·A with r ≤ D, 2D again for r > D (not
+    min(2D, r) + D: the H ΔAᵀ Bᵀ and H Aᵀ ΔBᵀ terms share col(H)), 2·min(r, D) with A fixed."""
+    k = {name: Q.size(1) for name, Q in bases.items()}
+    return min(k['H_'] + k['W_'], k['K_'] + k['B_'])
+
+
+@torch.no_grad()
+def realizable(H, targets, W, bias=None, factors=None, chunk=512, dtype=torch.float64, null_perms=8, seed=0):
+    """What one first-order step can do to the logits U of these N tokens (ours; measure() passes the tokens
+    of one training step). The reachable changes are S = {ΔH Wᵀ + H ΔWᵀ}: for a plain head every ΔU whose
+    rows lie in col(W) plus every ΔU whose columns lie in col(H); for W = B·A the hidden-state and A-terms
+    have rows in col(B) (col(W) with A fixed), the B-term columns in col(H Aᵀ). Returns
+        realizable_share   ‖P_S G‖²/‖G‖²: the share of G's energy that some step can realize (in blocks:
+                           ‖G Π_W‖² + ‖Π_H G (Π_B − Π_W)‖² + ‖Π_K G (I − Π_B)‖²)
+        c_H, c_W           cos(−G, U_H), cos(−G, U_W): U_H = G W Wᵀ, the change a gradient step on the hidden
+                           states alone makes; U_W = H ΔWᵀ, ΔW = head_update(Gᵀ H), the head's alone
+        c_star             max over a, b of cos(−G, a U_H + b U_W): the best mix of the two steps
+        visible_over_chance_null   c²·V/rank(W) with W's rows permuted (null_perms draws): the figure a W
+                           with the same spectrum but rows unrelated to the targets reaches (mean, sd)."""
+    bases = {k: Q.to(H.device, dtype) for k, Q in update_bases(H, W, factors).items()}
+    Wd, Hd = W.to(dtype), H.to(dtype)
+    V = W.size(0)
+    gen = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(V, generator=gen).to(H.device) for _ in range(null_perms)]
+    g2 = t1 = 0.0
+    null = [0.0] * null_perms
+    XH = torch.zeros(bases['H_'].size(1), V, dtype=dtype, device=H.device)       # Q_Hᵀ G
+    XK = torch.zeros(bases['K_'].size(1), V, dtype=dtype, device=H.device)       # Q_Kᵀ G
+    S = torch.zeros_like(Wd)                                                     # (V, D): Gᵀ H
+    gW2 = gWWtW = 0.0
+    WtW = Wd.T @ Wd
+    for i, j in _chunks(len(H), chunk):
+        G = _grad_block(H, targets, W, bias, i, j, dtype)[1]                     # (n, V)
+        g2 += G.pow(2).sum().item()
+        t1 += (G @ bases['W_']).pow(2).sum().item()
+        for p, perm in enumerate(perms):
+            null[p] += (G @ bases['W_'][perm]).pow(2).sum().item()
+        XH += bases['H_'][i:j].T @ G
+        XK += bases['K_'][i:j].T @ G
+        S += G.T @ Hd[i:j]
+        M = G @ Wd                                                               # (n, D): the rows of G W
+        gW2 += M.pow(2).sum().item()
+        gWWtW += ((M @ WtW) * M).sum().item()
+    t2 = (XH @ bases['B_']).pow(2).sum().item() - (XH @ bases['W_']).pow(2).sum().item()
+    t3 = XK.pow(2).sum().item() - (XK @ bases['B_']).pow(2).sum().item()
+    dW = head_update(S, factors)
+    # inner products of G, U_H = G W Wᵀ and U_W = H ΔWᵀ from D-sized factors: no N×V product is formed
+    gram = torch.tensor([[gWWtW, (Wd @ (Wd.T @ S) * dW).sum().item()],
+                         [0.0, ((dW @ (Hd.T @ Hd)) * dW).sum().item()]], dtype=torch.float64)
+    gram[1, 0] = gram[0, 1]
+    v = torch.tensor([gW2, (S * dW).sum().item()], dtype=torch.float64)
+    norms = gram.diagonal().clamp_min(1e-300).sqrt()
+    best = (v @ torch.linalg.pinv(gram) @ v).clamp_min(0).item()
+    rank = bases['W_'].size(1)
+    chance = [x / g2 * V / rank for x in null]
+    return {'realizable_share': min(1.0, (t1 + t2 + t3) / g2), 'realizable_rank': update_rank(bases),
+            'c_H': (v[0] / (norms[0] * math.sqrt(g2))).item(),
+            'c_W': (v[1] / (norms[1] * math.sqrt(g2))).item(),
+            'c_star': min(1.0, math.sqrt(best / g2)),
+            'visible_over_chance_null': {'mean': sum(chance) / len(chance),
+                                         'sd': float(torch.tensor(chance).std()) if len(chance) > 1 else 0.0,
+                                         'perms': null_perms}}
 
 
 @torch.no_grad()
@@ -197,12 +285,15 @@ def direction_test(H, targets, W, bias=None, chunk=512, dtype=torch.float64, ste
 
 
 def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction_tokens=1024, top_k=1000,
-            dtype=torch.float64, factors=None):
+            dtype=torch.float64, factors=None, step_tokens=1024):
     """Everything, from final hidden states H (N, D), targets (N,) and the effective output matrix W (V, D);
-    factors = (B, A) when W = B·A (a factorized head: its own update enters the direction test)."""
+    factors = (B, A, A trained) when W = B·A (a factorized head: its own update enters the direction test,
+    the realizable share and the Eckart–Young rank). The realizable share, c_H, c_W, c* and the null are
+    taken on the first step_tokens tokens: one training step's (they depend on N)."""
     H, W = H.float(), W.detach().float()
     bias = None if bias is None else bias.detach().float()
-    factors = None if factors is None else tuple(f.detach().float() for f in factors)
+    if factors is not None:
+        factors = (factors[0].detach().float(), factors[1].detach().float(), bool(factors[2]))
     V, D = W.shape
     total, visible, loss, rank = per_token(H, targets, W, bias, chunk, dtype)
     frac = (visible.sum() / total.sum()).clamp(0, 1).item()
@@ -212,10 +303,14 @@ def measure(H, targets, W, bias=None, chunk=512, spectrum_tokens=2048, direction
            'random_baseline': math.sqrt(1 - rank / V), 'visible_over_chance': frac * V / rank,
            'per_token': {'mean': r_tok.mean().item(),
                          **{f'q{int(100 * q):02d}': r_tok.quantile(q).item() for q in QUANTILES}}}
+    if step_tokens > 0:
+        n = min(step_tokens, len(H))
+        out['step'] = {'n_tokens': n, **realizable(H[:n], targets[:n], W, bias, factors, chunk, dtype)}
     if spectrum_tokens > 0:
         n = min(spectrum_tokens, len(H))
         sig2 = spectrum(H[:n], targets[:n], W, bias, chunk, dtype)
-        out['spectrum'] = {'n_tokens': n, **spectrum_stats(sig2, rank, top_k)}
+        ey_k = update_rank(update_bases(H[:n], W, factors))
+        out['spectrum'] = {'n_tokens': n, **spectrum_stats(sig2, rank, top_k, ey_k=ey_k)}
         out.update(ey_floor=out['spectrum']['ey_floor'], ey_k=out['spectrum']['ey_k'])
         out['_sig2'] = sig2  # for --plot; not written to JSON
     if direction_tokens > 0:
@@ -240,8 +335,10 @@ def batches_from(data_cfg, c, n_batches, block, device):
 
 
 def head_factors(lm_head):
-    """(B, A) of a factorized head (its real rows only), None for a plain one."""
-    return (lm_head.B[:lm_head.vocab_size], lm_head.A) if hasattr(lm_head, 'A') else None
+    """(B, A, A trained) of a factorized head (its real rows only), None for a plain one."""
+    if not hasattr(lm_head, 'A'):
+        return None
+    return lm_head.B[:lm_head.vocab_size], lm_head.A, isinstance(lm_head.A, torch.nn.Parameter)
 
 
 @torch.no_grad()
@@ -274,7 +371,10 @@ def source_ckpt(c, device):
     H, Y = hidden_of_gpt(model, batches)
     desc = (f"checkpoint {path} (iter {ck.get('iter_num', '?')}, {saved['head']} head, "
             f"data {data_cfg['data']})")
-    about = dict(source=desc, head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'])
+    accumulation = saved.get('gradient_accumulation_steps') or 1
+    per_step = saved.get('batch_size', 0) * saved['block_size'] * accumulation  # 0: unknown
+    about = dict(source=desc, head=saved['head'], iter=ck.get('iter_num'), data=data_cfg['data'],
+                 step_tokens=per_step)
     return H, Y, model.lm_head.effective_weight(), None, head_factors(model.lm_head), about
 
 
@@ -379,6 +479,8 @@ def parse_args(argv):
     if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
         raise ConfigError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
     options.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
+    if c['step_tokens'] < 0:
+        raise ConfigError(f"--step_tokens must be ≥ 0 (0: a training step's tokens), got {c['step_tokens']}")
     for key, ext in (('json_out', '.json'), ('plot', '.png')):  # checked before the work, not after it
         folder = os.path.dirname(os.path.abspath(c[key])) if c[key] else None
         if folder and (os.path.isdir(c[key]) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
@@ -413,7 +515,17 @@ def report(m, desc, seconds):
               f"top k = {s['top_k']}: {s['energy_top_k']:.4f}  (r = rank(W))")
         counts = ', '.join(f"{100 * l:g}%: {s[f'components_{l:g}']:,}" for l in ENERGY_LEVELS)
         print("    components for {}".format(counts))
-        print(f"    Eckart–Young floor Σ_(i>k) σ² / Σ σ² at k = 2r = {s['ey_k']}: {s['ey_floor']:.4f}")
+        print(f"    Eckart–Young floor Σ_(i>k) σ² / Σ σ² at k = {s['ey_k']} (the largest rank of a "
+              f"first-order step): {s['ey_floor']:.4f}")
+    if 'step' in m:
+        s = m['step']
+        null = s['visible_over_chance_null']
+        print(f"  one step ({s['n_tokens']:,} tokens): realizable share of ‖G‖² {s['realizable_share']:.4f} "
+              f"(hidden states and head, first order; rank ≤ {s['realizable_rank']})")
+        print(f"    cos(−G, step): hidden states c_H {s['c_H']:.4f}, head c_W {s['c_W']:.4f}, best mix c* "
+              f"{s['c_star']:.4f}")
+        print(f"    visible energy over chance with the rows of W permuted (the null): {null['mean']:.2f} "
+              f"± {null['sd']:.2f} ({null['perms']} draws)")
     if 'direction' in m:
         d = m['direction']
         print(f"  direction test ({d['n_tokens']:,} tokens): loss decrease of equal-norm logit steps")
@@ -436,7 +548,7 @@ def draw(m, path):
     for k, style, name in ((r, '--', 'r = rank(W)'), (2 * r, ':', '2r')):
         ax.axvline(k, color='k', ls=style, lw=1, label=f'{name} = {k}')
     floor = m['spectrum']['ey_floor']
-    ax.axhline(1 - floor, color='r', lw=1, label=f'top-2r energy = 1 − floor ({floor:.3f})')
+    ax.axhline(1 - floor, color='r', lw=1, label=f"top-{m['ey_k']} energy = 1 − floor ({floor:.3f})")
     ax.set(xscale='log', xlabel='components', ylabel='energy fraction', ylim=(0, 1.01),
            title=f"V = {m['V']:,}, D = {D}, N = {m['spectrum']['n_tokens']:,}")
     ax.legend(loc='lower right')
@@ -451,8 +563,9 @@ def main(argv):
     H, Y, W, bias, factors, about = source(c, c['device'])
     n = min(c['n_tokens'], len(H))
     keep = Y[:n] >= 0
+    step = c['step_tokens'] or about.get('step_tokens') or c['batch_size'] * (c['block_size'] or 32)
     m = measure(H[:n][keep], Y[:n][keep], W, bias, c['chunk'], c['spectrum_tokens'], c['direction_tokens'],
-                c['top_k'], getattr(torch, c['dtype']), factors)
+                c['top_k'], getattr(torch, c['dtype']), factors, step)
     report(m, about['source'], time.time() - t0)
     if c['json_out']:
         with open(c['json_out'], 'w') as f:

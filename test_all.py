@@ -1460,10 +1460,10 @@ def test_measure_spectrum_rank_and_gram_paths():
     assert energy[s['components_0.7'] - 1] >= 0.7 > energy[s['components_0.7'] - 2]
 
 
-def test_measure_eckart_young_floor_at_twice_the_head_rank():
-    """The energy of G beyond its top k = 2·rank(W) components: out of reach of any first-order update of
-    the hidden states and a head of that rank. A hand-built spectrum, then a rank-3 head (D = 16) through
-    measure()."""
+def test_measure_eckart_young_floor_at_the_rank_of_a_step():
+    """The energy of G beyond its top k components, k the largest rank of a first-order step (2·rank(W) for a
+    rank-r factorization, r ≤ D): out of reach of any update of the hidden states and the head. A hand-built
+    spectrum, then a rank-3 head (D = 16) through measure()."""
     s = measure_cli.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
     assert s['ey_k'] == 2 and s['ey_floor'] == pytest.approx(4 / 16, abs=1e-15)
     tops = (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k'])
@@ -1474,12 +1474,16 @@ def test_measure_eckart_young_floor_at_twice_the_head_rank():
     assert s['effective_rank'] == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-6)
     g = torch.Generator().manual_seed(0)
     V, D, r, N = 120, 16, 3, 90
-    W = torch.randn(V, r, generator=g) @ torch.randn(r, D, generator=g)
+    B, A = torch.randn(V, r, generator=g), torch.randn(r, D, generator=g)
+    W = B @ A
     H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
-    m = measure_cli.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0)
+    m = measure_cli.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0, factors=(B, A, True))
     sig2 = torch.linalg.svdvals(softmax_minus_onehot(H @ W.T, y)).pow(2)
     assert m['rank_W'] == r and m['ey_k'] == 2 * r
     assert m['ey_floor'] == pytest.approx(1 - (sig2[:2 * r].sum() / sig2.sum()).item(), abs=1e-6)
+    # the same matrix as a plain V×D head: its own step H ΔWᵀ reaches rank D, so k = r + D, not 2r
+    plain = measure_cli.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0, step_tokens=0)
+    assert plain['ey_k'] == r + D and 'step' not in plain
 
 
 def direction_ref(H, y, W, step, factors=None):
@@ -1493,7 +1497,7 @@ def direction_ref(H, y, W, step, factors=None):
         Wp = Wd.clone().requires_grad_()
         params, W_of = (Wp,), lambda eta, g: Wp - eta * g[0]
     else:
-        B, A = (f.detach().double().requires_grad_() for f in factors)
+        B, A = (f.detach().double().requires_grad_() for f in factors[:2])
         params, W_of = (B, A), lambda eta, g: (B - eta * g[0]) @ (A - eta * g[1])
     W0 = W_of(0, (0, 0))
     loss = F.cross_entropy(Z + Hd @ (W0 - W0.detach()).T, y)  # the mean loss, its gradient taken at Z
@@ -1512,7 +1516,7 @@ def test_measure_direction_test_matches_brute_force(factorized):
     g = torch.Generator().manual_seed(0)
     V, D, N = 60, 6, 40
     H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
-    factors = (torch.randn(V, 3, generator=g), torch.randn(3, D, generator=g)) if factorized else None
+    factors = (torch.randn(V, 3, generator=g), torch.randn(3, D, generator=g), True) if factorized else None
     W = factors[0] @ factors[1] if factorized else torch.randn(V, D, generator=g)
     rows = measure_cli.direction_test(H, y, W, chunk=16, step_sizes=(0.01, 1.0), factors=factors)
     for row in rows:
@@ -1538,13 +1542,86 @@ def test_measure_head_update_is_each_heads_own_step():
     step = lambda eta: (B - eta * gB) @ (A - eta * gA)
     zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
     _, dW = torch.func.jvp(step, (zero,), (one,))
-    update = measure_cli.head_update(S, (B.detach(), A.detach()))
+    update = measure_cli.head_update(S, (B.detach(), A.detach(), True))
     torch.testing.assert_close(update, -dW, rtol=1e-12, atol=1e-12)
+    # A fixed: B's step alone
+    gB = torch.autograd.grad((S * (B @ A)).sum(), B)[0]
+    torch.testing.assert_close(measure_cli.head_update(S, (B.detach(), A.detach(), False)), gB @ A.detach())
     assert measure_cli.head_update(S) is S
     model = GPT(tiny('narrow', head_rank=3))
-    B_, A_ = measure_cli.head_factors(model.lm_head)
+    B_, A_, trained = measure_cli.head_factors(model.lm_head)
     assert B_.shape == (100, 3) and torch.equal(B_ @ A_, model.lm_head.effective_weight())  # real rows only
+    assert trained and not measure_cli.head_factors(GPT(tiny('narrow', head_basis='select')).lm_head)[2]
     assert measure_cli.head_factors(GPT(tiny('linear')).lm_head) is None
+
+
+def logit_step_jacobian(H, head, kind):
+    """The Jacobian (N·V, parameters) of the logits U = H Wᵀ in the hidden states and the head's trained
+    parameters (W; B and A; B alone with A fixed), by autograd in float64."""
+    if kind == 'plain':
+        params, f = (H, head), lambda H_, W_: H_ @ W_.T
+    elif kind == 'trained':
+        params, f = (H, *head), lambda H_, B_, A_: H_ @ (B_ @ A_).T
+    else:
+        params, f = (H, head[0]), lambda H_, B_: H_ @ (B_ @ head[1]).T
+    J = torch.autograd.functional.jacobian(f, params)
+    return torch.cat([j.reshape(-1, p.numel()) for j, p in zip(J, params)], 1)
+
+
+@pytest.mark.parametrize('kind,r', [('plain', None), ('fixed', 2), ('fixed', 3), ('trained', 2),
+                                    ('trained', 5)])
+def test_realizable_share_and_cosines_match_brute_force(kind, r):
+    """The realizable share against a least-squares solve over every first-order step (hidden states and
+    head), its rank bound against the rank of a random step (r = 5 > D = 3: 2D = 6, not min(2D, r) + D = 8),
+    and c_H, c_W, c* against the N×V directions formed explicitly."""
+    g = torch.Generator().manual_seed(1)
+    N, V, D = 14, 17, 3
+    H = torch.randn(N, D, generator=g, dtype=torch.float64)
+    y = torch.randint(0, V, (N,), generator=g)
+    if kind == 'plain':
+        head = torch.randn(V, D, generator=g, dtype=torch.float64)
+        W, factors = head, None
+    else:
+        head = (torch.randn(V, r, generator=g, dtype=torch.float64),
+                torch.randn(r, D, generator=g, dtype=torch.float64))
+        W, factors = head[0] @ head[1], (*head, kind == 'trained')
+    m = measure_cli.realizable(H, y, W, factors=factors, chunk=5)
+    G = measure_cli.logit_grad(H @ W.T, y)
+    J = logit_step_jacobian(H, head, kind)
+    fit = J @ torch.linalg.lstsq(J, G.reshape(-1, 1), driver='gelsd').solution
+    assert m['realizable_share'] == pytest.approx((fit.pow(2).sum() / G.pow(2).sum()).item(), rel=1e-9)
+    assert 0 < m['realizable_share'] < 1
+    step = (J @ torch.randn(J.size(1), 1, generator=g, dtype=torch.float64)).view(N, V)
+    assert torch.linalg.matrix_rank(step).item() == m['realizable_rank']
+    expected = {'plain': 2 * D, 'fixed': 2 * (r or 0), 'trained': 2 * min(r or 0, D)}
+    assert m['realizable_rank'] == expected[kind]
+    uH = G @ W @ W.T
+    uW = H @ measure_cli.head_update(G.T @ H, factors).T
+    cos = lambda a, b: ((a * b).sum() / (a.norm() * b.norm())).item()
+    assert m['c_H'] == pytest.approx(cos(G, uH), rel=1e-9) and m['c_W'] == pytest.approx(cos(G, uW), rel=1e-9)
+    both = torch.stack([uH.flatten(), uW.flatten()], 1)
+    best = both @ torch.linalg.lstsq(both, G.reshape(-1, 1)).solution
+    assert m['c_star'] == pytest.approx(cos(G.flatten(), best.flatten()), rel=1e-9)
+    assert m['c_star'] >= max(m['c_H'], m['c_W'])
+
+
+def test_row_permuted_null_is_chance_on_random_heads_and_below_an_aligned_one():
+    g = torch.Generator().manual_seed(2)
+    N, V, D = 64, 400, 8
+    H = torch.randn(N, D, generator=g)
+    y = torch.randint(0, V, (N,), generator=g)
+    W = torch.randn(V, D, generator=g)
+    null = measure_cli.realizable(H, y, W, null_perms=64)['visible_over_chance_null']
+    # a random subspace of dimension k holds k/V of any vector's energy in expectation: 1× chance
+    assert null['perms'] == 64 and abs(null['mean'] - 1) < 3 * null['sd'] / 8 + 0.05
+    # a head whose rows point at the targets holds far more than its row-permuted copies
+    aligned = W.clone()
+    aligned[y] += 5 * H
+    got = measure_cli.realizable(H, y, aligned, null_perms=16)
+    G = measure_cli.logit_grad(H @ aligned.T, y)
+    visible = measure.destroyed_ratio(G, aligned)['visible_cosine'] ** 2
+    null = got['visible_over_chance_null']
+    assert visible * V / D > null['mean'] + 5 * null['sd'] and null['mean'] < 2
 
 
 def test_measure_hidden_direction_does_not_depend_on_N():
