@@ -6,7 +6,7 @@ Figures: any training run's log.jsonl, and the figures of reproduce.py's experim
 
 A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
 grad_destroyed (positions ≥ 1 on SpamLang, position 0 dashed) beside the random baseline √(1 − rank(W)/V).
-reproduce.py calls exp1, grid, exp3 and exp4 with the numbers of its tables.
+reproduce.py calls exp1, exp2, exp3 and exp4 with the numbers of its tables.
 """
 import json
 import math
@@ -161,78 +161,43 @@ def exp1(path, heads, V, D, subtitle):
     return save(fig, path)
 
 
-def grid(path, cells, x, xs, Vs, subtitle):
-    """Heat maps of a (x, V) grid (cells[x, V]: dicts with acc, loss_over_logV per seed, lr, edge), x = D
-    or r: accuracy and the loss relative to log(V − 1), best lr per cell; the diagonals of constant V/x
-    are labelled outside the axes, so no label covers a cell."""
+def exp2(path, cells, Vs, Ds, subtitle):
+    """cells: dicts with head, D, V, budget, reached, geomean_to_loss (None unless every seed reached the
+    target), acc (per seed), lr, edge. Left: the exposures per symbol to the target loss against V, one line
+    per (head, D); a cell that did not reach it on every seed sits at its budget as a hollow triangle (a lower
+    bound). Right: the final accuracy."""
     plt = pyplot()
-    from matplotlib.colors import BoundaryNorm
-
-    def table(f):
-        return np.array([[f(cells[v, V]) for V in Vs] for v in xs], dtype=float)
-
-    def acc_mean(d):
-        return 100 * np.mean(d['acc'])
-
-    def acc_std(d):
-        if len(d['acc']) > 1:
-            return 100 * np.std(d['acc'], ddof=1)
-        return np.nan
-
-    def rel_mean(d):
-        return np.mean(d['loss_over_logV'])
-
-    def mids(a):
-        """Cell edges halfway between the values on a log scale."""
-        return np.sqrt(a[1:] * a[:-1])
-
-    def edges(a):
-        if len(a) == 1:
-            bounds = np.concatenate([[a[0] / 2], mids(a), [a[-1] * 2]])
-        else:
-            bounds = np.concatenate([[a[0] ** 1.5 / a[1] ** .5], mids(a), [a[-1] ** 1.5 / a[-2] ** .5]])
-        return np.log2(bounds)
-
-    acc = table(acc_mean)
-    std = table(acc_std)
-    rel = table(rel_mean)
-    xe, ye = edges(np.array(Vs, float)), edges(np.array(xs, float))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
-    levels = [0, 20, 40, 60, 80, 90, 95, 98, 99, 99.5, 100]  # 90–100% gets half of the colours
-    norms = [BoundaryNorm(levels, 256), BoundaryNorm([0, .05, .1, .2, .3, .4, .5, .6, .8, 1, 1.2], 256)]
-    names = ('accuracy on positions ≥ 1 (%)', 'loss on positions ≥ 1 / log(V − 1)')
-    for ax, vals, cmap, norm, name in zip(axes, (acc, rel), ('viridis', 'magma_r'), norms, names):
-        mesh = ax.pcolormesh(xe, ye, vals, cmap=cmap, norm=norm, shading='flat')
-        fig.colorbar(mesh, ax=ax, label=name, ticks=norm.boundaries, shrink=0.85, pad=0.12)
-        for i, v in enumerate(xs):
-            for j, V in enumerate(Vs):
-                d = cells[v, V]
-                flag = ARROWS.get(d['edge'], '')
-                txt = (f"{acc[i, j]:.1f}" + ('' if np.isnan(std[i, j]) else f" ± {std[i, j]:.1f}") +
-                       f"\nlr {sci(d['lr'])}{flag}") if vals is acc else f"{rel[i, j]:.2f}"
-                dark = norm(vals[i, j]) < 128 if cmap == 'viridis' else norm(vals[i, j]) > 128
-                # the text sits on a box of the cell's colour, which keeps the diagonals off it
-                ax.text(math.log2(V), math.log2(v), txt, ha='center', va='center', fontsize=8, zorder=3,
-                        color='white' if dark else 'black',
-                        bbox=dict(boxstyle='round,pad=0.25', fc=mesh.cmap(norm(vals[i, j])), ec='none'))
-        for k in range(-4, 20):  # V/x = 2^k: a diagonal in (log2 V, log2 x), labelled where it leaves the box
-            lo, hi = max(xe[0], ye[0] + k), min(xe[-1], ye[-1] + k)
-            if hi - lo > 0.3 and any(math.log2(V / v) == k for v in xs for V in Vs):
-                ax.plot([lo, hi], [lo - k, hi - k], color='0.6', ls='--', lw=0.8, zorder=2)
-                top = hi - k >= ye[-1] - 1e-9  # it leaves through the top (label above) or the right side
-                ax.annotate(f"V/{x} = {2 ** k:g}", (hi, hi - k), xytext=(2, 3) if top else (4, 0),
-                            textcoords='offset points', fontsize=7, color='0.35', rotation=30 if top else 0,
-                            ha='left', va='bottom' if top else 'center', annotation_clip=False)
-        ax.set_xticks([math.log2(V) for V in Vs], [f"{V:,}" for V in Vs])
-        ax.set_yticks([math.log2(v) for v in xs], [str(v) for v in xs])
-        ax.set(xlabel='vocabulary V', ylabel='width D' if x == 'D' else 'head rank r', xlim=(xe[0], xe[-1]),
-               ylim=(ye[0], ye[-1]))
-        if vals is acc:
-            note = '\n↓/↑: the best lr is at the low/high edge of the grid'
-        else:
-            note = '\n1 = the uniform guess'
-        ax.set_title(name + ', best lr per cell' + note, fontsize=9, pad=34)
-    fig.suptitle(f"SpamLang at equal exposures per symbol: {subtitle}", fontsize=10)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.6))
+    heads = list(dict.fromkeys(d['head'] for d in cells))
+    styles = ['-', '--', ':', '-.']
+    for (D, color) in zip(Ds, colors(len(Ds))):
+        for head, style in zip(heads, styles * len(heads)):
+            mine = sorted((d for d in cells if d['head'] == head and d['D'] == D), key=lambda d: d['V'])
+            x = [d['V'] for d in mine]
+            y = [d['geomean_to_loss'] if d['geomean_to_loss'] is not None else d['budget'] for d in mine]
+            ax.plot(x, y, style, color=color, lw=1.3, label=f"{head}, D = {D}")
+            for d, yy in zip(mine, y):
+                censored = d['geomean_to_loss'] is None
+                marker = dict(marker='^', mfc='none', ms=7) if censored else dict(marker='o', mfc=color, ms=5)
+                ax.plot([d['V']], [yy], ls='none', color=color, **marker)
+                ax.annotate(f"{sci(d['lr'])}{ARROWS.get(d['edge'], '')}", (d['V'], yy), xytext=(3, -9),
+                            textcoords='offset points', fontsize=6, color=color)
+            acc = np.array([d['acc'] for d in mine], dtype=float) * 100
+            bars = [acc.mean(1) - acc.min(1), acc.max(1) - acc.mean(1)]
+            bx.errorbar(x, acc.mean(1), yerr=bars, fmt='o' + style, color=color, capsize=3, ms=4, lw=1.3)
+    for a in (ax, bx):
+        a.set_xscale('log', base=2)
+        a.set_xticks(Vs, [f"{V:,}" for V in Vs])
+        a.set_xlabel('vocabulary V')
+    ax.set_yscale('log')
+    ax.set(ylabel='exposures per symbol to the target loss',
+           title='exposures to loss ≤ 0.1·log(V − 1) on positions ≥ 1 (geometric mean over seeds)\n'
+                 '△ = not reached on every seed: the budget, a lower bound; text: the best lr')
+    bx.set(ylabel='final accuracy on positions ≥ 1 (%)', ylim=(-2, 102),
+           title='final accuracy at the best lr\nmean, bar: min–max over seeds')
+    fig.legend(*ax.get_legend_handles_labels(), loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title=subtitle, title_fontsize=8)
+    fig.suptitle('SpamLang at a fixed batch: as V/D grows', fontsize=10)
     fig.tight_layout()
     return save(fig, path)
 

@@ -77,18 +77,19 @@ e1_batch_size = 32
 e1_max_iters = 800         # 25 exposures per symbol
 e1_eval_interval = 40
 e1_eval_iters = 4          # held-out batches per evaluation
-# experiment 2: SpamLang at equal exposures per symbol
-e2_n_embds = '16,32,64'    # the (D, V) grid, head e2_head
-e2_head = 'linear'
-e2_ranks = '2,4,8,16'      # the (r, V) grid: --head=narrow --head_rank=r on one D = e2_rank_n_embd backbone
-e2_rank_n_embd = 64
-e2_vocab_sizes = '256,1024,4096'  # V of both grids
+# experiment 2: SpamLang at a fixed batch: the exposures per symbol a head needs to learn it, as V/D grows
+e2_heads = 'linear,tied'   # train.py's heads, as e1_heads
+e2_n_embds = '16,32'       # widths D
+e2_vocab_sizes = '256,1024,4096,8192'
 e2_lrs = '1e-3,3e-3,1e-2,3e-2'  # the lr grid of every cell
-e2_exposures = 16.0        # sequences per symbol in every cell: batch = ⌈exposures·(V − 1)/steps⌉
-e2_steps = 250
+e2_batch_size = 64         # sequences per step, the same in every cell: steps ∝ V at a fixed exposure budget
+e2_exposures = 32.0        # the budget: sequences per symbol (steps ⌈exposures·(V − 1)/batch⌉, whole evals)
+e2_evals = 16              # evaluations per run, evenly spaced: the resolution of the steps to the target
+e2_target_loss = 0.1       # the target: the loss on positions ≥ 1 at most this fraction of log(V − 1)
+e2_target_acc = 0.9        # ... and, reported beside it, the first evaluation with this top-1 accuracy
 e2_n_layer = 2
 e2_block_size = 2          # [BOS, s]: one determined position per sequence
-e2_eval_sequences = 2048   # held-out sequences per cell (whole batches)
+e2_eval_sequences = 2048   # held-out sequences per evaluation (whole batches)
 # experiment 3: text, head rank on one backbone: fixed-basis heads (rank the only difference; linear is r = D)
 e3_heads = 'narrow:2/select,narrow:8/select,linear'  # r = 2: the positive control
 e3_lrs = '1e-3,3e-3,1e-2'  # every head's best lay inside 3e-4 … 1e-2 in a first run
@@ -124,7 +125,7 @@ TRAIN = os.path.join(HERE, 'train.py')
 TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at equal exposures: (D, V) and (r, V) grids',
           '3': 'text, head rank on one backbone', '4': 'the meter along training',
           '5': 'the wide head on text: its basis and its learning rate'}
-FIGURES = {'1': ['exp1_head_rank.png'], '2': ['exp2_vd_heatmap.png', 'exp2_rank_heatmap.png'],
+FIGURES = {'1': ['exp1_head_rank.png'], '2': ['exp2_fixed_batch.png'],
            '3': ['exp3_text.png'], '4': ['exp4_meter.png'], '5': []}
 EDGE = {**plot.ARROWS, 'one lr': ' (one lr)', '': ''}  # the best lr's flag, after it in the tables
 OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to lr/10, grad clip 1 "
@@ -201,15 +202,9 @@ def heads_of(c, e):
     return heads
 
 
-def exp2_grids(c):
-    """The two grids of experiment 2: widths D on the (D, V) grid, head ranks r on the (r, V) grid."""
-    return [dict(x='D', values=numbers(c, 'e2_n_embds', int), stem='exp2_vd_grid', figure=FIGURES['2'][0]),
-            dict(x='r', values=numbers(c, 'e2_ranks', int), stem='exp2_rank_grid', figure=FIGURES['2'][1])]
-
-
-def exp2_key(x, v, V):
-    """The configuration key of a cell of experiment 2's grids, e.g. D16_V256."""
-    return f"{x}{v}_V{V}"
+def exp2_key(head, D, V):
+    """The configuration key of a cell of experiment 2, e.g. linear_D16_V256."""
+    return f"{head['key']}_D{D}_V{V}"
 
 
 def apply_preset(config, given, script, name):
@@ -332,27 +327,24 @@ def plan_text(c, e):
 
 
 def plan_exp2(c):
-    """Both grids at equal exposures per symbol: fixed steps, batch ∝ V, a fixed count of held-out
-    sequences."""
-    steps, configs = c['e2_steps'], []
-    for grid in exp2_grids(c):
-        x = grid['x']
-        for V in numbers(c, 'e2_vocab_sizes', int):  # cheap vocabularies first
-            B = math.ceil(c['e2_exposures'] * (V - 1) / steps)
-            n_eval = math.ceil(c['e2_eval_sequences'] / B)
-            for v in grid['values']:
-                if x == 'D':
-                    D, head = v, dict(head=c['e2_head'])
-                else:
-                    D, head = c['e2_rank_n_embd'], dict(head='narrow', head_rank=v)
+    """Every (head, D, V) cell at a fixed batch: steps ∝ V for the same exposure budget per symbol, evaluated
+    e2_evals times on the same held-out sequences."""
+    B, evals, configs = c['e2_batch_size'], c['e2_evals'], []
+    for V in numbers(c, 'e2_vocab_sizes', int):  # cheap vocabularies first
+        interval = math.ceil(c['e2_exposures'] * (V - 1) / B / evals)
+        steps = interval * evals
+        n_eval = math.ceil(c['e2_eval_sequences'] / B)
+        for spec in head_specs(c, 'e2_heads'):
+            for D in numbers(c, 'e2_n_embds', int):
+                h = head_of(spec, D)
                 args = dict(data='spamlang', vocab_size=V, n_embd=D, n_layer=c['e2_n_layer'],
                             n_head=c['n_head'], block_size=c['e2_block_size'], batch_size=B, max_iters=steps,
-                            eval_interval=steps, warmup_iters=max(1, int(c['warmup'] * steps)),
-                            eval_iters=n_eval, log_interval=steps, save_checkpoints=False, **head)
-                info = dict(D=D, batch_size=B, steps=steps, eval_sequences=B * n_eval,
+                            eval_interval=interval, warmup_iters=max(1, int(c['warmup'] * steps)),
+                            eval_iters=n_eval, log_interval=steps, save_checkpoints=False, **h['args'])
+                info = dict(head=h['spec'], D=D, V=V, batch_size=B, steps=steps, eval_sequences=B * n_eval,
                             exposures=round(B * steps / (V - 1), 2))
-                label = f"{x} = {v}, V = {V:,}"
-                configs.append(dict(key=exp2_key(x, v, V), label=label, info=info, args=args))
+                configs.append(dict(key=exp2_key(h, D, V), label=f"{h['label']}, D = {D}, V = {V:,}",
+                                    info=info, args=args))
     return configs
 
 
@@ -504,7 +496,8 @@ def run_experiment(c, e, specs, tally, t0):
                 continue
             lr = spec['lr']
             if lr is None:
-                lr = best_lr(spec['exp'], [r for r in runs[spec['lr_from']] if r['sweep']])['lr']
+                swept = [r for r in runs[spec['lr_from']] if r['sweep']]
+                lr = best_lr(swept, lr_score(c, spec['exp']))['lr']
             todo.append((i, dict(spec, lr=lr, name=f"{spec['key']}_lr{lr:g}_s{spec['seed']}")))
 
         def work(item):
@@ -646,19 +639,46 @@ def train(c, tally, args, d, echo_evals):
         raise TrainingError(f"run {d} failed (exit status {p.returncode}): {last} (output: {d}/stdout.txt)")
 
 
-def best_lr(exp, runs):
-    """The best lr of sweep runs (lr) and its flag (edge: 'one lr', 'low edge', 'high edge' or ''):
-    SpamLang the best mean accuracy, then loss; text the lowest mean loss."""
-    finals = {}
+def final_score(runs):
+    """The default order of lrs, from one lr's sweep runs: SpamLang the best mean accuracy, then loss; text
+    the lowest mean loss."""
+    finals = [r['evals'][-1] for r in runs]
+    acc = round(np.mean([e['val_acc'] for e in finals]), 3) if 'val_acc' in finals[0] else 0
+    return acc, -np.mean([e['val_loss'] for e in finals])
+
+
+def to_target(c, rec):
+    """Experiment 2: the steps at the first evaluation whose loss on positions ≥ 1 is at most e2_target_loss
+    · log(V − 1), and at the first with accuracy ≥ e2_target_acc; None when the budget ran out first
+    (censored, never averaged)."""
+    loss_at = c['e2_target_loss'] * spamlang.optimal_loss_pos0(rec['args']['vocab_size'])
+    evals = [e for e in rec['evals'] if e['iter'] > 0]
+    loss = next((e['iter'] for e in evals if e['val_loss'] <= loss_at), None)
+    acc = next((e['iter'] for e in evals if e['val_acc'] >= c['e2_target_acc']), None)
+    return loss, acc
+
+
+def lr_score(c, exp):
+    """How an experiment orders its lrs: experiment 2 by the runs that reach the target loss, then their mean
+    steps to it (fewer is better), then final_score; the others by final_score."""
+    if exp != 'exp2':
+        return final_score
+
+    def score(runs):
+        steps = [to_target(c, r)[0] for r in runs]
+        reached = [s for s in steps if s is not None]
+        return len(reached), -np.mean(reached) if reached else 0.0, *final_score(runs)
+    return score
+
+
+def best_lr(runs, score=final_score):
+    """The best lr of sweep runs (lr) by score (larger is better, from one lr's runs) and its flag (edge:
+    'one lr', 'low edge', 'high edge' or '')."""
+    by_lr = {}
     for r in runs:
-        finals.setdefault(r['lr'], []).append(r['evals'][-1])
-
-    def score(lr):
-        acc = round(np.mean([e['val_acc'] for e in finals[lr]]), 3) if 'val_acc' in finals[lr][0] else 0
-        return acc, -np.mean([e['val_loss'] for e in finals[lr]])
-
-    lrs = sorted(finals)
-    best = max(lrs, key=score)
+        by_lr.setdefault(r['lr'], []).append(r)
+    lrs = sorted(by_lr)
+    best = max(lrs, key=lambda lr: score(by_lr[lr]))
     if len(lrs) == 1:
         edge = 'one lr'
     elif best == lrs[0]:
@@ -710,11 +730,12 @@ def write_table(c, stem, rows, controls, **extra):
                     for r in rows)
 
 
-def lr_table(exp, runs, **info):
-    """A configuration's lr sweep: rows (one per lr, over the sweep seeds, the best marked), the best lr (lr),
-    its flag (edge), and the fresh seeds' runs at it (best_runs), the only ones reported."""
+def lr_table(runs, score=final_score, **info):
+    """A configuration's lr sweep: rows (one per lr, over the sweep seeds, the best marked), the best lr (lr)
+    by score (best_lr's), its flag (edge), and the fresh seeds' runs at it (best_runs), the only ones
+    reported."""
     sweep = [r for r in runs if r['sweep']]
-    best = best_lr(exp, sweep)
+    best = best_lr(sweep, score)
     rows = []
     for lr in sorted({r['lr'] for r in sweep}):
         finals = [r['evals'][-1] for r in sweep if r['lr'] == lr]
@@ -764,7 +785,7 @@ def summary_exp1(c, runs):
     D, V = c['e1_n_embd'], c['e1_vocab_size']
     rows, heads, lines = [], [], []
     for h in heads_of(c, '1'):
-        t = lr_table('exp1', runs[h['key']], head=h['spec'], rank=h['rank'])
+        t = lr_table(runs[h['key']], head=h['spec'], rank=h['rank'])
         rows += t['rows']
         best = next(r for r in t['rows'] if r['best'])
         heads.append(dict(label=h['label'], rank=h['rank'], plain=h['spec'] in ('linear', 'tied'),
@@ -818,43 +839,66 @@ def paired_heads(c, runs):
 
 
 def summary_exp2(c, runs):
-    """Experiment 2: SpamLang at equal exposures per symbol, the (D, V) and (r, V) grids. Its summary's
-    controls are the (r, V) grid's."""
-    Vs = numbers(c, 'e2_vocab_sizes', int)
-    tables = []
-    for grid in exp2_grids(c):
-        x, xs = grid['x'], grid['values']
-        rows, cells = [], {}
-        for V in Vs:
-            for v in xs:
-                cell_runs = runs[exp2_key(x, v, V)]
-                t = lr_table('exp2', cell_runs, **{**cell_runs[0]['info'], x: v, 'V': V})
+    """Experiment 2: SpamLang at a fixed batch, every (head, D, V) cell: the exposures per symbol until the
+    loss on positions ≥ 1 reaches its target (censored at the budget), the accuracy target beside it, the
+    final accuracy and loss / log(V − 1); each cell at its best lr by the same criterion."""
+    Vs, Ds = numbers(c, 'e2_vocab_sizes', int), numbers(c, 'e2_n_embds', int)
+    heads = [head_of(spec, min(Ds)) for spec in head_specs(c, 'e2_heads')]
+    rows, cells, lines = [], [], []
+    for h in heads:
+        for D in Ds:
+            line = [h['spec'], D]
+            for V in Vs:
+                cell_runs = runs[exp2_key(head_of(h['spec'], D), D, V)]
+                info = cell_runs[0]['info']
+                t = lr_table(cell_runs, lr_score(c, 'exp2'), **info)
                 rows += t['rows']
                 b = t['best_runs']
-                cells[v, V] = {x: v, 'V': V, 'ratio': V / v, 'lr': t['lr'], 'edge': t['edge'],
-                               'seeds': [r['seed'] for r in b], 'acc': [r['evals'][-1]['val_acc'] for r in b],
-                               'loss_over_logV': [r['evals'][-1]['val_loss'] / spamlang.optimal_loss_pos0(V)
-                                                  for r in b]}
-        head = c['e2_head'] if x == 'D' else f"narrow (rank r), D = {c['e2_rank_n_embd']}"
-        controls = dict(data='SpamLang', head=head, n_layer=c['e2_n_layer'], block_size=c['e2_block_size'],
-                        steps=c['e2_steps'], varies=f"{x}, V, lr", exposures_per_symbol=c['e2_exposures'],
-                        lrs=numbers(c, 'e2_lrs'),
-                        ours=OURS + ["equal exposures: batch ∝ V",
-                                     f"≥ {c['e2_eval_sequences']} held-out sequences per cell"])
-        write_table(c, grid['stem'], rows, controls, cells=list(cells.values()))
-        plot.grid(os.path.join(c['out'], grid['figure']), cells, x, xs, Vs,
-                  f"{head}, {c['e2_exposures']:g} exposures per symbol, {c['seeds']} seeds")
-        lines = []
-        for v in xs:
-            line = [v]
-            for V in Vs:
-                d = cells[v, V]
-                acc = pm(spread(d['acc']), scale=100)
-                line.append(f"{acc} ({np.mean(d['loss_over_logV']):.2f}){EDGE[d['edge']]}")
+                per = info["batch_size"] / (V - 1)  # exposures per step
+                hits = [to_target(c, r) for r in b]
+                to_loss = [None if s is None else round(s * per, 3) for s, _ in hits]
+                to_acc = [None if a is None else round(a * per, 3) for _, a in hits]
+                reached = [x for x in to_loss if x is not None]
+                cell = dict(head=h['spec'], D=D, V=V, ratio=V / D, lr=t['lr'], edge=t['edge'],
+                            seeds=[r['seed'] for r in b], budget=info['exposures'],
+                            exposures_to_loss=to_loss, exposures_to_acc=to_acc,
+                            reached=len(reached), geomean_to_loss=(stats.geometric(reached)['mean']
+                                                                   if len(reached) == len(b) else None),
+                            acc=[r['evals'][-1]['val_acc'] for r in b],
+                            loss_over_logV=[r['evals'][-1]['val_loss'] / spamlang.optimal_loss_pos0(V)
+                                            for r in b])
+                cells.append(cell)
+                if cell['geomean_to_loss'] is not None:
+                    text = f"{cell['geomean_to_loss']:.1f}"
+                elif reached:
+                    text = f"> {info['exposures']:g} on {len(b) - len(reached)} of {len(b)} seeds"
+                else:
+                    text = f"> {info['exposures']:g}"
+                acc = pm(spread(cell['acc']), '{:.0f}', scale=100)
+                line.append(f"{text} (acc {acc}){EDGE[t['edge']]}")
             lines.append(line)
-        tables.append(md([f"{x} \\ V"] + [f"{V:,}" for V in Vs], lines))
-    table = ("Accuracy % on positions ≥ 1 at each cell's best lr, mean ± std (min–max), and in brackets the "
-             "loss there / log(V − 1); ↓/↑: the best lr on the grid's edge:\n\n" + '\n\n'.join(tables))
+    controls = dict(data='SpamLang', heads=[h['spec'] for h in heads], n_layer=c['e2_n_layer'],
+                    block_size=c['e2_block_size'], batch_size=c['e2_batch_size'],
+                    exposures_per_symbol=c['e2_exposures'], varies='head, D, V, lr', lrs=numbers(c, 'e2_lrs'),
+                    target=f"loss on positions ≥ 1 ≤ {c['e2_target_loss']:g}·log(V − 1); accuracy ≥ "
+                           f"{c['e2_target_acc']:g}",
+                    ours=OURS + [f"a fixed batch of {c['e2_batch_size']} sequences; steps ∝ V for "
+                                 f"{c['e2_exposures']:g} exposures per symbol",
+                                 f"{c['e2_evals']} evaluations per run on ≥ {c['e2_eval_sequences']} "
+                                 "held-out sequences: the steps to a target are the first evaluation's that "
+                                 "reaches it",
+                                 "the best lr per cell: the most seeds reaching the loss target, then the "
+                                 "fewest steps to it, then final accuracy and loss",
+                                 "censored: a run that never reaches the target is '> budget', never "
+                                 "averaged; a cell's geometric mean only when every seed reached it"])
+    write_table(c, 'exp2_fixed_batch', rows, controls, cells=cells)
+    plot.exp2(os.path.join(c['out'], FIGURES['2'][0]), cells, Vs, Ds,
+              f"batch {c['e2_batch_size']} sequences, budget {c['e2_exposures']:g} exposures per symbol, "
+              f"{c['seeds']} seeds")
+    table = ("Exposures per symbol until the loss on positions ≥ 1 reaches "
+             f"{c['e2_target_loss']:g}·log(V − 1), geometric mean over seeds ('> budget': not reached), "
+             "and the final accuracy % (mean ± std (min–max)); ↓/↑: the best lr on the grid's edge:\n\n" +
+             md(['head', 'D'] + [f"V = {V:,}" for V in Vs], lines))
     return dict(controls=controls, table=table, notes=[])
 
 
@@ -1018,7 +1062,7 @@ def summary_exp3(c, runs, tokens):
     heads = heads_of(c, '3')
     ref = heads[-1]['spec']  # the widest head
     ranks = sorted({h['rank'] for h in heads if h['rank'] < D})
-    tables = {h['spec']: lr_table('exp3', runs[h['key']], head=h['spec'], rank=h['rank']) for h in heads}
+    tables = {h['spec']: lr_table(runs[h['key']], head=h['spec'], rank=h['rank']) for h in heads}
     fresh = {spec: t['best_runs'] for spec, t in tables.items()}
     analyse_all(c, fresh, data, windows, bins, ranks)
     ref_a = {r['seed']: r['analysis'] for r in fresh[ref]}  # the ceilings were fitted on ref's backbones
@@ -1178,7 +1222,7 @@ def summary_exp5(c, runs, tokens):
     xv, yv = textdata.val_windows(data, T)
     configs = plan_text(c, '5')
     ref = next(x for x in configs if x['info']['basis'] == 'select' and x['info']['head_lr_mult'] == 1)
-    sweep = lr_table('exp5', runs[ref['key']], head=ref['info']['head'])
+    sweep = lr_table(runs[ref['key']], head=ref['info']['head'])
     every = [r for x in configs for r in runs[x['key']]]
     ses = in_parallel(c, Tally(), lambda r: window_se(c, r, xv, yv), every)
     se = dict(zip([r['name'] for r in every], ses))

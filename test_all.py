@@ -2302,9 +2302,9 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert 'Stage gate' in summary and '| head | best lr |' in summary
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
-    assert meta['runs']['trained'] == 29 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    assert meta['runs']['trained'] == 35 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
     # CSV = JSON rows
-    stems = ('exp1_head_rank', 'exp2_vd_grid', 'exp2_rank_grid', 'exp3_text', 'exp4_meter', 'wide_diagnosis')
+    stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis')
     for stem in stems:
         rows = json.load(open(os.path.join(out, stem + '.json')))['rows']
         with open(os.path.join(out, stem + '.csv'), newline='') as f:
@@ -2315,8 +2315,17 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     e1 = json.load(open(os.path.join(out, 'exp1_head_rank.json')))
     # e1_lrs is one value: flagged
     assert e1['controls']['ours'] and {r['edge'] for r in e1['rows']} == {'one lr'}
-    grid = json.load(open(os.path.join(out, 'exp2_rank_grid.json')))
-    assert grid['cells'] and all(len(cell['acc']) == 2 and 'loss_over_logV' in cell for cell in grid['cells'])
+    grid = json.load(open(os.path.join(out, 'exp2_fixed_batch.json')))
+    # every (head, D, V) cell at one batch; its steps grow with V (2 exposures per symbol, 2 evaluations)
+    assert [(x['head'], x['D'], x['V']) for x in grid['cells']] == [
+        ('linear', 8, 16), ('linear', 8, 32), ('tied', 8, 16), ('tied', 8, 32)]
+    assert {r['batch_size'] for r in grid['rows']} == {8}
+    assert [r['steps'] for r in grid['rows']] == [4, 8, 4, 8]
+    for cell in grid['cells']:
+        steps = 4 if cell['V'] == 16 else 8  # ⌈2·(V − 1)/8⌉ rounded up to whole evaluations
+        assert len(cell['acc']) == len(cell['exposures_to_loss']) == 2
+        assert cell['budget'] == round(8 * steps / (cell['V'] - 1), 2) >= 2
+        assert cell['geomean_to_loss'] is None or cell['reached'] == 2
     e3 = json.load(open(os.path.join(out, 'exp3_text.json')))
     assert set(e3['baselines']) == {'unigram', 'bigram'} and 'passed' in e3['gate'] and e3['verdict']
     # the gate reads the widest head, against both lines
@@ -2354,9 +2363,9 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
     # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 29 and re.fullmatch(
-        r"\[1/29\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
-    assert re.search(r"\[29/29\] exp5 .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert len(progress) == 35 and re.fullmatch(
+        r"\[1/35\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert re.search(r"\[35/35\] exp5 .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
 
@@ -2477,6 +2486,26 @@ def test_every_preset_validates(name, tmp_path):
     assert ({s['exp'] for s in specs} ==
             {f'exp{e}' for e in reproduce.chosen_experiments(c)['run'] if e != '4'})
     assert all(s['lr'] is not None or not s['sweep'] for s in specs)
+
+
+def test_exp2_steps_to_target_are_censored_and_order_the_lrs():
+    c = reproduce.parse_options(['--device=cpu'])
+    target = 0.1 * math.log(255)
+    def run(lr, losses):
+        evals = [dict(iter=10 * i, val_loss=loss, val_acc=0.95 if loss <= target else 0.5)
+                 for i, loss in enumerate(losses)]
+        return dict(lr=lr, args=dict(vocab_size=256), evals=evals)
+
+    early = run(1e-3, [9.0, 3.0, target, 0.1])       # reaches the target at step 20
+    late = run(3e-3, [9.0, 3.0, 1.0, target - 0.01])  # at step 30
+    never = run(1e-2, [9.0, 3.0, 1.0, target + 0.01])  # censored, though its final loss is close
+    assert reproduce.to_target(c, early) == (20, 20) and reproduce.to_target(c, never) == (None, None)
+    assert reproduce.to_target(c, run(1e-3, [target / 2, 9.0])) == (None, None)  # step 0 never counts
+    score = reproduce.lr_score(c, 'exp2')
+    assert reproduce.best_lr([never, late, early], score) == dict(lr=1e-3, edge='low edge')
+    assert reproduce.best_lr([never, late], score) == dict(lr=3e-3, edge='low edge')
+    # the other experiments keep the final accuracy, then the final loss
+    assert reproduce.best_lr([never, late, early], reproduce.lr_score(c, 'exp1'))['lr'] == 1e-3
 
 
 def test_exp5_gives_the_trained_factorization_its_own_multipliers():
