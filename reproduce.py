@@ -56,6 +56,7 @@ text = ''                 # a UTF-8 .txt file for experiment 3 (skipped, with a 
 out = 'results/{preset}'  # the results folder
 reuse = False             # keep the finished runs in --out whose train.py arguments are the same
 overwrite = False         # delete the results in --out first
+dry_run = False           # print the plan's runs and its estimated GPU time (estimate.py), then stop
 device = 'auto'           # train.py --device of every run, and of experiment 3's analysis
 compile = None            # train.py --compile; None = train.py's default (on for CUDA)
 threads = 1               # OMP_NUM_THREADS of every run (0: torch's default); 1 is far faster on shared cores
@@ -233,7 +234,8 @@ def parse_options(argv):
     if c['quick']:
         c['preset'] = 'quick'
     c = apply_preset(c, given, 'reproduce', c['preset'])
-    c['device'] = str(runtime.pick_device(c['device']))
+    if not c['dry_run']:  # a plan for a GPU can be estimated anywhere
+        c['device'] = str(runtime.pick_device(c['device']))
     zero_ok = ('threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram')
     options.positive(c, *[k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok])
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:
@@ -1322,6 +1324,12 @@ def main(argv):
     notes = chosen['notes']
     torch.set_num_threads(c['threads'] or torch.get_num_threads())  # experiment 3's analysis runs here
     specs = plan(c)
+    if c['dry_run']:
+        import estimate  # the GPU time of a plan, by an estimate: read only here
+        compiled = c['compile'] if c['compile'] is not None else c['device'].startswith('cuda')
+        for line in estimate.report(estimate.estimate(specs, c['jobs'], compiled), c['jobs'], compiled):
+            say(line)
+        return
     prepare_out(c)
     tokens = None
     if {'3', '5'} & set(chosen['run']):

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import bench
 import checkpoint
+import estimate
 import hmm
 import options
 import runtime
@@ -2506,6 +2507,27 @@ def test_exp2_steps_to_target_are_censored_and_order_the_lrs():
     assert reproduce.best_lr([never, late], score) == dict(lr=3e-3, edge='low edge')
     # the other experiments keep the final accuracy, then the final loss
     assert reproduce.best_lr([never, late, early], reproduce.lr_score(c, 'exp1'))['lr'] == 1e-3
+
+
+def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_path):
+    text = write_text(tmp_path / 't.txt', 5)
+    c = reproduce.parse_options(['--preset=gpu', '--dry_run', f'--text={text}'])  # no GPU needed
+    est = estimate.estimate(reproduce.plan(c), c['jobs'], c['compile'])
+    assert set(est) == {'exp1', 'exp2', 'exp3', 'exp5', 'total'}
+    assert all(e['wall_s'] <= 8 * 60 for name, e in est.items() if name != 'total'), est
+    # the arithmetic on one run: FLOPs per token of the model itself, times its tokens
+    args = dict(vocab_size=512, n_embd=32, n_layer=2, n_head=2, block_size=16, head='linear', batch_size=4,
+                max_iters=10, eval_interval=5, eval_iters=2)
+    one = estimate.estimate([dict(exp='exp1', args=args)], jobs=1, compile=False)['exp1']
+    fpt = GPT(GPTConfig(**{k: args[k] for k in estimate.MODEL_KEYS if k in args})).flops_per_token()
+    flops = fpt * (10 * 64 + 3 * 2 * 64 / 3)  # 10 steps of 64 tokens; 3 evaluations of 2 batches (forward)
+    assert one['pflop'] == pytest.approx(flops / 1e15)
+    seconds = flops / (estimate.MFU[False] * estimate.PEAK_FLOPS) + estimate.START_S[False]
+    assert one['wall_s'] == pytest.approx(seconds)
+    # the command prints the table and writes nothing
+    p = repro('--preset=gpu', '--dry_run', f'--text={text}', f'--out={tmp_path}/out')
+    assert p.returncode == 0 and 'exp3' in p.stdout and 'wall' in p.stdout, p.stderr
+    assert not os.path.exists(tmp_path / 'out')
 
 
 def test_exp5_gives_the_trained_factorization_its_own_multipliers():

@@ -1,8 +1,9 @@
 # The gpu preset of reproduce.py (ours): `python reproduce.py --preset=gpu --text=input.txt` on one CUDA GPU.
 # Every experiment is sized by its control: exposures per symbol ≥ the CPU preset's (25 in experiment 1,
-# 32 in 2) and about 3 epochs of Tiny Shakespeare in 3. Estimated ≤ 60 min on one H200 (README); not yet
-# run. Any --key=value wins.
+# 32 in 2) and about 3 epochs of Tiny Shakespeare in 3. `--dry_run` prints its estimate (estimate.py); not
+# yet run on a GPU. Any --key=value wins.
 device = 'cuda'
+jobs = 8         # runs at once on the one GPU: models this small leave it mostly idle (estimate.py)
 compile = False  # ~150 short runs, one process each: compiling every one would cost more than it saves
 # experiment 1: V = 32,768, D = 256, 4 layers; 3,200 steps × 256 sequences = 25 exposures per symbol
 e1_heads = 'narrow:4,narrow:16,narrow:64,narrow:128,wide,linear,tied'
@@ -22,7 +23,7 @@ e2_lrs = '3e-4,1e-3,3e-3,1e-2'
 e2_batch_size = 256
 e2_eval_sequences = 8192
 # experiment 3: D = 256, 4 layers, T = 128, fixed-basis heads,
-# 480 steps × 16 windows ≈ 3.6 epochs of Tiny Shakespeare's train split; stable phase 384 = 6 budgets × 64
+# 480 steps × 16 windows ≈ 3.6 epochs of Tiny Shakespeare's train split; stable phase 384 = 4 budgets × 96
 e3_heads = 'narrow:2/select,narrow:8/select,narrow:32/select,narrow:128/select,linear'
 e3_lrs = '3e-4,1e-3,3e-3'
 e3_n_embd = 256
