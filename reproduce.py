@@ -1180,13 +1180,20 @@ def summary_exp3(c, runs, tokens):
                 heads=[dict(label=h['label'], rank=h['rank'], runs=fresh[h['spec']]) for h in heads])
 
 
+def at_loss(run, level, key):
+    """The eval row's key at the run's first evaluation with a validation loss ≤ level (None: never)."""
+    return next((x.get(key) for x in run['evals'] if x['val_loss'] <= level), None)
+
+
 def summary_exp4(c, heads):
     """Experiment 4: the meter along training, from the best lr's runs of experiments 1 and 3 of this
-    invocation (heads: '1' and '3' to their summaries' heads). None if neither ran."""
+    invocation (heads: '1' and '3' to their summaries' heads), at matched steps (start, middle, end) and at a
+    matched validation loss: the lowest that every run of the panel reaches. None if neither ran."""
     panels, rows = [], []
     for e, data in (('1', 'SpamLang'), ('3', 'text')):
         if e not in heads:
             continue
+        level = max(min(x['val_loss'] for x in q['evals']) for h in heads[e] for q in h['runs'])
         for h in heads[e]:
             run = h['runs'][0]
             V, r = run['config']['vocab_size'], h['rank']
@@ -1200,6 +1207,10 @@ def summary_exp4(c, heads):
             for k, i in at.items():
                 row[f"visible/chance_{k}"] = pm(spread(visible[:, i]), '{:.2f}')
             row['mid'] = f"step {run['evals'][at['mid']]['iter']} of {run['evals'][-1]['iter']}"
+            row['matched_loss'] = round(level, 4)
+            for key, name, fmt in (('iter', 'step', '{:.0f}'), ('grad_destroyed', 'destroyed', '{:.4f}'),
+                                   ('visible_over_chance', 'visible/chance', '{:.2f}')):
+                row[f"{name}_matched"] = pm(spread([at_loss(q, level, key) for q in h['runs']]), fmt)
             rows.append(row)
         panels.append(dict(title=f"{data} (experiment {e}), V = {V:,}", V=V, heads=heads[e]))
     if not panels:
@@ -1207,7 +1218,9 @@ def summary_exp4(c, heads):
     controls = dict(meter="train.py's at each eval, first held-out batch: ‖P_ker(Wᵀ) G‖_F / ‖G‖_F; SpamLang: "
                           "positions ≥ 1",
                     baseline='√(1 − rank(W)/V), random', visible_over_chance='c²·V/rank(W), 1 = chance',
-                    runs='best lr')
+                    runs='best lr',
+                    matched="at matched steps (init, mid, end) and at the first evaluation with a validation "
+                            "loss ≤ matched_loss, the lowest loss every run of the panel reaches (ours)")
     write_table(c, 'exp4_meter', rows, controls)
     plot.exp4(os.path.join(c['out'], FIGURES['4'][0]), panels)
     return dict(controls=controls, table=md(list(rows[0]), [list(r.values()) for r in rows]), notes=[])

@@ -2327,6 +2327,12 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
         assert len(cell['acc']) == len(cell['exposures_to_loss']) == 2
         assert cell['budget'] == round(8 * steps / (cell['V'] - 1), 2) >= 2
         assert cell['geomean_to_loss'] is None or cell['reached'] == 2
+    # the meter at a matched loss: one level per panel, reached by every run (so never n/a)
+    meter = json.load(open(os.path.join(out, 'exp4_meter.json')))['rows']
+    for data in ('SpamLang', 'text'):
+        panel = [r for r in meter if r['data'] == data]
+        assert panel and len({r['matched_loss'] for r in panel}) == 1
+        assert all('n/a' not in (r['step_matched'], r['destroyed_matched']) for r in panel)
     e3 = json.load(open(os.path.join(out, 'exp3_text.json')))
     assert set(e3['baselines']) == {'unigram', 'bigram'} and 'passed' in e3['gate'] and e3['verdict']
     # the gate reads the widest head, against both lines
