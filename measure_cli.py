@@ -159,9 +159,9 @@ def head_update(S, factors=None):
 
 def update_bases(H, W, factors=None):
     """Orthonormal bases (fp64) of the four spaces that bound a first-order logit change ΔU (N, V) of the
-    tokens H (N, D): col(W) and the row space its hidden-state term reaches (W_), col(H) (H_), the columns of
-    the head's own term (K_: col(H Aᵀ) for W = B·A, col(H) for a plain head) and the rows of the A-term (B_:
-    col(B) when A is trained, else col(W))."""
+    tokens H (N, D), by name: W_ = col(W) ⊂ R^V (the rows of the hidden-state term ΔH Wᵀ), H_ = col(H) ⊂ R^N,
+    K_ ⊂ R^N (the columns of the head's B-term: col(H Aᵀ) for W = B·A, col(H) for a plain head) and B_ ⊂ R^V
+    (the rows of the A-term H ΔAᵀ Bᵀ: col(B) when A is trained; col(W), i.e. no such term, otherwise)."""
     Q_W, Q_H = column_basis(W), column_basis(H)
     if factors is None:
         return dict(W_=Q_W, H_=Q_H, K_=Q_H, B_=Q_W)
