@@ -6,7 +6,7 @@ Figures: any training run's log.jsonl, and the figures of reproduce.py's experim
 
 A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
 grad_destroyed (positions ≥ 1 on SpamLang, position 0 dashed) beside the random baseline √(1 − rank(W)/V).
-reproduce.py calls exp1, exp2, exp3 and exp4 with the numbers of its tables.
+reproduce.py calls exp1, exp2, exp3, exp4 and exp6 with the numbers of its tables.
 """
 import json
 import math
@@ -202,22 +202,15 @@ def exp2(path, cells, Vs, Ds, subtitle):
     return save(fig, path)
 
 
-def exp3(path, heads, xfold, base, bins, subtitle):
-    """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}, report_loss,
-    probe_loss, ceiling_loss (on the odd validation windows), loss_by_frequency {bin: per
-    seed}} narrowest first, the widest (the reference of xfold) last; xfold {head: [dicts with level, ratio
-    {mean, lo, hi}, censored, lower_bound]}."""
-    plt = pyplot()
-    fig, ((ax, bx), (cx, dx)) = plt.subplots(2, 2, figsize=(13, 9))
-    cs = colors(len(heads))
+def annealed(ax, bx, heads, xfold, cs):
+    """The annealed loss of every head against tokens (ax) and its ×-fold curve against the widest head
+    (bx), as experiments 3 and 6 draw them."""
     for color, h in zip(cs, heads.values()):
         flag = f", {EDGE[h['edge']]}" if h['edge'] else ''
         curves = list(h['annealed'].values())
         tokens = [t for t, _ in curves[0]]
         label = f"{h['label']}: lr {sci(h['best_lr'])}{flag}"
         band(ax, tokens, [[loss for _, loss in q] for q in curves], color, label)
-    for name, ls in (('unigram', ':'), ('bigram', '--')):
-        ax.axhline(base[name], color='k', ls=ls, lw=1, label=f"{name} baseline {base[name]:.3f}")
     ax.set(xlabel='training tokens (budget, cooldown included)', ylabel='validation loss (nats per token)',
            title='annealed loss at each budget (the end of its cooldown)\nmean, band: min–max over seeds')
     for color, (k, points) in zip(cs, xfold.items()):
@@ -236,6 +229,19 @@ def exp3(path, heads, xfold, base, bins, subtitle):
     bx.set(xlabel='target validation loss (annealed)', ylabel=f"tokens to reach it / {ref}'s",
            title='×-fold in tokens, geometric mean over seeds, band: paired 95% CI\n(only levels every seed '
                  'of both reaches)')
+
+
+def exp3(path, heads, xfold, base, bins, subtitle):
+    """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}, report_loss,
+    probe_loss, ceiling_loss (on the odd validation windows), loss_by_frequency {bin: per
+    seed}} narrowest first, the widest (the reference of xfold) last; xfold {head: [dicts with level, ratio
+    {mean, lo, hi}, censored, lower_bound]}."""
+    plt = pyplot()
+    fig, ((ax, bx), (cx, dx)) = plt.subplots(2, 2, figsize=(13, 9))
+    cs = colors(len(heads))
+    annealed(ax, bx, heads, xfold, cs)
+    for name, ls in (('unigram', ':'), ('bigram', '--')):
+        ax.axhline(base[name], color='k', ls=ls, lw=1, label=f"{name} baseline {base[name]:.3f}")
     w = 0.8 / len(heads)
     for k, (color, h) in enumerate(zip(cs, heads.values())):
         shift = (k - (len(heads) - 1) / 2) * w
@@ -259,6 +265,20 @@ def exp3(path, heads, xfold, base, bins, subtitle):
     dx.set_ylim(base['bigram'] - 1, base['unigram'] + 0.5)
     dx.set(ylabel='validation loss, odd windows (nats per token)',
            title='expressivity apart from optimization')
+    fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3,
+               fontsize=8)
+    fig.suptitle(subtitle, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def exp6(path, heads, xfold, floor, subtitle):
+    """heads {head: dict with label, best_lr, edge, annealed {seed: [[tokens, loss], ...]}}, the widest last;
+    xfold as exp3's; floor: the language's exact least loss."""
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.6))
+    annealed(ax, bx, heads, xfold, colors(len(heads)))
+    ax.axhline(floor, color='k', ls='--', lw=1, label=f"the floor {floor:.3f} (exact)")
     fig.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=3,
                fontsize=8)
     fig.suptitle(subtitle, fontsize=10)

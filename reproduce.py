@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import fit_head
+import hmm
 import options
 import runtime
 import textdata
@@ -51,7 +52,7 @@ from model import FACTORIZED, HEADS, GPTConfig, check_config, fused_linear_cross
 # are not given from config/reproduce_NAME.py
 preset = 'cpu'            # cpu (these values) | quick | gpu | tiny (the test grid)
 quick = False             # = --preset=quick
-experiments = '1,2,3,4,5'  # a comma-separated subset, run in this order (4 reads the runs of 1 and 3)
+experiments = '1,2,3,4,5,6'  # a comma-separated subset, run in this order (4 reads the runs of 1 and 3)
 text = ''                 # a UTF-8 .txt file for experiment 3 (skipped, with a note, without one)
 out = 'results/{preset}'  # the results folder
 reuse = False             # keep the finished runs in --out whose train.py arguments are the same
@@ -119,15 +120,23 @@ e3_gate_bigram = 0.3       # ... and ≤ this many nats above the bigram loss
 e5_bases = 'select,random,trained'
 e5_head_lr_mults = '0.333,1,3'
 e5_trained_head_lr_mults = '0.1,0.333,1'  # the trained factorization's: its best was ×⅓ of ⅓, 1, 3 at first
+# experiment 6: head rank on hmm.py's language, against its exact floor, at experiment 3's sizes and schedule;
+# log p(y | x) has rank ≤ S + 1, so with S + 1 ≤ r a rank-r head can express the floor: a gap is optimization
+e6_heads = 'narrow:2/select,narrow:8/select,linear'
+e6_lrs = '1e-3,3e-3,1e-2'
+e6_vocab_size = 4096
+e6_states = 6              # S: log p(y | x) has rank ≤ 7 < 8
+e6_eval_iters = 16         # held-out batches per evaluation, the same at every evaluation
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.join(HERE, 'train.py')
-TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at equal exposures: (D, V) and (r, V) grids',
+TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at a fixed batch, as V/D grows',
           '3': 'text, head rank on one backbone', '4': 'the meter along training',
-          '5': 'the wide head on text: its basis and its learning rate'}
+          '5': 'the wide head on text: its basis and its learning rate',
+          '6': 'head rank on a language with an exact floor'}
 FIGURES = {'1': ['exp1_head_rank.png'], '2': ['exp2_fixed_batch.png'],
-           '3': ['exp3_text.png'], '4': ['exp4_meter.png'], '5': []}
+           '3': ['exp3_text.png'], '4': ['exp4_meter.png'], '5': [], '6': ['exp6_hmm.png']}
 EDGE = {**plot.ARROWS, 'one lr': ' (one lr)', '': ''}  # the best lr's flag, after it in the tables
 OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to lr/10, grad clip 1 "
         "(train.py's)",
@@ -196,9 +205,10 @@ def head_of(spec, D):
 
 
 def heads_of(c, e):
-    """The heads of experiment 1 or 3 (3: narrowest first), each head_of's dict."""
-    heads = [head_of(spec, c[f'e{e}_n_embd']) for spec in head_specs(c, f'e{e}_heads')]
-    if e == '3':
+    """The heads of experiment 1, 3 or 6 (3 and 6: narrowest first, at experiment 3's width), each
+    head_of's dict."""
+    heads = [head_of(spec, c[f"e{'1' if e == '1' else '3'}_n_embd"]) for spec in head_specs(c, f'e{e}_heads')]
+    if e in '36':
         heads.sort(key=lambda h: h['rank'])
     return heads
 
@@ -302,15 +312,19 @@ def wsd_schedule(c):
 
 
 def plan_text(c, e):
-    """Experiments 3 and 5 (their data, the token file, is set once it is written): the sweep runs (one
-    warmup–stable–decay run each, evaluated on every validation window at its end) and, for 3, the fresh
-    seeds' stable phase with its cooldown branches (wsd_schedule)."""
+    """Experiments 3, 5 (their data, the token file, is set once it is written) and 6 (hmm.py's language):
+    the sweep runs (one warmup–stable–decay run each, evaluated at its end on every validation window, or
+    on e6_eval_iters held-out batches) and, for 3 and 6, the fresh seeds' stable phase with its cooldown
+    branches (wsd_schedule)."""
     total, wsd = c['e3_max_iters'], wsd_schedule(c)
     base = dict(data=None, n_embd=c['e3_n_embd'], n_layer=c['e3_n_layer'], n_head=c['n_head'],
                 block_size=c['e3_block_size'], batch_size=c['e3_batch_size'], schedule='wsd',
                 warmup_iters=max(1, int(c['warmup'] * total)))
+    if e == '6':
+        base.update(data=f"hmm:{c['e6_states']}", vocab_size=c['e6_vocab_size'])
+    evals = c['e6_eval_iters'] if e == '6' else 0
     full = dict(base, max_iters=total, cooldown_iters=total - wsd['stable'], eval_interval=total,
-                eval_iters=0, log_interval=total, save_checkpoints=e == '5')
+                eval_iters=evals, log_interval=total, save_checkpoints=e == '5')
     if e == '5':
         configs = []
         for basis in [b.strip() for b in str(c['e5_bases']).split(',')]:
@@ -322,10 +336,10 @@ def plan_text(c, e):
                                     args={**full, **h['args'], 'head_lr_mult': mult}))
         return configs
     trunk = dict(base, max_iters=wsd['stable'], cooldown_iters=0, eval_interval=wsd['interval'],
-                 eval_iters=c['e3_eval_iters'], log_interval=wsd['interval'], keep_checkpoints=True)
+                 eval_iters=evals or c['e3_eval_iters'], log_interval=wsd['interval'], keep_checkpoints=True)
     return [dict(key=h['key'], label=h['label'], info=dict(head=h['spec']), args={**full, **h['args']},
                  trunk={**trunk, **h['args']}, branches=wsd['branches'])
-            for h in heads_of(c, '3')]
+            for h in heads_of(c, e)]
 
 
 def plan_exp2(c):
@@ -389,7 +403,7 @@ def plan(c):
 
 def written_by_reproduce(name):
     """Whether a file or folder of an --out is one that reproduce.py writes."""
-    if name in ('meta.json', 'summary.md', 'exp1', 'exp2', 'exp3', 'exp5', 'wide_diagnosis.json',
+    if name in ('meta.json', 'summary.md', 'exp1', 'exp2', 'exp3', 'exp5', 'exp6', 'wide_diagnosis.json',
                 'wide_diagnosis.csv'):
         return True
     return name.startswith('exp') and name.endswith(('.csv', '.json', '.png'))
@@ -559,7 +573,7 @@ def run_one(c, run, tally):
     shutil.rmtree(d, ignore_errors=True)  # unfinished, or run with other arguments
     os.makedirs(d)
     t0 = time.time()
-    train(c, tally, args, d, echo_evals=run['exp'] == 'exp3' and not run.get('branches'))
+    train(c, tally, args, d, echo_evals=run['exp'] in ('exp3', 'exp6') and not run.get('branches'))
     rows = read_log(d)
     rec = dict({k: run[k] for k in ('exp', 'key', 'name', 'label', 'info', 'lr', 'seed', 'sweep')}, args=args,
                config=rows[0], evals=[r for r in rows if r.get('type') == 'eval'])
@@ -585,8 +599,9 @@ def cooldown(c, tally, args, d, stable, cool, last):
     b = os.path.join(d, f'cool{stable + cool}')
     os.makedirs(b)
     os.link(os.path.join(d, f'ckpt_{stable}.pt'), os.path.join(b, 'ckpt.pt'))
+    every = 0 if args['data'].endswith('.tok') else args['eval_iters']  # text: every validation window
     branch = dict(args, out_dir=b, init_from='resume', allow_changes=True, overwrite=False,
-                  max_iters=stable + cool, cooldown_iters=cool, eval_interval=stable + cool, eval_iters=0,
+                  max_iters=stable + cool, cooldown_iters=cool, eval_interval=stable + cool, eval_iters=every,
                   keep_checkpoints=False)
     train(c, tally, branch, b, echo_evals=False)
     final = read_log(b, 'eval')[-1]
@@ -1123,12 +1138,7 @@ def summary_exp3(c, runs, tokens):
                         ['-'] * 4),
                       ci(d['own_minus_probe'] if d else stats.paired(
                           p['report_loss'], p['probe_loss']), '{:+.3f}')])
-    fold_lines = []
-    for spec, points in xfold.items():
-        for q in points[::max(1, len(points) // 5)]:
-            bound = f"> {q['lower_bound']:.2f}" if q['censored'] else ''
-            fold_lines.append([per[spec]['label'], f"{q['level']:.3f}", ci(q['ratio'], '{:.2f}'),
-                               f"{q['n_ok']} ok, {q['censored']} never {bound}".strip()])
+    fold_lines = xfold_lines(xfold, per)
     tokens_seen = c['e3_max_iters'] * c['e3_batch_size'] * T
     val_share = np.bincount(bins[yv.numpy().ravel()], minlength=len(names)) / yv.numel()
     wsd = wsd_schedule(c)
@@ -1178,6 +1188,71 @@ def summary_exp3(c, runs, tokens):
         ['head', 'target loss', 'tokens / linear\'s, geometric mean [95% CI]', 'seeds'], fold_lines)
     return dict(controls=controls, table=table, notes=[verdict, control],
                 heads=[dict(label=h['label'], rank=h['rank'], runs=fresh[h['spec']]) for h in heads])
+
+
+def xfold_lines(xfold, per):
+    """Rows of the ×-fold table: every fifth level of each head's curve."""
+    lines = []
+    for spec, points in xfold.items():
+        for q in points[::max(1, len(points) // 5)]:
+            bound = f"> {q['lower_bound']:.2f}" if q['censored'] else ''
+            lines.append([per[spec]['label'], f"{q['level']:.3f}", ci(q['ratio'], '{:.2f}'),
+                          f"{q['n_ok']} ok, {q['censored']} never {bound}".strip()])
+    return lines
+
+
+def summary_exp6(c, runs):
+    """Experiment 6: head rank on hmm.py's language. Per head: the annealed curve of each fresh seed, its
+    final loss above the exact floor, paired against the widest head, and the ×-fold in tokens against it."""
+    lang = hmm.Language(c['e6_vocab_size'], c['e6_states'])
+    floor = lang.floor(c['e3_block_size'])
+    heads = heads_of(c, '6')
+    ref = heads[-1]['spec']
+    per, rows, lines = {}, [], []
+    for h in heads:
+        t = lr_table(runs[h['key']], head=h['spec'], rank=h['rank'])
+        rows += t['rows']
+        rs = t['best_runs']
+        per[h['spec']] = dict(label=h['label'], rank=h['rank'], best_lr=t['lr'], edge=t['edge'],
+                              seeds=[r['seed'] for r in rs],
+                              final_val_loss=[r['branches'][-1]['val_loss'] for r in rs],
+                              above_floor=[r['branches'][-1]['val_loss'] - floor for r in rs],
+                              annealed={r['seed']: [[b['tokens'], b['val_loss']] for b in r['branches']]
+                                        for r in rs})
+    final = {spec: dict(zip(p['seeds'], p['final_val_loss'])) for spec, p in per.items()}
+    for spec, p in per.items():
+        p['minus_widest'] = paired_by_seed(final[spec], final[ref])
+        gap = '(reference)' if spec == ref else ci(p['minus_widest'], '{:+.3f}', p=True)
+        above = ci(stats.interval(p['above_floor']), '{:+.3f}')
+        lines.append([p['label'], f"{plot.sci(p['best_lr'])}{EDGE[p['edge']]}",
+                      ci(stats.interval(p['final_val_loss'])), above, gap])
+    curves = {spec: p['annealed'] for spec, p in per.items()}
+    xfold = stats.xfold_curve(curves, ref, stats.levels_between(curves, ref, 20))
+    controls = dict(data=f"hmm.py, V = {c['e6_vocab_size']:,}, S = {c['e6_states']} states",
+                    floor=floor, entropy_rate=lang.entropy_rate(), first_position=lang.first_entropy(),
+                    log_prob_rank_at_most=c['e6_states'] + 1, n_embd=c['e3_n_embd'],
+                    n_layer=c['e3_n_layer'], block_size=c['e3_block_size'], batch_size=c['e3_batch_size'],
+                    max_iters=c['e3_max_iters'], lrs=numbers(c, 'e6_lrs'),
+                    varies='only the head (a fixed selector of r coordinates) and its lr',
+                    ours=OURS[1:] + [
+                        "experiment 3's sizes and warmup–stable–decay schedule with its cooldown branches",
+                        f"{c['e6_eval_iters']} held-out batches per evaluation, the same at every evaluation "
+                        "(a generator seeded apart from training's)",
+                        "floor: the exact least loss over a window (hmm.Language.floor)"])
+    write_table(c, 'exp6_hmm', rows, controls, heads=per, xfold=xfold)
+    plot.exp6(os.path.join(c['out'], FIGURES['6'][0]), per, xfold, floor,
+              f"hmm.py V = {c['e6_vocab_size']:,}, S = {c['e6_states']}, D = {c['e3_n_embd']}, "
+              f"{len(per[ref]['seeds'])} fresh seeds")
+    table = md(['head', 'best lr (sweep seed)', 'final val loss [95% CI]', 'above the floor',
+                "− the widest head's, paired [95% CI]"], lines)
+    table += '\n\n×-fold in tokens to reach an annealed loss, against the widest head:\n\n' + md(
+        ['head', 'target loss', "tokens / the widest head's, geometric mean [95% CI]", 'seeds'],
+        xfold_lines(xfold, per))
+    note = (f"The floor: {floor:.4f} nats per token over a window of {c['e3_block_size']} ("
+            f"{lang.entropy_rate():.4f} at positions ≥ 1, {lang.first_entropy():.4f} at position 0); "
+            f"log p(y | x) has rank ≤ {c['e6_states'] + 1}, so every head of rank ≥ {c['e6_states'] + 1} "
+            "can express it.")
+    return dict(controls=controls, table=table, notes=[note])
 
 
 def at_loss(run, level, key):
@@ -1305,6 +1380,8 @@ def summarise(c, e, runs, tokens, done):
         return summary_exp3(c, runs, tokens)
     if e == '5':
         return summary_exp5(c, runs, tokens)
+    if e == '6':
+        return summary_exp6(c, runs)
     return summary_exp4(c, {x: done[x]['heads'] for x in ('1', '3') if x in done})
 
 
@@ -1352,7 +1429,7 @@ def main(argv):
         for s in specs:
             if s['exp'] in ('exp3', 'exp5'):
                 s['args']['data'] = tokens
-            if 'trunk' in s:
+            if 'trunk' in s and s['exp'] == 'exp3':
                 s['trunk']['data'] = tokens
     tally = Tally()
     gpu = torch.cuda.get_device_name(c['device']) if c['device'].startswith('cuda') else None

@@ -2303,9 +2303,9 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert 'Stage gate' in summary and '| head | best lr |' in summary
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
-    assert meta['runs']['trained'] == 35 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    assert meta['runs']['trained'] == 41 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
     # CSV = JSON rows
-    stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis')
+    stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis', 'exp6_hmm')
     for stem in stems:
         rows = json.load(open(os.path.join(out, stem + '.json')))['rows']
         with open(os.path.join(out, stem + '.csv'), newline='') as f:
@@ -2327,6 +2327,14 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
         assert len(cell['acc']) == len(cell['exposures_to_loss']) == 2
         assert cell['budget'] == round(8 * steps / (cell['V'] - 1), 2) >= 2
         assert cell['geomean_to_loss'] is None or cell['reached'] == 2
+    # the HMM language: every head against its exact floor, through its cooldown branches
+    e6 = json.load(open(os.path.join(out, 'exp6_hmm.json')))
+    floor = hmm.Language(64, 4).floor(8)
+    assert e6['controls']['floor'] == floor and e6['controls']['log_prob_rank_at_most'] == 5
+    for h in e6['heads'].values():
+        assert [round(a, 9) for a in h['above_floor']] == [round(f - floor, 9) for f in h['final_val_loss']]
+        assert len(h['final_val_loss']) == 2 and all(len(curve) == 2 for curve in h['annealed'].values())
+    assert e6['heads']['linear']['minus_widest']['mean'] == 0 and set(e6['xfold']) == {'narrow:2/select'}
     # the meter at a matched loss: one level per panel, reached by every run (so never n/a)
     meter = json.load(open(os.path.join(out, 'exp4_meter.json')))['rows']
     for data in ('SpamLang', 'text'):
@@ -2370,9 +2378,9 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
     # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 35 and re.fullmatch(
-        r"\[1/35\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
-    assert re.search(r"\[35/35\] exp5 .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert len(progress) == 41 and re.fullmatch(
+        r"\[1/41\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert re.search(r"\[41/41\] exp6 .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
 
@@ -2459,7 +2467,7 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e1_heads=narrow:0'], "bad item 'narrow:0'"),
     (['--e1_heads=linear:4'], "bad item 'linear:4'"),
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
-    (['--experiments=1,6'], 'subset of 1,2,3,4,5'),
+    (['--experiments=1,7'], 'subset of 1,2,3,4,5,6'),
     (['--e1_heads=linear/select'], "bad item 'linear/select'"),
     (['--e3_max_iters=721'], 'must split into --e3_budgets=4 parts'),
     (['--quick', '--preset=gpu'], '--quick is --preset=quick'),
@@ -2519,7 +2527,7 @@ def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_pat
     text = write_text(tmp_path / 't.txt', 5)
     c = reproduce.parse_options(['--preset=gpu', '--dry_run', f'--text={text}'])  # no GPU needed
     est = estimate.estimate(reproduce.plan(c), c['jobs'], c['compile'])
-    assert set(est) == {'exp1', 'exp2', 'exp3', 'exp5', 'total'}
+    assert set(est) == {'exp1', 'exp2', 'exp3', 'exp5', 'exp6', 'total'}
     assert all(e['wall_s'] <= 8 * 60 for name, e in est.items() if name != 'total'), est
     # the arithmetic on one run: FLOPs per token of the model itself, times its tokens
     args = dict(vocab_size=512, n_embd=32, n_layer=2, n_head=2, block_size=16, head='linear', batch_size=4,

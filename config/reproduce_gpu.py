@@ -30,3 +30,9 @@ e3_n_embd = 256
 e3_n_layer = 4
 e3_block_size = 128
 e3_max_iters = 480
+# experiment 6: the HMM language at V = 16,384 with S = 64 states (log p(y | x) of rank ≤ 65): r = 128 can
+# express its floor, r = 8 cannot
+e6_heads = 'narrow:8/select,narrow:128/select,linear'
+e6_lrs = '3e-4,1e-3,3e-3'
+e6_vocab_size = 16384
+e6_states = 64
