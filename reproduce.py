@@ -556,9 +556,10 @@ def finished_run(d, args):
 
 def run_one(c, run, tally):
     """One train.py run in <out>/<exp>/<name>; run.json: the run, its args, config row, eval rows, seconds.
-    A run with branches (experiment 3's fresh seeds) is a stable phase, then its cooldown branches in
-    <name>/cool<steps>, each resumed from a checkpoint of the stable phase; only the longest branch keeps its
-    checkpoint. With --reuse, a finished run with the same arguments is read back instead."""
+    A run with branches (experiments 3 and 6, fresh seeds) is a stable phase, then its cooldown branches in
+    <name>/cool<steps>, each resumed from a checkpoint of the stable phase; in experiment 3 the longest branch
+    keeps its checkpoint (for the analysis). With --reuse, a finished run with the same arguments is read back
+    instead."""
     d = os.path.join(c['out'], run['exp'], run['name'])
     args = {**run.get('trunk', run['args']), 'learning_rate': run['lr'], 'min_lr': run['lr'] / 10,
             'seed': run['seed'], 'out_dir': d, 'overwrite': True, 'device': c['device']}
@@ -579,7 +580,8 @@ def run_one(c, run, tally):
                config=rows[0], evals=[r for r in rows if r.get('type') == 'eval'])
     branches = run.get('branches', [])
     if branches:
-        rec['branches'] = [cooldown(c, tally, args, d, stable, cool, last=k == len(branches) - 1)
+        keep = run['exp'] == 'exp3'  # its analysis reads the longest branch's checkpoint
+        rec['branches'] = [cooldown(c, tally, args, d, stable, cool, last=keep and k == len(branches) - 1)
                            for k, (stable, cool) in enumerate(branches)]
     for f in os.listdir(d):
         if f.endswith('.pt') and (f.startswith(('ckpt_', 'prev_')) or branches):

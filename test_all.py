@@ -2589,7 +2589,6 @@ def test_spread_is_the_sample_std_and_one_seed_shows_a_dash():
 def test_best_lr_flags_the_edges():
     run = lambda lr, acc, loss: dict(lr=lr, evals=[dict(val_acc=acc, val_loss=loss)])
     best = reproduce.best_lr
-    assert (best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) ==
-            dict(lr=1e-2, edge='high edge'))
-    assert best('exp1', [run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == dict(lr=3e-3, edge='')
-    assert best('exp3', [run(1e-3, 0, 4), run(3e-3, 0, 5)]) == dict(lr=1e-3, edge='low edge')
+    assert best([run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) == dict(lr=1e-2, edge='high edge')
+    assert best([run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == dict(lr=3e-3, edge='')
+    assert best([run(1e-3, 0, 4), run(3e-3, 0, 5)]) == dict(lr=1e-3, edge='low edge')

@@ -128,7 +128,7 @@ elif os.path.exists(ckpt_path) and not overwrite:
                       f"--overwrite=True, or choose another --out_dir")
 if data == 'spamlang':
     corpus = dict(kind='spamlang', vocab_size=vocab_size, fingerprint=f"spamlang-V{vocab_size}")
-elif synthetic:
+elif data.split(':')[0] == 'hmm':  # data as resumed: a checkpoint may name another source
     import hmm  # a synthetic language with an exact floor: an optional source
     corpus = hmm.corpus(data, vocab_size)
 else:
@@ -238,7 +238,7 @@ def evaluate():
     fixed non-overlapping windows of the validation split) and the gradient-bottleneck meter on the first
     batch."""
     model.eval()
-    if synthetic:
+    if corpus['kind'] != 'text':
         gen = spamlang.make_generator(seed + 1)  # the same held-out batches at every evaluation
         batches = [get_batch('val', gen) for _ in range(eval_iters)]
     else:
