@@ -1106,6 +1106,9 @@ def summary_exp3(c, runs, tokens):
                               report_loss=[x['report_loss'] for x in a],
                               probe_loss=[x['probe_loss'] for x in a],
                               probe_epochs=[x['probe_epochs'] for x in a],
+                              probe_stopped=[x['probe_stopped'] for x in a],
+                              ceiling_fits={k: {f: [x['ceilings'][k][f] for x in a] for f in fit}
+                                            for k, fit in a[0]['ceilings'].items()},  # the linear head's
                               ceiling_loss=[ceiling(r['seed'], h['rank']) for r in rs],
                               annealed={r['seed']: [[b['tokens'], b['val_loss']] for b in r['branches']]
                                         for r in rs},
