@@ -17,13 +17,12 @@ replace with a measurement.
 """
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, MODEL_KEYS
 
 PEAK_FLOPS = 989e12     # H100/H200 dense bf16
 MFU = {False: 0.035, True: 0.06}  # per process, eager / compiled (measured at train.py's gpu config)
 MFU_CEILING = 0.4       # what many small processes together can draw of the peak (ours)
 START_S = {False: 12.0, True: 40.0}  # per process: Python, CUDA, data; compiled: + the compile (ours)
-MODEL_KEYS = ('vocab_size', 'n_embd', 'n_layer', 'n_head', 'block_size', 'head', 'head_rank', 'head_basis')
 
 
 def flops_per_token(args):

@@ -868,7 +868,7 @@ def summary_exp2(c, runs):
         for D in Ds:
             line = [h['spec'], D]
             for V in Vs:
-                cell_runs = runs[exp2_key(head_of(h['spec'], D), D, V)]
+                cell_runs = runs[exp2_key(h, D, V)]  # a head's key does not depend on D
                 info = cell_runs[0]['info']
                 t = lr_table(cell_runs, lr_score(c, 'exp2'), **info)
                 rows += t['rows']
