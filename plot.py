@@ -161,11 +161,12 @@ def exp1(path, heads, V, D, subtitle):
     return save(fig, path)
 
 
-def exp2(path, cells, Vs, Ds, subtitle):
+def exp2(path, cells, Vs, Ds, target, subtitle):
     """cells: dicts with head, D, V, budget, reached, geomean_to_loss (None unless every seed reached the
-    target), acc (per seed), lr, edge. Left: the exposures per symbol to the target loss against V, one line
-    per (head, D); a cell that did not reach it on every seed sits at its budget as a hollow triangle (a lower
-    bound). Right: the final accuracy."""
+    target), loss_over_logV (per seed), control (its loss_over_logV), lr, edge. Left: the exposures per symbol
+    to the target loss against V, one line per (head, D); a cell that did not reach it on every seed sits at
+    its budget as a hollow triangle (a lower bound). Right: the final loss / log(V − 1) and the expressivity
+    control beside the target (a fraction of log(V − 1))."""
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.6))
     heads = list(dict.fromkeys(d['head'] for d in cells))
@@ -182,9 +183,10 @@ def exp2(path, cells, Vs, Ds, subtitle):
                 ax.plot([d['V']], [yy], ls='none', color=color, **marker)
                 ax.annotate(f"{sci(d['lr'])}{ARROWS.get(d['edge'], '')}", (d['V'], yy), xytext=(3, -9),
                             textcoords='offset points', fontsize=6, color=color)
-            acc = np.array([d['acc'] for d in mine], dtype=float) * 100
-            bars = [acc.mean(1) - acc.min(1), acc.max(1) - acc.mean(1)]
-            bx.errorbar(x, acc.mean(1), yerr=bars, fmt='o' + style, color=color, capsize=3, ms=4, lw=1.3)
+            ratio = np.array([d['loss_over_logV'] for d in mine], dtype=float)
+            bars = [ratio.mean(1) - ratio.min(1), ratio.max(1) - ratio.mean(1)]
+            bx.errorbar(x, ratio.mean(1), yerr=bars, fmt='o' + style, color=color, capsize=3, ms=4, lw=1.3)
+            bx.plot(x, [d['control']['loss_over_logV'] for d in mine], 'x', color=color, ms=7)
     for a in (ax, bx):
         a.set_xscale('log', base=2)
         a.set_xticks(Vs, [f"{V:,}" for V in Vs])
@@ -193,8 +195,11 @@ def exp2(path, cells, Vs, Ds, subtitle):
     ax.set(ylabel='exposures per symbol to the target loss',
            title='exposures to loss ≤ 0.1·log(V − 1) on positions ≥ 1 (geometric mean over seeds)\n'
                  '△ = not reached on every seed: the budget, a lower bound; text: the best lr')
-    bx.set(ylabel='final accuracy on positions ≥ 1 (%)', ylim=(-2, 102),
-           title='final accuracy at the best lr\nmean, bar: min–max over seeds')
+    bx.axhline(target, color='0.5', lw=0.8, ls='--')
+    bx.set_yscale('log')
+    bx.set(ylabel='loss on positions ≥ 1 / log(V − 1)',
+           title='final loss at the best lr (mean, bar: min–max over seeds); ×: the head alone refitted on\n'
+                 'the frozen backbone, its norm ≤ the trained head\'s (expressivity); dashed: the target')
     fig.legend(*ax.get_legend_handles_labels(), loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title=subtitle, title_fontsize=8)
     fig.suptitle('SpamLang at a fixed batch: as V/D grows', fontsize=10)

@@ -83,7 +83,7 @@ e1_eval_iters = 4          # held-out batches per evaluation
 e2_heads = 'linear,tied'   # train.py's heads, as e1_heads
 e2_n_embds = '16,32'       # widths D
 e2_vocab_sizes = '256,1024,4096,8192'
-e2_lrs = '1e-3,3e-3,1e-2,3e-2'  # the lr grid of every cell
+e2_lrs = '3e-3,1e-2,3e-2,1e-1'  # the lr grid of every cell (1e-3 was never the best by loss in a first run)
 e2_batch_size = 64         # sequences per step, the same in every cell: steps ∝ V at a fixed exposure budget
 e2_exposures = 32.0        # the budget: sequences per symbol (steps ⌈exposures·(V − 1)/batch⌉, whole evals)
 e2_evals = 16              # evaluations per run, evenly spaced: the resolution of the steps to the target
@@ -92,6 +92,8 @@ e2_target_acc = 0.9        # ... and, reported beside it, the first evaluation w
 e2_n_layer = 2
 e2_block_size = 2          # [BOS, s]: one determined position per sequence
 e2_eval_sequences = 2048   # held-out sequences per evaluation (whole batches)
+e2_control_steps = 1500    # the expressivity control: AdamW steps of the bounded head's fit on a frozen
+e2_control_lr = 1e-2       # backbone (1,024 symbols a step, cosine to 0), on each cell's first fresh seed
 # experiment 3: text, head rank on one backbone: fixed-basis heads (rank the only difference; linear is r = D)
 e3_heads = 'narrow:2/select,narrow:8/select,linear'  # r = 2: the positive control
 e3_lrs = '1e-3,3e-3,1e-2'  # every head's best lay inside 3e-4 … 1e-2 in a first run
@@ -356,7 +358,7 @@ def plan_exp2(c):
                 args = dict(data='spamlang', vocab_size=V, n_embd=D, n_layer=c['e2_n_layer'],
                             n_head=c['n_head'], block_size=c['e2_block_size'], batch_size=B, max_iters=steps,
                             eval_interval=interval, warmup_iters=max(1, int(c['warmup'] * steps)),
-                            eval_iters=n_eval, log_interval=steps, save_checkpoints=False, **h['args'])
+                            eval_iters=n_eval, log_interval=steps, **h['args'])  # the control reads its ckpt
                 info = dict(head=h['spec'], D=D, V=V, batch_size=B, steps=steps, eval_sequences=B * n_eval,
                             exposures=round(B * steps / (V - 1), 2))
                 configs.append(dict(key=exp2_key(h, D, V), label=f"{h['label']}, D = {D}, V = {V:,}",
@@ -583,8 +585,10 @@ def run_one(c, run, tally):
         keep = run['exp'] == 'exp3'  # its analysis reads the longest branch's checkpoint
         rec['branches'] = [cooldown(c, tally, args, d, stable, cool, last=keep and k == len(branches) - 1)
                            for k, (stable, cool) in enumerate(branches)]
+    control = run['exp'] == 'exp2' and run['seed'] == c['seed'] + c['sweep_seeds']  # its ckpt is read
     for f in os.listdir(d):
-        if f.endswith('.pt') and (f.startswith(('ckpt_', 'prev_')) or branches):
+        if f.endswith('.pt') and (f.startswith(('ckpt_', 'prev_')) or branches or (run['exp'] == 'exp2'
+                                                                                    and not control)):
             os.remove(os.path.join(d, f))  # only the final checkpoint is read (the longest branch's)
     rec['seconds'] = round(time.time() - t0, 2)
     with open(os.path.join(d, 'run.json'), 'w') as f:
@@ -679,14 +683,15 @@ def to_target(c, rec):
 
 def lr_score(c, exp):
     """How an experiment orders its lrs: experiment 2 by the runs that reach the target loss, then their mean
-    steps to it (fewer is better), then final_score; the others by final_score."""
+    steps to it (fewer is better), then the final loss (the target's measure); the others by final_score."""
     if exp != 'exp2':
         return final_score
 
     def score(runs):
         steps = [to_target(c, r)[0] for r in runs]
         reached = [s for s in steps if s is not None]
-        return len(reached), -np.mean(reached) if reached else 0.0, *final_score(runs)
+        return len(reached), -np.mean(reached) if reached else 0.0, -np.mean([r['evals'][-1]['val_loss']
+                                                                             for r in runs])
     return score
 
 
@@ -863,6 +868,7 @@ def summary_exp2(c, runs):
     final accuracy and loss / log(V − 1); each cell at its best lr by the same criterion."""
     Vs, Ds = numbers(c, 'e2_vocab_sizes', int), numbers(c, 'e2_n_embds', int)
     heads = [head_of(spec, min(Ds)) for spec in head_specs(c, 'e2_heads')]
+    bounded_fits(c, runs)
     rows, cells, lines = [], [], []
     for h in heads:
         for D in Ds:
@@ -885,7 +891,8 @@ def summary_exp2(c, runs):
                                                                    if len(reached) == len(b) else None),
                             acc=[r['evals'][-1]['val_acc'] for r in b],
                             loss_over_logV=[r['evals'][-1]['val_loss'] / spamlang.optimal_loss_pos0(V)
-                                            for r in b])
+                                            for r in b],
+                            control=next(r['control'] for r in b if 'control' in r))
                 cells.append(cell)
                 if cell['geomean_to_loss'] is not None:
                     text = f"{cell['geomean_to_loss']:.1f}"
@@ -894,7 +901,8 @@ def summary_exp2(c, runs):
                 else:
                     text = f"> {info['exposures']:g}"
                 acc = pm(spread(cell['acc']), '{:.0f}', scale=100)
-                line.append(f"{text} (acc {acc}){EDGE[t['edge']]}")
+                bounded = cell['control']['loss_over_logV']
+                line.append(f"{text} (acc {acc}; bounded head {bounded:.3f}){EDGE[t['edge']]}")
             lines.append(line)
     controls = dict(data='SpamLang', heads=[h['spec'] for h in heads], n_layer=c['e2_n_layer'],
                     block_size=c['e2_block_size'], batch_size=c['e2_batch_size'],
@@ -907,18 +915,93 @@ def summary_exp2(c, runs):
                                  "held-out sequences: the steps to a target are the first evaluation's that "
                                  "reaches it",
                                  "the best lr per cell: the most seeds reaching the loss target, then the "
-                                 "fewest steps to it, then final accuracy and loss",
+                                 "fewest steps to it, then the final loss",
+                                 f"the expressivity control: the head alone fitted on the frozen backbone of "
+                                 f"each cell's first fresh seed ({c['e2_control_steps']} AdamW steps, lr "
+                                 f"{c['e2_control_lr']:g}, cosine), its Frobenius norm at most the trained "
+                                 "head's; its loss on every symbol / log(V − 1)",
                                  "censored: a run that never reaches the target is '> budget', never "
                                  "averaged; a cell's geometric mean only when every seed reached it"])
     write_table(c, 'exp2_fixed_batch', rows, controls, cells=cells)
-    plot.exp2(os.path.join(c['out'], FIGURES['2'][0]), cells, Vs, Ds,
+    plot.exp2(os.path.join(c['out'], FIGURES['2'][0]), cells, Vs, Ds, c['e2_target_loss'],
               f"batch {c['e2_batch_size']} sequences, budget {c['e2_exposures']:g} exposures per symbol, "
               f"{c['seeds']} seeds")
     table = ("Exposures per symbol until the loss on positions ≥ 1 reaches "
              f"{c['e2_target_loss']:g}·log(V − 1), geometric mean over seeds ('> budget': not reached), "
-             "and the final accuracy % (mean ± std (min–max)); ↓/↑: the best lr on the grid's edge:\n\n" +
+             "the final accuracy % (mean ± std (min–max)), and the bounded head's loss / log(V − 1) on the "
+             "frozen backbone (the expressivity control: below "
+             f"{c['e2_target_loss']:g}, a head of this norm can express the target); ↓/↑: the best lr on the "
+             "grid's edge:\n\n" +
              md(['head', 'D'] + [f"V = {V:,}" for V in Vs], lines))
     return dict(controls=controls, table=table, notes=[])
+
+
+def bounded_fit(c, rec):
+    """Experiment 2's expressivity control, from a run's final checkpoint: the head alone (a V×D matrix, from
+    the trained one) fitted by AdamW on the frozen backbone's hidden states at position 1 of every [BOS, s],
+    its Frobenius norm projected back to at most the trained head's after each step. Its loss over every
+    symbol / log(V − 1), at the start and at 4 points of the fit: what a head this large can express on this
+    backbone."""
+    path = os.path.join(rec['args']['out_dir'], 'ckpt.pt')
+    model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device'])
+    model.eval().requires_grad_(False)
+    V = model.config.vocab_size
+    s = torch.arange(1, V, device=c['device'])
+    x = torch.stack([torch.full_like(s, spamlang.BOS), s], dim=1)  # (V − 1, 2)
+    H = hidden_states(model, x).view(V - 1, 2, -1)[:, 1]  # (V − 1, D)
+    W = model.lm_head.effective_weight().detach().clone().requires_grad_(True)  # (V, D)
+    bound = W.norm().item()
+    steps = c['e2_control_steps']
+    opt = torch.optim.AdamW([W], lr=c['e2_control_lr'], betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(c['seed'])
+    log_v = spamlang.optimal_loss_pos0(V)
+
+    def full_loss():  # 4,096 symbols' logits at a time
+        with torch.no_grad():
+            total = sum(F.cross_entropy(h @ W.T, t, reduction='sum').item()
+                        for h, t in zip(H.split(4096), s.split(4096)))
+        return total / (V - 1) / log_v
+
+    curve = [full_loss()]
+    for step in range(steps):
+        for group in opt.param_groups:
+            group['lr'] = c['e2_control_lr'] * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(V - 1, (min(1024, V - 1),), generator=gen).to(c['device'])
+        loss = F.cross_entropy(H[idx] @ W.T, s[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            W.mul_(min(1.0, bound / W.norm().item()))  # back into the ball of the trained head's norm
+        if (step + 1) % max(1, steps // 4) == 0 or step + 1 == steps:
+            curve.append(full_loss())
+    return dict(loss_over_logV=curve[-1], curve=curve, head_norm=bound, norm=W.norm().item(), steps=steps,
+                lr=c['e2_control_lr'])
+
+
+def bounded_fits(c, runs):
+    """bounded_fit of every cell's first fresh run that has none with these settings (jobs at a time),
+    saved in its run.json; then its checkpoint goes."""
+    first = c['seed'] + c['sweep_seeds']
+    todo = [r for rs in runs.values() for r in rs if r['seed'] == first and not r['sweep']]
+    settings = dict(steps=c['e2_control_steps'], lr=c['e2_control_lr'])
+
+    def work(r):
+        if {k: r.get('control', {}).get(k) for k in settings} != settings:
+            if not os.path.exists(os.path.join(r['args']['out_dir'], 'ckpt.pt')):
+                raise ConfigError(f"{r['args']['out_dir']} was fitted with other control settings and its "
+                                  "checkpoint is gone: run experiment 2 again without --reuse")
+            r['control'] = bounded_fit(c, r)
+            with open(os.path.join(r['args']['out_dir'], 'run.json'), 'w') as f:
+                json.dump(r, f)
+        return r
+
+    say(f"exp2: the expressivity control of {len(todo)} cells (bounded head, frozen backbone)")
+    in_parallel(c, Tally(), work, todo)
+    for r in todo:
+        path = os.path.join(r['args']['out_dir'], 'ckpt.pt')
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def baselines(train, x, y, V):

@@ -2327,6 +2327,10 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
         assert len(cell['acc']) == len(cell['exposures_to_loss']) == 2
         assert cell['budget'] == round(8 * steps / (cell['V'] - 1), 2) >= 2
         assert cell['geomean_to_loss'] is None or cell['reached'] == 2
+        # the expressivity control: the head refitted inside the ball of the trained head's norm
+        control = cell['control']
+        assert len(control['curve']) == 5 and control['norm'] <= control['head_norm'] * (1 + 1e-5)
+        assert control['loss_over_logV'] == control['curve'][-1] < control['curve'][0]
     # the HMM language: every head against its exact floor, through its cooldown branches
     e6 = json.load(open(os.path.join(out, 'exp6_hmm.json')))
     floor = hmm.Language(64, 4).floor(8)
@@ -2519,6 +2523,10 @@ def test_exp2_steps_to_target_are_censored_and_order_the_lrs():
     score = reproduce.lr_score(c, 'exp2')
     assert reproduce.best_lr([never, late, early], score) == dict(lr=1e-3, edge='low edge')
     assert reproduce.best_lr([never, late], score) == dict(lr=3e-3, edge='low edge')
+    # no lr reaches it: the lower final loss wins, whatever the accuracy (the loss is the target's measure)
+    near = run(3e-2, [9.0, 3.0, 1.0, target + 0.005])
+    near['evals'][-1]['val_acc'] = 0.1  # below never's 0.5
+    assert reproduce.best_lr([never, near], score) == dict(lr=3e-2, edge='high edge')
     # the other experiments keep the final accuracy, then the final loss
     assert reproduce.best_lr([never, late, early], reproduce.lr_score(c, 'exp1'))['lr'] == 1e-3
 

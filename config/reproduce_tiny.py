@@ -22,6 +22,7 @@ e2_exposures = 2.0
 e2_evals = 2
 e2_n_layer = 1
 e2_eval_sequences = 8
+e2_control_steps = 8
 e3_heads = 'narrow:2/select,linear'
 e3_lrs = '1e-3,3e-3'
 e3_n_embd = 8
