@@ -13,8 +13,7 @@ Heads (chosen by name with --head=, see HEADS at the bottom):
     tied     shares the token embedding wte
     narrow   factorized D→r→V, r = head_rank (default n_embd // 16): the paper's rank-r head
     wide     the same factorization with r = n_embd by default, so wide vs narrow differs only in r
-A factorized head's A is trained (the paper's), fixed random or a fixed selector (head_basis=select: rank is
-then the only difference from linear, which it equals at r = D).
+Heads beyond the paper, their controls and a meter for any head: remedies.py, loaded only when named.
 """
 import math
 from dataclasses import dataclass
@@ -102,7 +101,7 @@ class Block(nn.Module):
 class LMHead(nn.Module):
     """Base class: a subclass stores its (Vp, D) matrix as `weight`, or overrides padded_weight()."""
 
-    def __init__(self, config, wte):
+    def __init__(self, config, transformer):
         super().__init__()
         self.vocab_size, self.n_embd = config.vocab_size, config.n_embd
 
@@ -122,17 +121,17 @@ class LMHead(nn.Module):
 class LinearHead(LMHead):
     """Plain untied V×D matrix, GPT-2 init N(0, 0.02)."""
 
-    def __init__(self, config, wte):
-        super().__init__(config, wte)
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
         self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.n_embd) * 0.02)
 
 
 class TiedHead(LMHead):
     """Shares its weight with the token embedding wte: one Parameter under two names, as in nanoGPT."""
 
-    def __init__(self, config, wte):
-        super().__init__(config, wte)
-        self.weight = wte.weight
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        self.weight = transformer.wte.weight
 
 
 class FactorizedHead(LMHead):
@@ -145,8 +144,8 @@ class FactorizedHead(LMHead):
     the same parameters, init draw and Adam steps as LinearHead; logits start √(r/D) as large).
     """
 
-    def __init__(self, config, wte):
-        super().__init__(config, wte)
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
         self.rank = r = head_rank(config.head, config.n_embd, config.head_rank)
         D = config.n_embd
         if config.head_basis == 'select':
@@ -175,9 +174,7 @@ class FactorizedHead(LMHead):
 def head_rank(head, n_embd, rank=None):
     """r of a factorized head: rank if given, else its default: narrow n_embd // 16 (ours), at least 1;
     wide n_embd."""
-    if rank:
-        return rank
-    return max(1, n_embd // 16) if head == 'narrow' else n_embd
+    return rank or (max(1, n_embd // 16) if head == 'narrow' else n_embd)
 
 
 class NarrowHead(FactorizedHead):
@@ -194,19 +191,22 @@ FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedH
 
 
 def check_config(config):
-    """Raise ConfigError (a ValueError) with a one-line message naming the problem and the fix."""
-    if config.head not in HEADS:
-        raise ConfigError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
+    """Raise ConfigError (a ValueError) with a one-line message naming the problem and the fix; or the head."""
+    cls = HEADS.get(config.head)
+    if cls is None:
+        import remedies
+        cls = remedies.HEADS.get(config.head)
+    if cls is None:
+        raise ConfigError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)} or remedies.HEADS")
     if config.head_rank is not None:
-        if config.head not in FACTORIZED:
-            factorized = ', '.join(sorted(FACTORIZED))
-            raise ConfigError(f"head_rank applies only to factorized heads ({factorized}), "
-                              f"not to --head={config.head}: drop --head_rank")
+        if not issubclass(cls, FactorizedHead):
+            raise ConfigError(f"head_rank applies only to factorized heads, not to --head={config.head}: "
+                              "drop --head_rank")
         if not isinstance(config.head_rank, int) or config.head_rank <= 0:
             raise ConfigError(f"head_rank must be a positive integer, got {config.head_rank!r}")
     if config.head_basis not in ('trained', 'random', 'select'):
         raise ConfigError(f"head_basis must be trained, random or select, got {config.head_basis!r}")
-    if config.head_basis != 'trained' and config.head not in FACTORIZED:
+    if config.head_basis != 'trained' and config.head not in FACTORIZED:  # the paper's factorized heads
         raise ConfigError(f"head_basis={config.head_basis} applies only to factorized heads: drop it")
     rank = head_rank(config.head, config.n_embd, config.head_rank)
     if config.head_basis == 'select' and rank > config.n_embd:
@@ -218,6 +218,7 @@ def check_config(config):
             raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
     if config.n_embd % config.n_head:
         raise ConfigError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    return cls
 
 # -----------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        check_config(config)
+        head = check_config(config)
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -238,7 +239,7 @@ class GPT(nn.Module):
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):  # residual projections, scaled per GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        self.lm_head = HEADS[config.head](config, self.transformer.wte)
+        self.lm_head = head(config, self.transformer)
         self.fused = False  # train.py's --loss=fused: the training loss without the (B, T, V) logits
 
     def _init_weights(self, module):

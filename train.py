@@ -26,7 +26,7 @@ import measure
 import options
 import runtime
 import spamlang
-from model import GPT, GPTConfig, HEADS, MODEL_KEYS, check_config, default_loss
+from model import GPT, GPTConfig, MODEL_KEYS, check_config, default_loss
 from options import ConfigError, TrainingError
 
 # -----------------------------------------------------------------------------
@@ -52,7 +52,7 @@ batch_size = 32            # sequences per micro-batch
 block_size = 32            # sequence length T
 gradient_accumulation_steps = None  # micro-batches per step over all processes; None = one per process
 # model
-head = 'linear'            # the LM head (model.HEADS)
+head = 'linear'            # the LM head (model.HEADS; beyond the paper: remedies.HEADS)
 head_rank = None           # r of a factorized head; None: its default (wide n_embd, narrow n_embd // 16)
 head_basis = 'trained'     # factorized heads' A: trained | random (fixed) | select (fixed: r = D is linear)
 n_layer = 2
@@ -87,7 +87,7 @@ RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallba
             'eval_iters', 'meter_every_step', 'peak_flops')  # may differ when resuming
 options.one_line_errors()
 types = dict(head_rank=int, compile=bool, gradient_accumulation_steps=int)  # options whose default is None
-choices = dict(init_from=('scratch', 'resume'), head=tuple(HEADS), dtype=('auto', *runtime.DTYPES),
+choices = dict(init_from=('scratch', 'resume'), dtype=('auto', *runtime.DTYPES),
                loss=('auto', 'naive', 'fused'), schedule=('cosine', 'wsd'))
 config, given = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__, types, choices)
 globals().update(config)

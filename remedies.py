@@ -1,0 +1,359 @@
+"""
+Heads beyond the paper: can the output layer let more of the gradient through? (arXiv 2603.10145 asks and
+leaves it open.) Each candidate, its controls and twins, chosen like the paper's heads with --head=NAME;
+model.py imports this file only when --head names one of them, so `python train.py --head=wide` never reads
+it. And head_meter, the gradient meter for any head.
+
+    python train.py --head=mlp               # u = W·gelu(A·h), D → 4D → V
+    python train.py --head=blocks            # the head reads the last two blocks side by side
+
+Every head that reads one D-dim hidden state h_t has a per-token Jacobian J_t = ∂u_t/∂h_t of rank ≤ D: none
+sends more than D numbers per token back. A head can change which projection of g_t survives (whiten,
+sigsoftmax, mlp, mos: J_t varies), how large the batch's realizable update is (overparam, mlp), or read more
+than one hidden state (blocks: channel K·D). The logit scale at init is matched to the linear head's
+(0.02·√D on unit-variance inputs) for every head (match_scale). Per-token costs, in multiply-adds of the
+forward pass (V vocabulary, D width, M = 4D, K blocks or mixtures):
+
+    whiten      V·D, backward + D² (one D×D solve per step)     the linear head, g_t·W(WᵀW + λI)⁻¹ sent back
+    overparam   r·(D + V), r = 4D                               W = B·A, both trained
+    blocks      2D·V (+ a LayerNorm)                            reads [h_L, h_{L−1}]: channel 2D
+    blocks_sg   the same                                        h_{L−1} detached: the same forward, one path
+    blocksum    D·V                                             reads h_L + h_{L−1}: channel D (a control)
+    mlp         M·D + M·V                                       u = W·gelu(A·h)
+    prehead     2·M·D + D·V                                     u = W·C·gelu(A·h): extra compute, col(W) only
+    mos         K·D² + K·D·V (+ K·V exp)                        a mixture of K = 4 softmaxes (arXiv 1711.03953)
+    mos1        D² + D·V                                        the same with K = 1 (its control)
+    sigsoftmax  D·V (+ V)                                       u = z + log σ(z), z = W·h (arXiv 1805.10829)
+
+None has a fused loss: their loss comes from their logits (--loss=fused computes the same number).
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import measure
+from model import FactorizedHead, LMHead
+from options import ConfigError
+
+WHITEN_EPS = 1e-3   # ours: whiten's ridge λ = WHITEN_EPS · tr(WᵀW)/D keeps the solve well posed
+MLP_MULT = 4        # ours: the hidden width M of mlp and prehead, × D
+MOS_MIXTURES = 4    # ours: K of mos
+MOS_CHUNK = 1024    # tokens whose K softmaxes are held at once (recomputed in the backward pass)
+SCALE_TOKENS = 512  # unit-variance inputs that match_scale measures the logit scale on
+
+
+class RemedyHead(LMHead):
+    """Base: a head whose loss comes from its logits. inputs(h) is what it reads (the meter's variables);
+    forward(*inputs) its logits; jacobian() the V×k matrix J with J_t = J for every token, or None when J_t
+    varies per token."""
+
+    moves = None  # how many of the inputs (the first ones) a gradient step can move; None: all
+
+    def inputs(self, h):
+        return (h,)
+
+    def jacobian(self):
+        return self.effective_weight()
+
+    def fused_loss(self, h, targets, chunk_size=None):
+        logits = self(h)
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+    def match_scale(self, weight):
+        """Scale `weight` (the last matrix before the logits) so that the logits of unit-variance inputs
+        have the linear head's std at init, 0.02·√D."""
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            xs = [torch.randn(SCALE_TOKENS, x.size(-1), generator=gen) for x in self.example_inputs()]
+            for _ in range(3):  # log p (mos) is not linear in the scale: a few rounds
+                weight.mul_(0.02 * math.sqrt(self.n_embd) / self(*xs).float().std().item())
+
+    def example_inputs(self):
+        return (torch.zeros(1, self.n_embd),)
+
+
+class _Whiten(torch.autograd.Function):
+    """logits = h Wᵀ; the backward pass sends g W (WᵀW + λI)⁻¹ to h, the least-squares preimage of g's part
+    in col(W), instead of g W; W's own gradient is unchanged."""
+
+    @staticmethod
+    def forward(h, W, eps):
+        return F.linear(h, W)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, W, eps = inputs
+        ctx.save_for_backward(h, W)
+        ctx.save_for_forward(h, W)
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(ctx, g):
+        h, W = ctx.saved_tensors
+        gram = (W.T.float() @ W.float()).double()                                       # (D, D)
+        lam = ctx.eps * gram.diagonal().sum() / len(gram)
+        gram = gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        gh = g @ W                                                                     # (..., D)
+        dh = torch.linalg.solve(gram, gh.reshape(-1, gh.size(-1)).T.double()).T      # gram is symmetric
+        dW = g.reshape(-1, g.size(-1)).T @ h.reshape(-1, h.size(-1))
+        return dh.to(g.dtype).view_as(h), dW.to(W.dtype), None
+
+    @staticmethod
+    def jvp(ctx, h_t, W_t, _):  # forward mode (the meter's U_H and U_θ): the linear map's
+        h, W = ctx.saved_tensors
+        return F.linear(h_t, W) + F.linear(h, W_t)
+
+
+class WhitenHead(RemedyHead):
+    """The plain V×D head, init N(0, 0.02); only its backward pass to h differs (_Whiten). It changes which
+    projection of g_t reaches h (W's conditioning no longer scales it), not the rank."""
+
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.n_embd) * 0.02)
+
+    def forward(self, h):
+        return _Whiten.apply(h, self.effective_weight(), WHITEN_EPS)
+
+
+class OverparamHead(FactorizedHead):
+    """W = B·A with r = 4D by default (head_rank), both trained: the plain head's function class. Its
+    first-order logit change has rank ≤ 2D, like the plain head's (measure_cli.update_rank: the B- and A-terms
+    share col(H)); what changes is the geometry of the step (Adam on two factors)."""
+
+    def __init__(self, config, transformer):
+        rank = config.head_rank or MLP_MULT * config.n_embd
+        super().__init__(dataclasses.replace(config, head_rank=rank, head_basis='trained'), transformer)
+
+
+class BlocksHead(RemedyHead):
+    """Reads the final hidden state h_L and the output of the block before it, normalized by its own
+    LayerNorm, side by side: u = W [h_L; ln(x_{L−1})], W: V×2D, J_t = W of rank ≤ 2D, a 2D-wide channel with
+    two gradient paths into the trunk. The earlier output is caught by a forward hook on that block.
+    detach: the same forward pass, the earlier input's gradient cut (blocks_sg); sum: u = W (h_L + ln(x_{L−1}))
+    (blocksum, channel D)."""
+    detach, sum = False, False
+
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        if config.n_layer < 2:
+            raise ConfigError(f"--head={config.head} reads the last two blocks: it needs --n_layer ≥ 2")
+        self.ln_e = nn.LayerNorm(config.n_embd, bias=config.bias)
+        width = config.n_embd if self.sum else 2 * config.n_embd
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, width) * 0.02)
+        self.earlier = None
+        transformer.h[-2].register_forward_hook(self.keep)
+        self.match_scale(self.weight)
+
+    def keep(self, module, args, out):
+        self.earlier = out
+
+    def inputs(self, h):
+        e = self.ln_e(self.earlier.detach() if self.detach else self.earlier)
+        return h, e
+
+    def example_inputs(self):
+        return torch.zeros(1, self.n_embd), torch.zeros(1, self.n_embd)
+
+    def forward(self, h, e=None):
+        if e is None:
+            h, e = self.inputs(h)
+        x = h + e if self.sum else torch.cat([h, e], dim=-1)
+        return F.linear(x, self.effective_weight())
+
+    def jacobian(self):  # with respect to (h, e) side by side
+        W = self.effective_weight()
+        return torch.cat([W, W], dim=1) if self.sum else W
+
+
+class BlocksDetachedHead(BlocksHead):
+    detach = True
+    moves = 1  # a step moves h_L only: the earlier input's gradient is cut
+
+    def jacobian(self):  # with respect to h_L, the one input whose gradient reaches the trunk
+        return self.effective_weight()[:, :self.n_embd]
+
+
+class BlockSumHead(BlocksHead):
+    sum = True
+
+
+class MLPHead(RemedyHead):
+    """u = W·gelu(A·h), D → M → V, M = 4D: J_t = W·diag(gelu′(A h_t))·A varies per token, rank ≤ D; the
+    batch's realizable update has rank ≤ 2M. A ~ N(0, 1/D), W scaled to the linear head's logit scale."""
+
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        M = MLP_MULT * config.n_embd
+        self.A = nn.Parameter(torch.randn(M, config.n_embd) / math.sqrt(config.n_embd))
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, M))
+        self.match_scale(self.weight)
+
+    def jacobian(self):
+        return None
+
+    def forward(self, h):
+        return F.linear(F.gelu(F.linear(h, self.A)), self.effective_weight())
+
+
+class PreheadHead(RemedyHead):
+    """The compute control of mlp: a pre-head MLP h → C·gelu(A·h), D → M → D, then the plain V×D head. Its
+    Jacobian's column space stays in col(W) (rank ≤ D); it adds the mlp head's extra computation."""
+
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        D, M = config.n_embd, MLP_MULT * config.n_embd
+        self.A = nn.Parameter(torch.randn(M, D) / math.sqrt(D))
+        self.C = nn.Parameter(torch.randn(D, M) / math.sqrt(M))
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, D))
+        self.match_scale(self.weight)
+
+    def jacobian(self):
+        return None
+
+    def forward(self, h):
+        return F.linear(F.linear(F.gelu(F.linear(h, self.A)), self.C), self.effective_weight())
+
+
+class MoSHead(RemedyHead):
+    """A mixture of K softmaxes (Yang et al. 2018, arXiv 1711.03953): p = Σ_k π_k(h) softmax(W tanh(P_k h)),
+    π = softmax(Π h); its logits are u = log p (softmax(u) = p). log p is no longer a rank-D map of h, so
+    no rank bound holds for the batch's update; J_t varies per token. MOS_CHUNK tokens at a time, each chunk
+    recomputed in the backward pass: never K·N·V floats at once."""
+    mixtures = MOS_MIXTURES
+
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        D, K = config.n_embd, self.mixtures
+        self.prior = nn.Parameter(torch.randn(K, D) * 0.02)
+        self.P = nn.Parameter(torch.randn(K * D, D) / math.sqrt(D))
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, D))
+        self.match_scale(self.weight)
+
+    def jacobian(self):
+        return None
+
+    def mixture(self, h):  # (n, D) -> (n, V): log p
+        K, W = self.mixtures, self.effective_weight()
+        log_pi = F.log_softmax(F.linear(h, self.prior), dim=-1)                           # (n, K)
+        z = F.linear(torch.tanh(F.linear(h, self.P)).view(*h.shape[:-1], K, -1), W)     # (n, K, V)
+        return torch.logsumexp(log_pi.unsqueeze(-1) + F.log_softmax(z.float(), dim=-1), dim=-2)
+
+    def forward(self, h):
+        flat = h.reshape(-1, h.size(-1))
+        if flat.size(0) <= MOS_CHUNK or not torch.is_grad_enabled():
+            out = torch.cat([self.mixture(c) for c in flat.split(MOS_CHUNK)])
+        else:
+            out = torch.cat([checkpoint(self.mixture, c, use_reentrant=False) for c in flat.split(MOS_CHUNK)])
+        return out.view(*h.shape[:-1], -1)
+
+
+class MoS1Head(MoSHead):
+    mixtures = 1
+
+
+class SigsoftmaxHead(RemedyHead):
+    """sigsoftmax (Kanai et al. 2018, arXiv 1805.10829): u = z + log σ(z), z = W h, so softmax(u) ∝
+    exp(z)·σ(z); J_t = diag(2 − σ(z_t))·W varies per token, rank ≤ D."""
+
+    def __init__(self, config, transformer):
+        super().__init__(config, transformer)
+        self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, config.n_embd))
+        self.match_scale(self.weight)
+
+    def jacobian(self):
+        return None
+
+    def forward(self, h):
+        z = F.linear(h, self.effective_weight())
+        return z + F.logsigmoid(z)
+
+
+HEADS = {'whiten': WhitenHead, 'overparam': OverparamHead, 'blocks': BlocksHead,
+         'blocks_sg': BlocksDetachedHead, 'blocksum': BlockSumHead, 'mlp': MLPHead, 'prehead': PreheadHead,
+         'mos': MoSHead, 'mos1': MoS1Head, 'sigsoftmax': SigsoftmaxHead}
+
+# -----------------------------------------------------------------------------
+# the meter for any head: what of the logit gradient G reaches the head's inputs, and what one step can do
+
+
+def head_logits(head, inputs, params):
+    """The head's logits (N, V) as a function of its inputs and its parameters (a dict), for autograd and
+    forward-mode derivatives."""
+    return torch.func.functional_call(head, params, inputs)
+
+
+def jacobians(head, inputs, shift_invariant=False):
+    """Per-token Jacobians J_t (n, V, k) of the logits with respect to the inputs side by side (k = Σ their
+    widths), by forward-mode autodiff, one token at a time under vmap. shift_invariant: J_t with its mean over
+    the V logits removed (logits that are log-probabilities are defined only up to a shift)."""
+    params = {k: p.detach() for k, p in head.named_parameters()}
+    widths = [x.size(-1) for x in inputs]
+
+    def one(x):  # (k,) -> (V,)
+        parts = x.split(widths)
+        return head_logits(head, tuple(p.unsqueeze(0) for p in parts), params)[0]
+
+    J = torch.func.vmap(torch.func.jacfwd(one))(torch.cat(inputs, dim=-1))          # (n, V, k)
+    return J - J.mean(dim=1, keepdim=True) if shift_invariant else J
+
+
+@torch.no_grad()
+def visible_share(head, inputs, G, shift_invariant=False):
+    """Σ_t v_tᵀ(J_tᵀJ_t)⁺v_t / Σ_t ‖g_t‖², v_t = J_tᵀg_t: the share of G's energy that reaches the head's
+    inputs (for a linear head, ‖G Π_W‖²/‖G‖², the live meter's 1 − r²). Heads with one J for every token use
+    measure.live_ratio's closed form; the others the per-token Jacobians."""
+    J = head.jacobian() if isinstance(head, RemedyHead) else head.effective_weight()
+    if J is not None:
+        gsq = G.pow(2).sum(1)
+        return measure.live_ratio(G @ J.detach().float(), gsq, measure.head_factor(J), G.size(1))['grad_cosine'] ** 2
+    Jt = jacobians(head, inputs, shift_invariant).double()                            # (n, V, k)
+    v = torch.einsum('nvk,nv->nk', Jt, G.double())                                   # (n, k)
+    gram = Jt.transpose(1, 2) @ Jt                                                   # (n, k, k)
+    x = torch.linalg.pinv(gram, hermitian=True, rtol=measure.RANK_RTOL) @ v.unsqueeze(-1)
+    return ((v.unsqueeze(1) @ x).sum() / G.double().pow(2).sum()).item()
+
+
+def head_meter(head, h, targets, tokens=256):
+    """The meter for any head on the tokens of one batch (the first `tokens` with a target ≥ 0):
+        visible_share   the share of ‖G‖² that reaches the inputs (visible_share; for mos, shift-invariant)
+        c_H, c_theta    cos(−G, U_H), cos(−G, U_θ): U_H the first-order logit change of a gradient step on
+                        the head's inputs alone, with the head's own backward pass (whiten's included), U_θ
+                        of a step on its parameters alone; one backward pass and two forward-mode products
+        c_star          max over a, b of cos(−G, a U_H + b U_θ)
+    G = softmax(u) − onehot(y) (for mos, u = log p). SGD geometry: training uses Adam."""
+    read = head.inputs(h) if isinstance(head, RemedyHead) else (h,)  # the paper's heads read h alone
+    inputs = tuple(x.detach().reshape(-1, x.size(-1)) for x in read)
+    y = targets.reshape(-1)
+    keep = (y >= 0).nonzero().flatten()[:tokens]
+    inputs = tuple(x[keep].float().requires_grad_(True) for x in inputs)
+    y = y[keep]
+    params = {k: p.detach().requires_grad_(True) for k, p in head.named_parameters() if p.requires_grad}
+    u = head_logits(head, inputs, params).float()                                      # (n, V)
+    G = (torch.softmax(u, dim=-1) - F.one_hot(y, u.size(-1))).detach()
+    names = list(params)
+    grads = torch.autograd.grad(u, [*inputs, *params.values()], G, allow_unused=True)
+    zero = [torch.zeros_like(x) for x in [*inputs, *params.values()]]
+    grads = [z if g is None else g for g, z in zip(grads, zero)]
+    moves = getattr(head, 'moves', None) or len(inputs)
+    d_in = [d if k < moves else torch.zeros_like(d) for k, d in enumerate(grads[:len(inputs)])]
+    d_par = dict(zip(names, grads[len(inputs):]))
+    fixed = {k: p.detach() for k, p in params.items()}
+    xs = tuple(x.detach() for x in inputs)
+    U_H = torch.func.jvp(lambda *a: head_logits(head, a, fixed), xs, tuple(-d for d in d_in))[1]
+    U_T = torch.func.jvp(lambda p: head_logits(head, xs, p), (fixed,), ({k: -d for k, d in d_par.items()},))[1]
+    g, a, b = (t.double().flatten() for t in (-G, U_H, U_T))
+    gram = torch.stack([torch.stack([a @ a, a @ b]), torch.stack([a @ b, b @ b])])
+    v = torch.stack([g @ a, g @ b])
+    best = (v @ torch.linalg.pinv(gram) @ v).clamp_min(0).item()
+
+    def cos(x):
+        return (g @ x / (g.norm() * x.norm()).clamp_min(1e-300)).item()
+
+    shift = isinstance(head, MoSHead)
+    return {'visible_share': visible_share(head, xs[:moves], G, shift), 'c_H': cos(a), 'c_theta': cos(b),
+            'c_star': min(1.0, math.sqrt(best) / g.norm().item()), 'tokens': len(y)}
