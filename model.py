@@ -191,7 +191,7 @@ FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedH
 
 
 def check_config(config):
-    """Raise ConfigError (a ValueError) with a one-line message naming the problem and the fix; or the head."""
+    """Raise ConfigError (a ValueError), a one-line message naming the problem and the fix; else the head."""
     cls = HEADS.get(config.head)
     if cls is None:
         import remedies
@@ -199,7 +199,7 @@ def check_config(config):
     if cls is None:
         raise ConfigError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)} or remedies.HEADS")
     if config.head_rank is not None:
-        if not issubclass(cls, FactorizedHead):
+        if not (issubclass(cls, FactorizedHead) or getattr(cls, 'takes_rank', False)):
             raise ConfigError(f"head_rank applies only to factorized heads, not to --head={config.head}: "
                               "drop --head_rank")
         if not isinstance(config.head_rank, int) or config.head_rank <= 0:

@@ -21,13 +21,12 @@ forward pass (V vocabulary, D width, M = 4D, K blocks or mixtures):
     blocksum    D·V                                             reads h_L + h_{L−1}: channel D (a control)
     mlp         M·D + M·V                                       u = W·gelu(A·h)
     prehead     2·M·D + D·V                                     u = W·C·gelu(A·h): extra compute, col(W) only
-    mos         K·D² + K·D·V (+ K·V exp)                        a mixture of K = 4 softmaxes (arXiv 1711.03953)
+    mos         K·D² + K·D·V (+ K·V exp)                        K = 4 softmaxes mixed (arXiv 1711.03953)
     mos1        D² + D·V                                        the same with K = 1 (its control)
     sigsoftmax  D·V (+ V)                                       u = z + log σ(z), z = W·h (arXiv 1805.10829)
 
 None has a fused loss: their loss comes from their logits (--loss=fused computes the same number).
 """
-import dataclasses
 import math
 
 import torch
@@ -36,7 +35,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import measure
-from model import FactorizedHead, LMHead
 from options import ConfigError
 
 WHITEN_EPS = 1e-3   # ours: whiten's ridge λ = WHITEN_EPS · tr(WᵀW)/D keeps the solve well posed
@@ -46,12 +44,23 @@ MOS_CHUNK = 1024    # tokens whose K softmaxes are held at once (recomputed in t
 SCALE_TOKENS = 512  # unit-variance inputs that match_scale measures the logit scale on
 
 
-class RemedyHead(LMHead):
-    """Base: a head whose loss comes from its logits. inputs(h) is what it reads (the meter's variables);
-    forward(*inputs) its logits; jacobian() the V×k matrix J with J_t = J for every token, or None when J_t
-    varies per token."""
-
+class RemedyHead(nn.Module):
+    """Base, with model.LMHead's interface (model.py imports this file, so it cannot import model.py): its
+    V×k matrix is `weight`, stored with V padded as model.GPTConfig pads it; the loss comes from its logits.
+    inputs(h) is what it reads (the meter's variables); forward(*inputs) its logits; jacobian() the V×k
+    matrix J with J_t = J for every token, or None when J_t varies per token."""
     moves = None  # how many of the inputs (the first ones) a gradient step can move; None: all
+    same_inputs = False  # match_scale: one draw for every input (blocks: at init h_L ≈ ln(x_{L−1}))
+
+    def __init__(self, config, transformer):
+        super().__init__()
+        self.vocab_size, self.n_embd = config.vocab_size, config.n_embd
+
+    def padded_weight(self):
+        return self.weight
+
+    def effective_weight(self):  # (V, k): the matrix the logits are read from (train.py's live meter)
+        return self.padded_weight()[:self.vocab_size]
 
     def inputs(self, h):
         return (h,)
@@ -61,7 +70,8 @@ class RemedyHead(LMHead):
 
     def fused_loss(self, h, targets, chunk_size=None):
         logits = self(h)
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        logits = logits.float().reshape(-1, logits.size(-1))
+        return F.cross_entropy(logits, targets.reshape(-1), ignore_index=-1)
 
     def match_scale(self, weight):
         """Scale `weight` (the last matrix before the logits) so that the logits of unit-variance inputs
@@ -69,6 +79,7 @@ class RemedyHead(LMHead):
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             xs = [torch.randn(SCALE_TOKENS, x.size(-1), generator=gen) for x in self.example_inputs()]
+            xs = [xs[0]] * len(xs) if self.same_inputs else xs
             for _ in range(3):  # log p (mos) is not linear in the scale: a few rounds
                 weight.mul_(0.02 * math.sqrt(self.n_embd) / self(*xs).float().std().item())
 
@@ -120,23 +131,36 @@ class WhitenHead(RemedyHead):
         return _Whiten.apply(h, self.effective_weight(), WHITEN_EPS)
 
 
-class OverparamHead(FactorizedHead):
-    """W = B·A with r = 4D by default (head_rank), both trained: the plain head's function class. Its
-    first-order logit change has rank ≤ 2D, like the plain head's (measure_cli.update_rank: the B- and A-terms
-    share col(H)); what changes is the geometry of the step (Adam on two factors)."""
+class OverparamHead(RemedyHead):
+    """W = B·A with r = 4D by default (--head_rank), both trained: the plain head's function class, set up
+    like model.FactorizedHead (A with orthonormal columns, B ~ N(0, 0.02): B·A has the plain head's scale).
+    Its first-order logit change has rank ≤ 2D like the plain head's, not min(2D, r) + D = 3D
+    (measure_cli.update_rank: the B- and A-terms share col(H)); what changes is the geometry of the step."""
+    takes_rank = True  # model.check_config lets --head_rank through
 
     def __init__(self, config, transformer):
-        rank = config.head_rank or MLP_MULT * config.n_embd
-        super().__init__(dataclasses.replace(config, head_rank=rank, head_basis='trained'), transformer)
+        super().__init__(config, transformer)
+        D = config.n_embd
+        self.rank = config.head_rank or MLP_MULT * D
+        A = torch.empty(self.rank, D)
+        nn.init.orthogonal_(A)
+        self.A = nn.Parameter(A * math.sqrt(max(1.0, D / self.rank)))
+        self.B = nn.Parameter(torch.randn(config.padded_vocab_size, self.rank) * 0.02)
+
+    def padded_weight(self):
+        return self.B @ self.A
+
+    def forward(self, h):
+        return F.linear(F.linear(h, self.A), self.B[:self.vocab_size])
 
 
 class BlocksHead(RemedyHead):
     """Reads the final hidden state h_L and the output of the block before it, normalized by its own
     LayerNorm, side by side: u = W [h_L; ln(x_{L−1})], W: V×2D, J_t = W of rank ≤ 2D, a 2D-wide channel with
     two gradient paths into the trunk. The earlier output is caught by a forward hook on that block.
-    detach: the same forward pass, the earlier input's gradient cut (blocks_sg); sum: u = W (h_L + ln(x_{L−1}))
-    (blocksum, channel D)."""
-    detach, sum = False, False
+    detach: the same forward pass, the earlier input's gradient cut (blocks_sg); sum: the control
+    u = W (h_L + ln(x_{L−1})) (blocksum, channel D)."""
+    detach, sum, same_inputs = False, False, True
 
     def __init__(self, config, transformer):
         super().__init__(config, transformer)
@@ -229,7 +253,7 @@ class MoSHead(RemedyHead):
     def __init__(self, config, transformer):
         super().__init__(config, transformer)
         D, K = config.n_embd, self.mixtures
-        self.prior = nn.Parameter(torch.randn(K, D) * 0.02)
+        self.prior = nn.Parameter(torch.randn(K, D) * 0.02) if K > 1 else None  # K = 1: no mixture
         self.P = nn.Parameter(torch.randn(K * D, D) / math.sqrt(D))
         self.weight = nn.Parameter(torch.randn(config.padded_vocab_size, D))
         self.match_scale(self.weight)
@@ -239,8 +263,10 @@ class MoSHead(RemedyHead):
 
     def mixture(self, h):  # (n, D) -> (n, V): log p
         K, W = self.mixtures, self.effective_weight()
-        log_pi = F.log_softmax(F.linear(h, self.prior), dim=-1)                           # (n, K)
         z = F.linear(torch.tanh(F.linear(h, self.P)).view(*h.shape[:-1], K, -1), W)     # (n, K, V)
+        if self.prior is None:
+            return F.log_softmax(z[..., 0, :].float(), dim=-1)
+        log_pi = F.log_softmax(F.linear(h, self.prior), dim=-1)                           # (n, K)
         return torch.logsumexp(log_pi.unsqueeze(-1) + F.log_softmax(z.float(), dim=-1), dim=-2)
 
     def forward(self, h):
@@ -310,7 +336,8 @@ def visible_share(head, inputs, G, shift_invariant=False):
     J = head.jacobian() if isinstance(head, RemedyHead) else head.effective_weight()
     if J is not None:
         gsq = G.pow(2).sum(1)
-        return measure.live_ratio(G @ J.detach().float(), gsq, measure.head_factor(J), G.size(1))['grad_cosine'] ** 2
+        meter = measure.live_ratio(G @ J.detach().float(), gsq, measure.head_factor(J), G.size(1))
+        return meter['grad_cosine'] ** 2
     Jt = jacobians(head, inputs, shift_invariant).double()                            # (n, V, k)
     v = torch.einsum('nvk,nv->nk', Jt, G.double())                                   # (n, k)
     gram = Jt.transpose(1, 2) @ Jt                                                   # (n, k, k)
@@ -345,7 +372,8 @@ def head_meter(head, h, targets, tokens=256):
     fixed = {k: p.detach() for k, p in params.items()}
     xs = tuple(x.detach() for x in inputs)
     U_H = torch.func.jvp(lambda *a: head_logits(head, a, fixed), xs, tuple(-d for d in d_in))[1]
-    U_T = torch.func.jvp(lambda p: head_logits(head, xs, p), (fixed,), ({k: -d for k, d in d_par.items()},))[1]
+    step = {k: -d for k, d in d_par.items()}
+    U_T = torch.func.jvp(lambda p: head_logits(head, xs, p), (fixed,), (step,))[1]
     g, a, b = (t.double().flatten() for t in (-G, U_H, U_T))
     gram = torch.stack([torch.stack([a @ a, a @ b]), torch.stack([a @ b, b @ b])])
     v = torch.stack([g @ a, g @ b])
