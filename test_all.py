@@ -290,7 +290,7 @@ def test_flops_per_token_hand_count(head, rank):
 
 
 def test_bad_head_config():
-    for bad, msg in [(dict(head='mlp'), 'unknown head'), (dict(head='narrow', head_rank=0), 'positive'),
+    for bad, msg in [(dict(head='mlpx'), 'unknown head'), (dict(head='narrow', head_rank=0), 'positive'),
                      (dict(head='wide', head_rank=-3), 'positive'),
                      (dict(head='linear', head_rank=8), 'only'), (dict(vocab_size=1), 'at least 2')]:
         with pytest.raises(ValueError, match=msg):
@@ -1073,7 +1073,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
         f.truncate(os.path.getsize(truncated) - 3)
     raw = tmp_path / 'raw.bin'
     raw.write_bytes(np.arange(100, dtype=np.uint16).tobytes())
-    cases = [(['--head=mlp'], '--head must be one of linear, tied, narrow, wide'),
+    cases = [(['--head=mlpx'], "unknown head 'mlpx': choose one of linear, tied, narrow, wide or remedies"),
              (['--head=narrow', '--head_rank=0'], 'head_rank must be a positive integer'),
              (['--head=wide', '--head_rank=-2'], 'head_rank must be a positive integer'),
              (['--vocab_size=1'], 'vocab_size must be at least 2'),
@@ -1726,7 +1726,7 @@ def test_measure_bad_input_in_process(tmp_path):
                       (['--init', '--nope=1'], 'unknown option --nope'),
                       ([], 'exactly one of'),
                       (['--init', '--hf=gpt2'], 'exactly one of'),
-                      (['--init', '--head=mlp'], 'unknown head'),
+                      (['--init', '--head=mlpx'], 'unknown head'),
                       (['--init', '--n_tokens=lots'], 'expects int'),
                       (['--init', '--data=/nonexistent.txt'], 'not found')]:
         with pytest.raises(ConfigError, match=msg):
