@@ -291,6 +291,34 @@ def exp6(path, heads, xfold, floor, subtitle):
     return save(fig, path)
 
 
+def exp7(path, per, level, subtitle):
+    """Experiment 7, per head (mean over seeds, min–max band): the held-out accuracy, c* and the visible share
+    against tokens, and c* against the held-out loss (the dotted line: a loss every head reaches)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (ax, bx), (cx, dx) = axes
+    for (spec, p), color, style in zip(per.items(), colors(len(per)), ['-', '--', ':', '-.'] * len(per)):
+        curves = p['meter']
+        x = [m['tokens'] for m in curves[0]]
+        band(ax, x, [[m['val_acc'] for m in cv] for cv in curves], color, spec, style, scale=100)
+        band(bx, x, [[m['c_star'] for m in cv] for cv in curves], color, None, style)
+        band(cx, x, [[m['visible_share'] for m in cv] for cv in curves], color, None, style)
+        for cv in curves:
+            dx.plot([m['val_loss'] for m in cv], [m['c_star'] for m in cv], style, color=color, lw=0.8)
+    dx.axvline(level, color='0.5', lw=0.8, ls=':')
+    dx.invert_xaxis()
+    ax.set(xlabel='tokens', ylabel='held-out accuracy, positions ≥ 1 (%)', title='learning')
+    bx.set(xlabel='tokens', ylabel='c*', title='c*: the best first-order step (inputs + head) vs −G')
+    cx.set(xlabel='tokens', ylabel='visible share', yscale='log',
+           title='the share of ‖G‖² that reaches the head\'s inputs')
+    dx.set(xlabel='held-out loss (falling →)', ylabel='c*', title='c* at equal loss (one line per seed)')
+    fig.legend(*ax.get_legend_handles_labels(), loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title=subtitle, title_fontsize=8)
+    fig.suptitle('Heads beyond the paper (remedies.py)', fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def exp4(path, panels):
     """panels: dicts with title, V, heads [dicts with label, rank, runs (run records: their eval rows)]."""
     plt = pyplot()

@@ -2303,9 +2303,10 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert 'Stage gate' in summary and '| head | best lr |' in summary
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
-    assert meta['runs']['trained'] == 41 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    assert meta['runs']['trained'] == 53 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
     # CSV = JSON rows
-    stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis', 'exp6_hmm')
+    stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis', 'exp6_hmm',
+             'remedies')
     for stem in stems:
         rows = json.load(open(os.path.join(out, stem + '.json')))['rows']
         with open(os.path.join(out, stem + '.csv'), newline='') as f:
@@ -2339,6 +2340,19 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
         assert [round(a, 9) for a in h['above_floor']] == [round(f - floor, 9) for f in h['final_val_loss']]
         assert len(h['final_val_loss']) == 2 and all(len(curve) == 2 for curve in h['annealed'].values())
     assert e6['heads']['linear']['minus_widest']['mean'] == 0 and set(e6['xfold']) == {'narrow:2/select'}
+    # experiment 7: every head's costs, curves, meter and frozen-trunk fits; candidates paired with controls
+    e7 = json.load(open(os.path.join(out, 'remedies.json')))
+    assert list(e7['heads']) == ['linear', 'blocks', 'blocks_sg', 'mos']
+    for h in e7['heads'].values():
+        assert h['seeds'] == [1338, 1339] and h['flops_per_token'] > 0 and h['head_params'] > 0
+        for k in ('final_val_loss', 'tokens_to_target', 'c_star', 'visible_share', 'step_cos'):
+            assert len(h[k]) == 2, k
+        assert all(0 <= v <= 1 for v in h['visible_share'] + h['c_star'])
+        assert [len(curve) for curve in h['meter']] == [3, 3]  # evaluations 0, 4, 8: a checkpoint each
+        assert all(len(h[k]['curve']) == 4 for k in reproduce.FITS)  # the held-out loss at each quarter
+    assert e7['heads']['blocks']['head_params'] == 2 * e7['heads']['linear']['head_params'] + 8  # + ln_e
+    assert [p['comparison'] for p in e7['paired']] == ['blocks − blocks_sg', 'blocks − linear',
+                                                      'blocks_sg − linear', 'mos − linear']
     # the meter at a matched loss: one level per panel, reached by every run (so never n/a)
     meter = json.load(open(os.path.join(out, 'exp4_meter.json')))['rows']
     for data in ('SpamLang', 'text'):
@@ -2382,9 +2396,9 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
     # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 41 and re.fullmatch(
-        r"\[1/41\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
-    assert re.search(r"\[41/41\] exp6 .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert len(progress) == 53 and re.fullmatch(
+        r"\[1/53\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert re.search(r"\[53/53\] exp7 mos .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
 

@@ -1,5 +1,6 @@
 # The test grid of reproduce.py (ours): every experiment end to end in seconds on a CPU (test_all.py).
 # Numbers mean nothing at this size. Any --key=value on the command line wins.
+experiments = '1,2,3,4,5,6,7'  # every experiment, the one beyond the paper (7) too
 seeds = 2
 sweep_seeds = 1
 n_head = 2
@@ -43,3 +44,15 @@ e6_lrs = '3e-3'
 e6_vocab_size = 64
 e6_states = 4
 e6_eval_iters = 1
+e7_heads = 'linear,blocks,blocks_sg,mos'
+e7_lrs = '3e-3'
+e7_seeds = 2
+e7_vocab_size = 32
+e7_n_embd = 8
+e7_block_size = 4
+e7_batch_size = 8
+e7_max_iters = 8
+e7_eval_interval = 4
+e7_eval_iters = 1
+e7_meter_sequences = 2
+e7_fit_steps = 8
