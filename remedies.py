@@ -10,7 +10,7 @@ it. And head_meter, the gradient meter for any head.
 Every head that reads one D-dim hidden state h_t has a per-token Jacobian J_t = ∂u_t/∂h_t of rank ≤ D: none
 sends more than D numbers per token back. A head can change which projection of g_t survives (whiten,
 sigsoftmax, mlp, mos: J_t varies), how large the batch's realizable update is (overparam, mlp), or read more
-than one hidden state (blocks: channel K·D). The logit scale at init is matched to the linear head's
+than one hidden state (blocks, K = 2: channel 2D). The logit scale at init is matched to the linear head's
 (0.02·√D on unit-variance inputs) for every head (match_scale). Per-token costs, in multiply-adds of the
 forward pass (V vocabulary, D width, M = 4D, K blocks or mixtures):
 
@@ -25,7 +25,12 @@ forward pass (V vocabulary, D width, M = 4D, K blocks or mixtures):
     mos1        D² + D·V                                        the same with K = 1 (its control)
     sigsoftmax  D·V (+ V)                                       u = z + log σ(z), z = W·h (arXiv 1805.10829)
 
-None has a fused loss: their loss comes from their logits (--loss=fused computes the same number).
+None has a fused loss: their loss comes from their logits (--loss=fused computes the same number). Two
+figures of train.py read these heads as if they were linear: MFU counts each as a V×D head
+(GPT.flops_per_token; reproduce.py's experiment 7 counts FLOPs with torch's FlopCounterMode instead), and the
+live meter reads effective_weight(): for heads whose Jacobian varies per token (mlp, prehead, mos, mos1,
+sigsoftmax) that is their last matrix W, so its grad_destroyed is the share of G outside col(W), not what
+reaches h. head_meter below is exact for every head.
 """
 import math
 
