@@ -135,6 +135,7 @@ e6_eval_iters = 16         # held-out batches per evaluation, the same at every 
 e7_heads = ('linear,whiten,overparam,wide:32/random,blocks,blocks_sg,blocksum,wide:64/random,mlp,prehead,mos,'
             'mos1,sigsoftmax')
 e7_lrs = '1e-3,3e-3,1e-2,3e-2'
+e7_lr_extensions = 2       # a head whose best lr is at the grid's edge runs the next lr beyond it, ≤ 2 times
 e7_seeds = 5               # fresh seeds of experiment 7, paired by seed (instead of --seeds)
 e7_vocab_size = 2048
 e7_n_embd = 16
@@ -558,7 +559,33 @@ def run_experiment(c, e, specs, tally, t0):
 
         for (_, run), rec in zip(todo, in_parallel(c, tally, work, todo)):
             runs.setdefault(run['key'], []).append(rec)
+        for _ in range(c.get(f'e{e}_lr_extensions', 0) if sweep else 0):
+            more = [(i, s) for i, s in grid_extensions(c, e, runs, mine)]
+            for (_, run), rec in zip(more, in_parallel(c, tally, work, more)):
+                runs[run['key']].append(rec)
     return runs
+
+
+def grid_extensions(c, e, runs, mine):
+    """The sweep runs that extend a configuration's lr grid by one step beyond its edge where its best lr
+    sits there (the grid's mean ratio, rounded to 1 or 3 × 10^k), on every sweep seed."""
+    extra, seen = [], set()
+    for i, spec in mine:
+        swept = [r for r in runs[spec['key']] if r['sweep']]
+        if not spec['sweep'] or spec['key'] in seen or len({r['lr'] for r in swept}) < 2:
+            continue
+        seen.add(spec['key'])
+        lrs = sorted({r['lr'] for r in swept})
+        edge = best_lr(swept, lr_score(c, spec['exp']))['edge']
+        if edge not in ('low edge', 'high edge'):
+            continue
+        step = (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))
+        want = lrs[0] / step if edge == 'low edge' else lrs[-1] * step
+        grid = [float(f"{m}e{k}") for m in (1, 3) for k in range(-8, 2)]  # 1 or 3 × 10^k, as written
+        lr = min(grid, key=lambda x: abs(math.log(x / want)))
+        for seed in range(c['seed'], c['seed'] + c['sweep_seeds']):
+            extra.append((i, dict(spec, lr=lr, seed=seed, name=f"{spec['key']}_lr{lr:g}_s{seed}")))
+    return extra
 
 
 def outcome(rec):

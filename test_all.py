@@ -2545,6 +2545,22 @@ def test_exp2_steps_to_target_are_censored_and_order_the_lrs():
     assert reproduce.best_lr([never, late, early], reproduce.lr_score(c, 'exp1'))['lr'] == 1e-3
 
 
+def test_lr_grid_extends_past_the_edge_where_the_best_lr_sits():
+    c = reproduce.parse_options(['--device=cpu'])
+    spec = dict(exp='exp7', key='k', label='k', sweep=True, seed=c['seed'], lr=None, args={})
+
+    def swept(*accs):  # sweep records at lrs 1e-3, 3e-3, 1e-2 with these final accuracies
+        return {'k': [dict(lr=lr, sweep=True, evals=[dict(val_acc=a, val_loss=1.0)])
+                      for lr, a in zip((1e-3, 3e-3, 1e-2), accs)]}
+
+    mine = [(0, spec), (1, dict(spec, seed=c['seed'] + 1, sweep=False))]
+    up = reproduce.grid_extensions(c, '7', swept(0.1, 0.2, 0.9), mine)
+    assert [(i, r['lr'], r['seed'], r['name']) for i, r in up] == [(0, 3e-2, 1337, 'k_lr0.03_s1337')]
+    down = reproduce.grid_extensions(c, '7', swept(0.9, 0.2, 0.1), mine)
+    assert [r['lr'] for _, r in down] == [3e-4]
+    assert reproduce.grid_extensions(c, '7', swept(0.1, 0.9, 0.2), mine) == []  # inside: nothing to add
+
+
 def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_path):
     text = write_text(tmp_path / 't.txt', 5)
     c = reproduce.parse_options(['--preset=gpu', '--dry_run', f'--text={text}'])  # no GPU needed
