@@ -300,14 +300,17 @@ def exp7(path, per, level, subtitle):
     for (spec, p), color, style in zip(per.items(), colors(len(per)), ['-', '--', ':', '-.'] * len(per)):
         curves = p['meter']
         x = [m['tokens'] for m in curves[0]]
-        band(ax, x, [[m['val_acc'] for m in cv] for cv in curves], color, spec, style, scale=100)
+        acc = curves[0][0]['val_acc'] is not None  # SpamLang: accuracy; the HMM language: loss
+        key, scale = ('val_acc', 100) if acc else ('val_loss', 1)
+        band(ax, x, [[m[key] for m in cv] for cv in curves], color, spec, style, scale=scale)
         band(bx, x, [[m['c_star'] for m in cv] for cv in curves], color, None, style)
         band(cx, x, [[m['visible_share'] for m in cv] for cv in curves], color, None, style)
         for cv in curves:
             dx.plot([m['val_loss'] for m in cv], [m['c_star'] for m in cv], style, color=color, lw=0.8)
     dx.axvline(level, color='0.5', lw=0.8, ls=':')
     dx.invert_xaxis()
-    ax.set(xlabel='tokens', ylabel='held-out accuracy, positions ≥ 1 (%)', title='learning')
+    ax.set(xlabel='tokens', ylabel='held-out accuracy, positions ≥ 1 (%)' if acc else 'held-out loss',
+           title='learning')
     bx.set(xlabel='tokens', ylabel='c*', title='c*: the best first-order step (inputs + head) vs −G')
     cx.set(xlabel='tokens', ylabel='visible share', yscale='log',
            title='the share of ‖G‖² that reaches the head\'s inputs')

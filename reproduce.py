@@ -137,6 +137,7 @@ e7_heads = ('linear,whiten,overparam,wide:32/random,blocks,blocks_sg,blocksum,wi
 e7_lrs = '1e-3,3e-3,1e-2,3e-2'
 e7_lr_extensions = 2       # a head whose best lr is at the grid's edge runs the next lr beyond it, ≤ 2 times
 e7_seeds = 5               # fresh seeds of experiment 7, paired by seed (instead of --seeds)
+e7_data = 'spamlang'       # spamlang, or hmm:S (hmm.py's language; tables and figure then named *_hmm)
 e7_vocab_size = 2048
 e7_n_embd = 16
 e7_n_layer = 2
@@ -169,6 +170,7 @@ OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to 
 HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-9]*)?"
                        r"(/(trained|random|select))?|" + '|'.join(remedies.HEADS) + "|overparam:[1-9][0-9]*")
 SAY_LOCK = threading.Lock()
+FORWARD_AD = threading.Lock()  # torch's forward-mode autodiff levels are global: one thread at a time
 
 
 def say(line):
@@ -320,7 +322,7 @@ def plan_exp7(c):
     """Experiment 7 (SpamLang): one backbone, only the head changes; every evaluation keeps a checkpoint
     (the meter reads them; a sweep run's are deleted)."""
     steps, interval, D = c['e7_max_iters'], c['e7_eval_interval'], c['e7_n_embd']
-    base = dict(data='spamlang', vocab_size=c['e7_vocab_size'], n_embd=D, n_layer=c['e7_n_layer'],
+    base = dict(data=c['e7_data'], vocab_size=c['e7_vocab_size'], n_embd=D, n_layer=c['e7_n_layer'],
                 n_head=c['n_head'], block_size=c['e7_block_size'], batch_size=c['e7_batch_size'],
                 max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
                 eval_iters=c['e7_eval_iters'], log_interval=interval, keep_checkpoints=True)
@@ -441,9 +443,9 @@ def plan(c):
 def written_by_reproduce(name):
     """Whether a file or folder of an --out is one that reproduce.py writes."""
     if name in ('meta.json', 'summary.md', 'exp1', 'exp2', 'exp3', 'exp5', 'exp6', 'exp7',
-                'wide_diagnosis.json', 'wide_diagnosis.csv', 'remedies.json', 'remedies.csv'):
+                'wide_diagnosis.json', 'wide_diagnosis.csv'):
         return True
-    return name.startswith('exp') and name.endswith(('.csv', '.json', '.png'))
+    return name.startswith(('exp', 'remedies')) and name.endswith(('.csv', '.json', '.png'))
 
 
 def prepare_out(c):
@@ -1513,21 +1515,35 @@ E7_PAIRS = (('whiten', 'linear'), ('overparam', 'linear'), ('blocks', 'wide:{2D}
 FITS = ('frozen_init', 'linear_on_its_trunk', 'it_on_linear_trunk')  # the frozen-trunk fits, by name
 
 
-def e7_batches(c, seed, n):
-    """n SpamLang batches of experiment 7's size from the generator of `seed`."""
+def e7_language(c):
+    """Experiment 7's hmm.Language, or None on SpamLang (a bad e7_data is a ConfigError)."""
+    if c['e7_data'] == 'spamlang':
+        return None
+    return hmm.corpus(c['e7_data'], c['e7_vocab_size'])['language']
+
+
+def e7_batches(c, seed, n, batch_size=None):
+    """n batches of experiment 7's data and size from the generator of `seed`."""
     gen = spamlang.make_generator(seed)
-    size = (c['e7_batch_size'], c['e7_block_size'], c['e7_vocab_size'])
-    return [spamlang.get_batch(*size, gen) for _ in range(n)]
+    B, T, V = batch_size or c['e7_batch_size'], c['e7_block_size'], c['e7_vocab_size']
+    lang = e7_language(c)
+    return [spamlang.get_batch(B, T, V, gen) if lang is None else lang.get_batch(B, T, gen) for _ in range(n)]
 
 
 def meter_batch(c):
     """The batch every checkpoint's meter reads: e7_meter_sequences held-out sequences, targets at position 0
-    ignored (−1), so G holds the determined positions only."""
-    gen = spamlang.make_generator(c['seed'] + 10_000)
-    x, y = spamlang.get_batch(c['e7_meter_sequences'], c['e7_block_size'], c['e7_vocab_size'], gen)
+    ignored (−1): G holds positions ≥ 1 only (SpamLang's determined ones)."""
+    x, y = e7_batches(c, c['seed'] + 10_000, 1, c['e7_meter_sequences'])[0]
     y = y.clone()
     y[:, 0] = -1
     return x, y
+
+
+def later_positions(logits, y):
+    """Loss and top-1 accuracy on positions ≥ 1."""
+    logits, y = logits[:, 1:].float(), y[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item()
+    return dict(loss=loss, acc=(logits.argmax(-1) == y).float().mean().item())
 
 
 def scheduled_lr(cfg, it):
@@ -1568,26 +1584,26 @@ def checkpoint_meter(path, x, y):
 
 
 def fit_head_alone(c, model, seed):
-    """Train model's head alone, its trunk frozen, on fresh SpamLang batches (e7_fit_steps AdamW steps,
+    """Train model's head alone, its trunk frozen, on fresh batches of its data (e7_fit_steps AdamW steps,
     cosine from e7_fit_lr, no weight decay); the held-out loss and accuracy (positions ≥ 1) at each quarter:
     the last two agree when it has converged."""
     model.transformer.requires_grad_(False)
     params = [p for p in model.lm_head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=c['e7_fit_lr'], betas=(0.9, 0.95), weight_decay=0.0)
-    gen = spamlang.make_generator(seed + 20_000)
+    stream = e7_batches(c, seed + 20_000, c['e7_fit_steps'])
     held = e7_batches(c, c['seed'] + 30_000, c['e7_eval_iters'])
     steps, curve = c['e7_fit_steps'], []
     for step in range(steps):
         for group in opt.param_groups:
             group['lr'] = c['e7_fit_lr'] * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x, y = spamlang.get_batch(c['e7_batch_size'], c['e7_block_size'], c['e7_vocab_size'], gen)
+        x, y = stream[step]
         loss = model(x, y)[1]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % max(1, steps // 4) == 0 or step + 1 == steps:
             with torch.no_grad():
-                ms = [spamlang.metrics(model(x)[0], y) for x, y in held]
+                ms = [later_positions(model(x)[0], y) for x, y in held]
             curve.append(dict(loss=float(np.mean([m['loss'] for m in ms])),
                               acc=float(np.mean([m['acc'] for m in ms]))))
     return dict(curve[-1], curve=curve)
@@ -1621,7 +1637,8 @@ def analyse_exp7(c, fresh):
     def work(r):
         d = r['args']['out_dir']
         paths = sorted(glob.glob(os.path.join(d, 'ckpt_*.pt')), key=lambda p: int(p[:-3].split('_')[-1]))
-        a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
+        with FORWARD_AD:
+            a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
         if r['seed'] == first:
             a['frozen_init'] = fit_head_alone(c, fresh_model(r), r['seed'])
             if linear is not None:
@@ -1696,11 +1713,11 @@ def summary_exp7(c, runs):
         ms = [np.median([row['dt_ms'] for row in read_log(r['args']['out_dir'], 'train')]) for r in mine]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], seeds=[r['seed'] for r in mine], **cost,
                          ms_per_step=float(np.median(ms)), final_val_loss=[e['val_loss'] for e in finals],
-                         final_val_acc=[e['val_acc'] for e in finals], tokens_to_target=tokens,
+                         final_val_acc=[e.get('val_acc') for e in finals], tokens_to_target=tokens,
                          c_star=[m[-1]['c_star'] for m in meters], c_H=[m[-1]['c_H'] for m in meters],
                          visible_share=[m[-1]['visible_share'] for m in meters],
                          step_cos=[m[-1]['step_cos'] for m in meters],
-                         meter=[[dict(m, val_loss=e['val_loss'], val_acc=e['val_acc'], tokens=e['tokens'])
+                         meter=[[dict(m, val_loss=e['val_loss'], val_acc=e.get('val_acc'), tokens=e['tokens'])
                                  for m, e in zip(ms_, r['evals'])] for ms_, r in zip(meters, mine)],
                          **{k: first.get(k) for k in FITS})
         p = per[spec]
@@ -1727,15 +1744,27 @@ def summary_exp7(c, runs):
         pair['faster_in'] = sum(x is not None and (y is None or x < y) for x, y in zip(ta, tb))
         pair['seeds'] = len(ta)
         pairs.append(pair)
-    linear_acc = float(np.mean(per['linear']['final_val_acc'])) if 'linear' in per else None
-    gate = dict(low=0.3, high=0.8, linear_acc=linear_acc,
-                passed=linear_acc is not None and 0.3 <= linear_acc <= 0.8)
-    V, D = c['e7_vocab_size'], c['e7_n_embd']
-    controls = dict(data='SpamLang', vocab_size=V, n_embd=D, n_layer=c['e7_n_layer'],
+    V, D, T, lang = c['e7_vocab_size'], c['e7_n_embd'], c['e7_block_size'], e7_language(c)
+    linear = float(np.mean(per['linear']['final_val_acc' if lang is None else 'final_val_loss'])) \
+        if 'linear' in per else None
+    if lang is None:  # SpamLang: the linear head between 30% and 80% accuracy, where a head can differ
+        gate = dict(linear_acc=linear, passed=linear is not None and 0.3 <= linear <= 0.8)
+        verdict = f"the linear head's final accuracy {100 * linear:.1f}% (the gate: 30–80%)" if linear else ''
+        data, stem, extra = 'SpamLang', 'remedies', {}
+    else:  # the HMM language: the linear head at least halfway from the unigram loss down to the floor
+        extra = dict(floor=lang.floor(T), unigram=lang.first_entropy())
+        gate = dict(linear_loss=linear, passed=linear is not None and
+                    linear - extra['floor'] <= 0.5 * (extra['unigram'] - extra['floor']))
+        verdict = (f"the linear head's final loss {linear:.4f}, the floor {extra['floor']:.4f}, the unigram "
+                   f"loss {extra['unigram']:.4f} (the gate: halfway from the unigram loss to the floor)"
+                   if linear else '')
+        data, stem = f"hmm.py, S = {lang.states} states", 'remedies_hmm'
+    controls = dict(data=data, **extra, vocab_size=V, n_embd=D, n_layer=c['e7_n_layer'],
                     block_size=c['e7_block_size'], batch_size=c['e7_batch_size'], max_iters=c['e7_max_iters'],
                     lrs=numbers(c, 'e7_lrs'), seeds=c['e7_seeds'],
-                    exposures_per_symbol=round(c['e7_max_iters'] * c['e7_batch_size'] / (V - 1), 2),
-                    target_loss=target, matched_loss_level=level,
+                    tokens=c['e7_max_iters'] * c['e7_batch_size'] * T,
+                    exposures_per_symbol=round(c['e7_max_iters'] * c['e7_batch_size'] / (V - 1), 2)
+                    if lang is None else None, target_loss=target, matched_loss_level=level,
                     varies='only the head and its lr: same data, init seed, schedule, held-out batches',
                     ours=OURS + ["every head's logit scale at init matched to the linear's (remedies.py)",
                                  "one lr for head and trunk (head_lr_mult 1, not swept: a confound for heads "
@@ -1745,13 +1774,14 @@ def summary_exp7(c, runs):
                                  "one real AdamW step from the checkpoint on that batch",
                                  f"frozen-trunk fits: the head alone, {c['e7_fit_steps']} AdamW steps, "
                                  f"cosine from lr {c['e7_fit_lr']:g}, first fresh seed",
-                                 "stage gate: the linear head's final accuracy in 30–80%"])
-    write_table(c, 'remedies', rows, controls, heads=per, paired=pairs, gate=gate)
-    plot.exp7(os.path.join(c['out'], FIGURES['7'][0]), per, level,
-              f"SpamLang V = {V:,}, D = {D}, {c['e7_seeds']} fresh seeds, "
-              f"{controls['exposures_per_symbol']:g} exposures per symbol")
-    verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: the linear head's final accuracy "
-               f"{100 * linear_acc:.1f}% (the gate: 30–80%)." if linear_acc is not None else
+                                 "accuracy and the fits' losses on positions ≥ 1",
+                                 "stage gate (SpamLang): the linear head's final accuracy in 30–80%; (hmm) "
+                                 "its final loss at least halfway from the unigram loss down to the floor"])
+    write_table(c, stem, rows, controls, heads=per, paired=pairs, gate=gate)
+    figure = f"exp7_{stem}.png"
+    plot.exp7(os.path.join(c['out'], figure), per, level,
+              f"{data}, V = {V:,}, D = {D}, {c['e7_seeds']} fresh seeds, {controls['tokens']:,} tokens")
+    verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if linear is not None else
                "No stage gate: linear is not among --e7_heads.")
     table = md(['head', 'best lr', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
                 'final acc %', 'final loss', "tokens to linear's final loss (seeds)", 'visible share',
@@ -1763,7 +1793,7 @@ def summary_exp7(c, runs):
                            ci(p['final_val_loss'], '{:+.3f}'), ci(p['c_star'], '{:+.3f}'),
                            ci(p['visible_share'], '{:+.4f}'), ci(p['step_cos'], '{:+.3f}'),
                            f"{p['faster_in']}/{p['seeds']} seeds"] for p in pairs])
-    return dict(controls=controls, table=table, notes=[verdict])
+    return dict(controls=controls, table=table, notes=[verdict], figures=[figure])
 
 
 def window_se(c, rec, xv, yv):
@@ -1803,7 +1833,7 @@ def summarise(c, e, runs, tokens, done):
 
 def section(e, summary, seconds):
     """Experiment e's part of summary.md: title, figures, notes, table and controls."""
-    figures = ''.join(f"![]({f})\n" for f in FIGURES[e])
+    figures = ''.join(f"![]({f})\n" for f in summary.get('figures', FIGURES[e]))
     notes = ''.join(f"\n{n}\n" for n in summary['notes'])
     controls = ''.join(f"- {k}: {'; '.join(v) if k == 'ours' else v}\n"
                        for k, v in summary['controls'].items())
