@@ -5,7 +5,8 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
                                            # mostly the N = 8192, V = 131k point)
     python bench.py --json_out=bench.json      # the same rows for machines
     python bench.py --quick                # small shapes only, a smoke test (seconds)
-    python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py
+    python bench.py --sections=1           # a subset: 1 head + loss, 2 training step, 3 meter and measure.py,
+                                           # 4 the heads beyond the paper and their meter
 
 1. Head and loss, forward + backward, over V ∈ {32k, 128k} and a few N, D: naive (N×V logits, autograd),
    fused (fused_loss.chunked_linear_cross_entropy), triton (triton_ce.py, CUDA only), torch
@@ -20,6 +21,8 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
    a few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (train.py --meter_every_step: a forward pass of its own on
    the step's first measure.METER_SEQUENCES sequences), and measure.py's cost per token.
+4. The heads beyond the paper (remedies.py) beside linear: the head's forward + backward on N hidden states
+   (time per token, peak memory, its parameters) and remedies.head_meter's time per token on 64 of them.
 
 How memory is measured. Every (variant, shape) runs in a fresh subprocess, so nothing one variant allocated or
 cached can flatter or burden another. CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(),
@@ -303,9 +306,35 @@ def worker_measure(spec):
     return dict(time_s=t, peak_mem_bytes=mem, time_per_token_s=t / N)
 
 
+def worker_remedy(spec):
+    """Section 4: one head in a 2-layer GPT of width D over V: the head alone, forward + backward, on the N
+    final hidden states of random tokens (blocks: and the block before), and head_meter on 64 of them."""
+    import remedies  # the heads beyond the paper: only this section reads them
+    N, V, D, T = spec['N'], spec['V'], spec['D'], 64
+    model = GPT(GPTConfig(vocab_size=V, n_embd=D, n_layer=2, n_head=4, block_size=T, head=spec['head']))
+    model = model.to(spec['device'])
+    x = torch.randint(0, V, (N // T, T), device=spec['device'])
+    y = torch.randint(0, V, (N // T, T), device=spec['device'])
+    with torch.no_grad():
+        h = model.hidden(x)  # (N // T, T, D); the blocks head's hook keeps the earlier block's output
+    h.requires_grad_(True)
+
+    def step():
+        logits = model.lm_head(h)
+        F.cross_entropy(logits.float().view(-1, V), y.view(-1)).backward()
+
+    t, mem = measure_call(step, spec['device'], spec['reps'])
+    t_meter, _ = measure_call(lambda: remedies.head_meter(model.lm_head, h.detach(), y, tokens=64),
+                              spec['device'], 1)
+    params = sum(p.numel() for p in model.lm_head.parameters())
+    return dict(time_s=t, peak_mem_bytes=mem, time_per_token_s=t / N, meter_per_token_s=t_meter / 64,
+                head_params=params)
+
+
 def worker(spec):
     torch.manual_seed(0)
-    workers = {'head': worker_head, 'step': worker_step, 'meter': worker_meter, 'measure': worker_measure}
+    workers = {'head': worker_head, 'step': worker_step, 'meter': worker_meter, 'measure': worker_measure,
+               'remedy': worker_remedy}
     return workers[spec['kind']](spec)
 
 # -----------------------------------------------------------------------------
@@ -330,7 +359,8 @@ def fmt_bytes(b):
 
 def print_row(r):
     frac = f"{r['flops_frac']:.2f}" if r.get('flops_frac') is not None else '-'
-    keys = ('tflops', 'tok_per_s', 'mfu', 'overhead_frac', 'time_per_token_s')
+    keys = ('tflops', 'tok_per_s', 'mfu', 'overhead_frac', 'time_per_token_s', 'meter_per_token_s',
+            'head_params')
     extra = r.get('error') or ', '.join(f"{k} {r[k]:,.3g}" for k in keys if r.get(k) is not None)
     if r.get('beyond_grads_bytes') is not None:
         extra += f", beyond dh + dW {fmt_bytes(r['beyond_grads_bytes'])}"
@@ -341,7 +371,8 @@ def print_row(r):
 
 # -----------------------------------------------------------------------------
 # options (--key=value)
-sections = '123'         # which to run: any of 1 (head + loss), 2 (training step), 3 (meter, measure.py)
+sections = '1234'        # which to run: any of 1 (head + loss), 2 (training step), 3 (meter, measure.py),
+                         # 4 (the heads beyond the paper, remedies.py)
 quick = False            # small shapes only: a smoke test (2 CPU cores: about a minute)
 reps = 2                 # timed calls per row; the best is reported
 device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
@@ -456,8 +487,8 @@ def check_gpu(opts):
 
 def main(argv):
     opts, _ = options.parse_args(argv, options.defaults_of(globals()), __file__)
-    if not opts['sections'] or set(opts['sections']) - set('123'):
-        raise options.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3 "
+    if not opts['sections'] or set(opts['sections']) - set('1234'):
+        raise options.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3, 4 "
                                   f"(e.g. --sections=13)")
     options.positive(opts, 'reps', 'gpu_check_iters')
     if opts['gpu_check'] and not torch.cuda.is_available():
@@ -509,6 +540,13 @@ def main(argv):
             mN, mV, mD = (512, 4096, 64) if opts['quick'] else (2048, 32768, 256)
             res = run_worker(dict(kind='measure', device=device, N=mN, V=mV, D=mD))
             add(dict(section='measure', variant='measure_cli.measure', N=mN, V=mV, D=mD, **res))
+    if '4' in opts['sections']:
+        rN, rV, rD = (256, 2048, 32) if opts['quick'] else (2048, 16384, 128)
+        for head in ('linear', 'whiten', 'overparam', 'blocks', 'blocksum', 'mlp', 'prehead', 'mos', 'mos1',
+                     'sigsoftmax'):
+            spec = dict(kind='remedy', device=device, head=head, N=rN, V=rV, D=rD, reps=opts['reps'])
+            res = run_worker(spec)
+            add(dict(section='remedies', variant=head, N=rN, V=rV, D=rD, **res))
     by = {(r['section'], r['variant'], r['N'], r['V'], r['D']): r for r in rows}
     naive, fused = by.get(('head', 'naive', *TARGET)), by.get(('head', 'fused', *TARGET))
     if naive and fused and 'time_s' in naive and 'time_s' in fused:

@@ -47,6 +47,7 @@ MLP_MULT = 4        # ours: the hidden width M of mlp and prehead, × D
 MOS_MIXTURES = 4    # ours: K of mos
 MOS_CHUNK = 1024    # tokens whose K softmaxes are held at once (recomputed in the backward pass)
 SCALE_TOKENS = 512  # unit-variance inputs that match_scale measures the logit scale on
+JACOBIAN_FLOATS = 2**24  # per-token Jacobians (n·V·k floats) held at once by the meter
 
 
 class RemedyHead(nn.Module):
@@ -81,6 +82,8 @@ class RemedyHead(nn.Module):
     def match_scale(self, weight):
         """Scale `weight` (the last matrix before the logits) so that the logits of unit-variance inputs
         have the linear head's std at init, 0.02·√D."""
+        if weight.is_meta:  # estimate.py counts parameters on the meta device: nothing to measure there
+            return
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             xs = [torch.randn(SCALE_TOKENS, x.size(-1), generator=gen) for x in self.example_inputs()]
@@ -119,9 +122,10 @@ class _Whiten(torch.autograd.Function):
         return dh.to(g.dtype).view_as(h), dW.to(W.dtype), None
 
     @staticmethod
-    def jvp(ctx, h_t, W_t, _):  # forward mode (the meter's U_H and U_θ): the linear map's
+    def jvp(ctx, h_t, W_t, _):  # forward mode (the meter's U_H and U_θ): the linear map's; None: no tangent
         h, W = ctx.saved_tensors
-        return F.linear(h_t, W) + F.linear(h, W_t)
+        parts = [F.linear(h_t, W) if h_t is not None else None, F.linear(h, W_t) if W_t is not None else None]
+        return sum(p for p in parts if p is not None)
 
 
 class WhitenHead(RemedyHead):
@@ -343,11 +347,15 @@ def visible_share(head, inputs, G, shift_invariant=False):
         gsq = G.pow(2).sum(1)
         meter = measure.live_ratio(G @ J.detach().float(), gsq, measure.head_factor(J), G.size(1))
         return meter['grad_cosine'] ** 2
-    Jt = jacobians(head, inputs, shift_invariant).double()                            # (n, V, k)
-    v = torch.einsum('nvk,nv->nk', Jt, G.double())                                   # (n, k)
-    gram = Jt.transpose(1, 2) @ Jt                                                   # (n, k, k)
-    x = torch.linalg.pinv(gram, hermitian=True, rtol=measure.RANK_RTOL) @ v.unsqueeze(-1)
-    return ((v.unsqueeze(1) @ x).sum() / G.double().pow(2).sum()).item()
+    visible = 0.0
+    step = max(1, JACOBIAN_FLOATS // (G.size(1) * sum(x.size(-1) for x in inputs)))  # tokens at a time
+    for i in range(0, G.size(0), step):
+        Jt = jacobians(head, tuple(x[i:i + step] for x in inputs), shift_invariant).double()  # (n, V, k)
+        v = torch.einsum('nvk,nv->nk', Jt, G[i:i + step].double())                             # (n, k)
+        gram = Jt.transpose(1, 2) @ Jt                                                         # (n, k, k)
+        x = torch.linalg.pinv(gram, hermitian=True, rtol=measure.RANK_RTOL) @ v.unsqueeze(-1)
+        visible += (v.unsqueeze(1) @ x).sum().item()
+    return visible / G.double().pow(2).sum().item()
 
 
 def head_meter(head, h, targets, tokens=256):

@@ -85,6 +85,7 @@ e2_heads = 'linear,tied'   # train.py's heads, as e1_heads
 e2_n_embds = '16,32'       # widths D
 e2_vocab_sizes = '256,1024,4096,8192'
 e2_lrs = '3e-3,1e-2,3e-2,1e-1'  # the lr grid of every cell (1e-3 was never the best by loss in a first run)
+e2_lr_extensions = 1       # a cell whose best lr is at the grid's edge runs the next lr beyond it, once
 e2_batch_size = 64         # sequences per step, the same in every cell: steps ∝ V at a fixed exposure budget
 e2_exposures = 32.0        # the budget: sequences per symbol (steps ⌈exposures·(V − 1)/batch⌉, whole evals)
 e2_evals = 16              # evaluations per run, evenly spaced: the resolution of the steps to the target
@@ -135,7 +136,7 @@ e6_eval_iters = 16         # held-out batches per evaluation, the same at every 
 e7_heads = ('linear,whiten,overparam,wide:32/random,blocks,blocks_sg,blocksum,wide:64/random,mlp,prehead,mos,'
             'mos1,sigsoftmax')
 e7_lrs = '1e-3,3e-3,1e-2,3e-2'
-e7_lr_extensions = 2       # a head whose best lr is at the grid's edge runs the next lr beyond it, ≤ 2 times
+e7_lr_extensions = 2       # ... ≤ 2 times
 e7_seeds = 5               # fresh seeds of experiment 7, paired by seed (instead of --seeds)
 e7_data = 'spamlang'       # spamlang, or hmm:S (hmm.py's language; tables and figure then named *_hmm)
 e7_vocab_size = 2048
@@ -1637,6 +1638,9 @@ def analyse_exp7(c, fresh):
     def work(r):
         d = r['args']['out_dir']
         paths = sorted(glob.glob(os.path.join(d, 'ckpt_*.pt')), key=lambda p: int(p[:-3].split('_')[-1]))
+        if not paths:
+            raise ConfigError(f"{d} was analysed with other settings and its checkpoints are gone: run "
+                              "experiment 7 again without --reuse")
         with FORWARD_AD:
             a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
         if r['seed'] == first:

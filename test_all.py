@@ -2195,10 +2195,13 @@ def test_bench_workers_measure_what_they_name():
     assert math.isfinite(meter['overhead_frac']) and meter['overhead_frac'] > -1
     m = bench.worker(dict(kind='measure', device='cpu', N=64, V=128, D=8))
     assert m['time_per_token_s'] == pytest.approx(m['time_s'] / 64, rel=1e-9)
+    r = bench.worker(dict(kind='remedy', device='cpu', head='blocks', N=128, V=96, D=8, reps=1))
+    assert r['head_params'] == 128 * 16 + 8 and r['meter_per_token_s'] > 0  # V padded to 128; + its LayerNorm
+    assert r['time_per_token_s'] == pytest.approx(r['time_s'] / 128, rel=1e-9)
 
 
 def test_bench_refuses_bad_options():
-    for args, msg in [(['--sections=4'], 'give digits among 1, 2, 3'), (['--sections='], 'give digits'),
+    for args, msg in [(['--sections=5'], 'give digits among 1, 2, 3, 4'), (['--sections='], 'give digits'),
                       (['--reps=0'], 'must be positive'), (['--quick=yes'], 'expects bool')]:
         with pytest.raises(ConfigError, match=msg):
             bench.main(args)

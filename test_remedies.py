@@ -81,6 +81,14 @@ def test_whiten_sends_back_the_ridge_least_squares_preimage():
     assert torch.allclose(dh.double(), want, rtol=1e-4, atol=1e-7)
     # W's own gradient is the plain head's
     assert torch.allclose(dW[:V], g.T @ h.detach(), atol=1e-6)
+    # the meter's hidden-state step goes through this backward pass: U_H = −dh Wᵀ with the whitened dh
+    y = torch.randint(0, V, (6,), generator=torch.Generator().manual_seed(2))
+    G = torch.softmax(head(h).detach().double(), -1) - F.one_hot(y, V).double()
+    A = torch.cat([W, lam.sqrt() * torch.eye(D, dtype=W.dtype)])
+    dh = torch.linalg.lstsq(A, torch.cat([G.T, torch.zeros(D, 6, dtype=W.dtype)])).solution.T
+    U_H = -dh @ W.T
+    want = (-(G * U_H).sum() / (G.norm() * U_H.norm())).item()
+    assert remedies.head_meter(head, h.detach(), y)['c_H'] == pytest.approx(want, abs=1e-5)
 
 
 def test_blocks_twin_has_the_same_forward_and_cuts_the_second_gradient_path():
@@ -142,7 +150,8 @@ def test_head_meter_equals_the_closed_forms_on_the_papers_heads(name, factored):
 
 
 @pytest.mark.parametrize('name', ['mlp', 'sigsoftmax', 'mos', 'prehead'])
-def test_per_token_visible_share_equals_brute_force(name):
+def test_per_token_visible_share_equals_brute_force(name, monkeypatch):
+    monkeypatch.setattr(remedies, 'JACOBIAN_FLOATS', V * D * 5)  # 5 tokens' Jacobians at a time: 3 chunks
     model = gpt(name)
     x, y = batch()
     head = model.lm_head

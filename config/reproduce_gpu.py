@@ -36,3 +36,15 @@ e6_heads = 'narrow:8/select,narrow:128/select,linear'
 e6_lrs = '3e-4,1e-3,3e-3'
 e6_vocab_size = 16384
 e6_states = 64
+# experiment 7 (`--preset=gpu --experiments=7`): V = 16,384, D = 128, 4 layers; the fixed-basis controls at
+# r = 2D and 4D
+e7_heads = ('linear,whiten,overparam,wide:256/random,blocks,blocks_sg,blocksum,wide:512/random,mlp,prehead,'
+            'mos,mos1,sigsoftmax')
+e7_lrs = '3e-4,1e-3,3e-3,1e-2'
+e7_vocab_size = 16384
+e7_n_embd = 128
+e7_n_layer = 4
+e7_batch_size = 64
+e7_max_iters = 3200         # 12.5 exposures per symbol; not yet run: its stage gate will tell whether the
+                            # linear head lands in 30–80% at this size
+e7_eval_interval = 320
