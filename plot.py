@@ -292,28 +292,33 @@ def exp6(path, heads, xfold, floor, subtitle):
 
 
 def exp7(path, per, level, subtitle):
-    """Experiment 7, per head (mean over seeds, min–max band): the held-out accuracy, c* and the visible share
-    against tokens, and c* against the held-out loss (the dotted line: a loss every head reaches)."""
+    """Experiment 7, per head (mean over seeds, min–max band): the held-out accuracy (HMM: loss) against
+    tokens and against seconds of training, c*, the visible share and the real step's cosine against tokens,
+    and c* against the held-out loss (the dotted line: a loss every head reaches)."""
     plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    (ax, bx), (cx, dx) = axes
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    (ax, tx, bx), (cx, sx, dx) = axes
     for (spec, p), color, style in zip(per.items(), colors(len(per)), ['-', '--', ':', '-.'] * len(per)):
         curves = p['meter']
         x = [m['tokens'] for m in curves[0]]
         acc = curves[0][0]['val_acc'] is not None  # SpamLang: accuracy; the HMM language: loss
         key, scale = ('val_acc', 100) if acc else ('val_loss', 1)
         band(ax, x, [[m[key] for m in cv] for cv in curves], color, spec, style, scale=scale)
+        for cv in curves:
+            tx.plot([m['seconds'] for m in cv], [scale * m[key] for m in cv], style, color=color, lw=0.8)
+            dx.plot([m['val_loss'] for m in cv], [m['c_star'] for m in cv], style, color=color, lw=0.8)
         band(bx, x, [[m['c_star'] for m in cv] for cv in curves], color, None, style)
         band(cx, x, [[m['visible_share'] for m in cv] for cv in curves], color, None, style)
-        for cv in curves:
-            dx.plot([m['val_loss'] for m in cv], [m['c_star'] for m in cv], style, color=color, lw=0.8)
+        band(sx, x, [[m['step_cos'] for m in cv] for cv in curves], color, None, style)
     dx.axvline(level, color='0.5', lw=0.8, ls=':')
     dx.invert_xaxis()
-    ax.set(xlabel='tokens', ylabel='held-out accuracy, positions ≥ 1 (%)' if acc else 'held-out loss',
-           title='learning')
+    label = 'held-out accuracy, positions ≥ 1 (%)' if acc else 'held-out loss'
+    ax.set(xlabel='tokens', ylabel=label, title='learning, against tokens')
+    tx.set(xlabel='seconds of training (2 runs on 2 cores)', ylabel=label, title='... against wall-clock')
     bx.set(xlabel='tokens', ylabel='c*', title='c*: the best first-order step (inputs + head) vs −G')
     cx.set(xlabel='tokens', ylabel='visible share', yscale='log',
            title='the share of ‖G‖² that reaches the head\'s inputs')
+    sx.set(xlabel='tokens', ylabel='step cos', title='cos(−G, the logit change of one real AdamW step)')
     dx.set(xlabel='held-out loss (falling →)', ylabel='c*', title='c* at equal loss (one line per seed)')
     fig.legend(*ax.get_legend_handles_labels(), loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title=subtitle, title_fontsize=8)

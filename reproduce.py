@@ -1610,6 +1610,17 @@ def fit_head_alone(c, model, seed):
     return dict(curve[-1], curve=curve)
 
 
+def train_seconds(rec):
+    """{iter: seconds} of a run's training steps up to each evaluation, from its log's train rows (each the
+    mean step time since the one before; evaluations and saves are not counted)."""
+    clock, last, total = {0: 0.0}, 0, 0.0
+    for row in read_log(rec['args']['out_dir'], 'train'):
+        total += row['dt_ms'] / 1000 * (row['iter'] - last)
+        last = row['iter']
+        clock[last] = total
+    return clock
+
+
 def fresh_model(rec):
     """A run's model at init (its seed's draw, as train.py draws it), on the CPU."""
     torch.manual_seed(rec['seed'])
@@ -1714,15 +1725,20 @@ def summary_exp7(c, runs):
         first = next((r['analysis'] for r in mine if 'frozen_init' in r['analysis']), {})
         tokens = [next((e['tokens'] for e in r['evals'] if e['iter'] > 0 and target is not None
                         and e['val_loss'] <= target), None) for r in mine]
+        clocks = [train_seconds(r) for r in mine]  # {iter: seconds of training steps up to it}
+        wall = [next((clock.get(e['iter']) for e in r['evals'] if e['iter'] > 0 and target is not None
+                      and e['val_loss'] <= target), None) for r, clock in zip(mine, clocks)]
         ms = [np.median([row['dt_ms'] for row in read_log(r['args']['out_dir'], 'train')]) for r in mine]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], seeds=[r['seed'] for r in mine], **cost,
                          ms_per_step=float(np.median(ms)), final_val_loss=[e['val_loss'] for e in finals],
                          final_val_acc=[e.get('val_acc') for e in finals], tokens_to_target=tokens,
+                         seconds_to_target=wall,
                          c_star=[m[-1]['c_star'] for m in meters], c_H=[m[-1]['c_H'] for m in meters],
                          visible_share=[m[-1]['visible_share'] for m in meters],
                          step_cos=[m[-1]['step_cos'] for m in meters],
-                         meter=[[dict(m, val_loss=e['val_loss'], val_acc=e.get('val_acc'), tokens=e['tokens'])
-                                 for m, e in zip(ms_, r['evals'])] for ms_, r in zip(meters, mine)],
+                         meter=[[dict(m, val_loss=e['val_loss'], val_acc=e.get('val_acc'), tokens=e['tokens'],
+                                      seconds=clock.get(e['iter'])) for m, e in zip(ms_, r['evals'])]
+                                for ms_, r, clock in zip(meters, mine, clocks)],
                          **{k: first.get(k) for k in FITS})
         p = per[spec]
         reached = [x for x in tokens if x is not None]
@@ -1744,9 +1760,10 @@ def summary_exp7(c, runs):
         pair = dict(comparison=f"{a} − {b}", a=a, b=b)
         for k in ('final_val_acc', 'final_val_loss', 'c_star', 'visible_share', 'step_cos'):
             pair[k] = paired_by_seed(*(dict(zip(per[x]['seeds'], per[x][k])) for x in (a, b)))
-        ta, tb = per[a]['tokens_to_target'], per[b]['tokens_to_target']
-        pair['faster_in'] = sum(x is not None and (y is None or x < y) for x, y in zip(ta, tb))
-        pair['seeds'] = len(ta)
+        for k, name in (('tokens_to_target', 'faster_in'), ('seconds_to_target', 'sooner_in')):
+            ta, tb = per[a][k], per[b][k]
+            pair[name] = sum(x is not None and (y is None or x < y) for x, y in zip(ta, tb))
+        pair['seeds'] = len(per[a]['seeds'])
         pairs.append(pair)
     V, D, T, lang = c['e7_vocab_size'], c['e7_n_embd'], c['e7_block_size'], e7_language(c)
     linear = float(np.mean(per['linear']['final_val_acc' if lang is None else 'final_val_loss'])) \
@@ -1796,7 +1813,8 @@ def summary_exp7(c, runs):
                          [[p['comparison'], ci(p['final_val_acc'], '{:+.1f}', 100, p=True),
                            ci(p['final_val_loss'], '{:+.3f}'), ci(p['c_star'], '{:+.3f}'),
                            ci(p['visible_share'], '{:+.4f}'), ci(p['step_cos'], '{:+.3f}'),
-                           f"{p['faster_in']}/{p['seeds']} seeds"] for p in pairs])
+                           f"{p['faster_in']}/{p['seeds']} seeds in tokens, {p['sooner_in']}/{p['seeds']} in "
+                           "time"] for p in pairs])
     return dict(controls=controls, table=table, notes=[verdict], figures=[figure])
 
 

@@ -2348,7 +2348,8 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert list(e7['heads']) == ['linear', 'blocks', 'blocks_sg', 'mos']
     for h in e7['heads'].values():
         assert h['seeds'] == [1338, 1339] and h['flops_per_token'] > 0 and h['head_params'] > 0
-        for k in ('final_val_loss', 'tokens_to_target', 'c_star', 'visible_share', 'step_cos'):
+        for k in ('final_val_loss', 'tokens_to_target', 'seconds_to_target', 'c_star', 'visible_share',
+                  'step_cos'):
             assert len(h[k]) == 2, k
         assert all(0 <= v <= 1 for v in h['visible_share'] + h['c_star'])
         assert [len(curve) for curve in h['meter']] == [3, 3]  # evaluations 0, 4, 8: a checkpoint each
