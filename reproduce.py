@@ -683,6 +683,11 @@ def cooldown(c, tally, args, d, stable, cool, last):
                 val_loss=final['val_loss'])
 
 
+def run_dir(c, rec):
+    """A run's folder in this --out (its args name the folder it ran in, which may have moved)."""
+    return os.path.join(c['out'], rec['exp'], rec['name'])
+
+
 def read_log(d, kind=None):
     """The rows of d/log.jsonl (of one type if given)."""
     with open(os.path.join(d, 'log.jsonl')) as f:
@@ -1007,7 +1012,7 @@ def bounded_fit(c, rec):
     its Frobenius norm projected back to at most the trained head's after each step. Its loss over every
     symbol / log(V − 1), at the start and at 4 points of the fit: what a head this large can express on this
     backbone."""
-    path = os.path.join(rec['args']['out_dir'], 'ckpt.pt')
+    path = os.path.join(run_dir(c, rec), 'ckpt.pt')
     model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device'])
     model.eval().requires_grad_(False)
     V = model.config.vocab_size
@@ -1053,18 +1058,18 @@ def bounded_fits(c, runs):
 
     def work(r):
         if {k: r.get('control', {}).get(k) for k in settings} != settings:
-            if not os.path.exists(os.path.join(r['args']['out_dir'], 'ckpt.pt')):
-                raise ConfigError(f"{r['args']['out_dir']} was fitted with other control settings and its "
+            if not os.path.exists(os.path.join(run_dir(c, r), 'ckpt.pt')):
+                raise ConfigError(f"{run_dir(c, r)} was fitted with other control settings and its "
                                   "checkpoint is gone: run experiment 2 again without --reuse")
             r['control'] = bounded_fit(c, r)
-            with open(os.path.join(r['args']['out_dir'], 'run.json'), 'w') as f:
+            with open(os.path.join(run_dir(c, r), 'run.json'), 'w') as f:
                 json.dump(r, f)
         return r
 
     say(f"exp2: the expressivity control of {len(todo)} cells (bounded head, frozen backbone)")
     in_parallel(c, Tally(), work, todo)
     for r in todo:
-        path = os.path.join(r['args']['out_dir'], 'ckpt.pt')
+        path = os.path.join(run_dir(c, r), 'ckpt.pt')
         if os.path.exists(path):
             os.remove(path)
 
@@ -1610,11 +1615,11 @@ def fit_head_alone(c, model, seed):
     return dict(curve[-1], curve=curve)
 
 
-def train_seconds(rec):
+def train_seconds(c, rec):
     """{iter: seconds} of a run's training steps up to each evaluation, from its log's train rows (each the
     mean step time since the one before; evaluations and saves are not counted)."""
     clock, last, total = {0: 0.0}, 0, 0.0
-    for row in read_log(rec['args']['out_dir'], 'train'):
+    for row in read_log(run_dir(c, rec), 'train'):
         total += row['dt_ms'] / 1000 * (row['iter'] - last)
         last = row['iter']
         clock[last] = total
@@ -1627,9 +1632,9 @@ def fresh_model(rec):
     return GPT(GPTConfig(**{k: rec['config'][k] for k in checkpoint.MODEL_KEYS if k in rec['config']}))
 
 
-def trunk_of(rec):
+def trunk_of(c, rec):
     """The trained trunk (transformer.*) of a fresh run's final checkpoint."""
-    state = checkpoint.load_checkpoint(os.path.join(rec['args']['out_dir'], 'ckpt.pt'))['model']
+    state = checkpoint.load_checkpoint(os.path.join(run_dir(c, rec), 'ckpt.pt'))['model']
     return {k: v for k, v in state.items() if k.startswith('transformer.')}
 
 
@@ -1647,7 +1652,7 @@ def analyse_exp7(c, fresh):
     say(f"exp7: the meter at every checkpoint of {len(todo)} runs; frozen-trunk fits and transfers")
 
     def work(r):
-        d = r['args']['out_dir']
+        d = run_dir(c, r)
         paths = sorted(glob.glob(os.path.join(d, 'ckpt_*.pt')), key=lambda p: int(p[:-3].split('_')[-1]))
         if not paths:
             raise ConfigError(f"{d} was analysed with other settings and its checkpoints are gone: run "
@@ -1658,10 +1663,10 @@ def analyse_exp7(c, fresh):
             a['frozen_init'] = fit_head_alone(c, fresh_model(r), r['seed'])
             if linear is not None:
                 plain = fresh_model(linear)
-                plain.load_state_dict(trunk_of(r), strict=False)
+                plain.load_state_dict(trunk_of(c, r), strict=False)
                 a['linear_on_its_trunk'] = fit_head_alone(c, plain, r['seed'])
                 mine = fresh_model(r)
-                mine.load_state_dict(trunk_of(linear), strict=False)
+                mine.load_state_dict(trunk_of(c, linear), strict=False)
                 a['it_on_linear_trunk'] = fit_head_alone(c, mine, r['seed'])
         r['analysis'] = a
         with open(os.path.join(d, 'run.json'), 'w') as f:
@@ -1671,7 +1676,7 @@ def analyse_exp7(c, fresh):
     in_parallel(c, Tally(), work, todo)
     for runs in fresh.values():
         for r in runs:
-            for f in glob.glob(os.path.join(r['args']['out_dir'], '*.pt')):
+            for f in glob.glob(os.path.join(run_dir(c, r), '*.pt')):
                 os.remove(f)
 
 
@@ -1725,10 +1730,10 @@ def summary_exp7(c, runs):
         first = next((r['analysis'] for r in mine if 'frozen_init' in r['analysis']), {})
         tokens = [next((e['tokens'] for e in r['evals'] if e['iter'] > 0 and target is not None
                         and e['val_loss'] <= target), None) for r in mine]
-        clocks = [train_seconds(r) for r in mine]  # {iter: seconds of training steps up to it}
+        clocks = [train_seconds(c, r) for r in mine]  # {iter: seconds of training steps up to it}
         wall = [next((clock.get(e['iter']) for e in r['evals'] if e['iter'] > 0 and target is not None
                       and e['val_loss'] <= target), None) for r, clock in zip(mine, clocks)]
-        ms = [np.median([row['dt_ms'] for row in read_log(r['args']['out_dir'], 'train')]) for r in mine]
+        ms = [np.median([row['dt_ms'] for row in read_log(run_dir(c, r), 'train')]) for r in mine]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], seeds=[r['seed'] for r in mine], **cost,
                          ms_per_step=float(np.median(ms)), final_val_loss=[e['val_loss'] for e in finals],
                          final_val_acc=[e.get('val_acc') for e in finals], tokens_to_target=tokens,
