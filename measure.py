@@ -34,13 +34,6 @@ def column_basis(W, rtol=RANK_RTOL):
     return U[:, S > rtol * S[0]]
 
 
-def logit_grad(logits, targets, dtype=torch.float64):
-    """G = softmax(logits) − onehot(targets), one row per token: the gradient of the summed loss. (n, V)"""
-    G = torch.softmax(logits.to(dtype), dim=-1)
-    G[torch.arange(len(targets), device=G.device), targets] -= 1
-    return G
-
-
 def destroyed_ratio(G, W):
     """The definition, for any G (N, V): r = ‖G − PG‖/‖G‖, c = ⟨G, PG⟩/(‖G‖‖PG‖), P the projector onto
     col(W)."""
@@ -102,9 +95,12 @@ def logit_grad_stats(logits, targets, W):
 
 @torch.no_grad()
 def live_meter(logits, targets, W):
-    """r and c of one batch from its logits (…, V) and targets (…) (−1: ignored)."""
+    """r and c of one batch from its logits (…, V) and targets (…) (−1: ignored), and grad_c_H = cos(−G, U_H),
+    U_H = −G W Wᵀ the logit change of a gradient step on the hidden states alone (SGD geometry)."""
     gsq, gW = logit_grad_stats(logits, targets, W.detach())  # ignored targets are zeros: in neither sum
-    return live_ratio(gW, gsq, head_factor(W), logits.size(-1))
+    out = live_ratio(gW, gsq, head_factor(W), logits.size(-1))
+    U = ((gW @ (W.detach().float().T @ W.detach().float())) * gW).sum()  # ‖G W Wᵀ‖², from D-sized factors
+    return dict(out, grad_c_H=(gW.pow(2).sum() / (gsq.sum() * U).sqrt()).item())
 
 
 

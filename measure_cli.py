@@ -33,7 +33,7 @@ import options
 import runtime
 import spamlang
 import textdata
-from measure import RANK_RTOL, column_basis, logit_grad
+from measure import RANK_RTOL, column_basis
 from model import GPT, GPTConfig, check_config
 from options import ConfigError
 
@@ -74,6 +74,13 @@ DEFAULTS = options.defaults_of(globals())
 
 # -----------------------------------------------------------------------------
 # the full measurement, chunk by chunk: never N×V at once
+
+def logit_grad(logits, targets, dtype=torch.float64):
+    """G = softmax(logits) − onehot(targets), one row per token: the gradient of the summed loss. (n, V)"""
+    G = torch.softmax(logits.to(dtype), dim=-1)
+    G[torch.arange(len(targets), device=G.device), targets] -= 1
+    return G
+
 
 def _chunks(n, size):
     return [(i, min(i + size, n)) for i in range(0, n, size)]

@@ -906,7 +906,7 @@ def test_train_live_meter_in_log(tmp_path):
     assert [r['iter'] for r in evals] == [0, 10, 20]
     assert [r['iter'] for r in steps] == list(range(1, 21))  # every step metered
     for r in evals + steps:
-        assert 0 < r['grad_destroyed'] < 1
+        assert 0 < r['grad_destroyed'] < 1 and 0 < r['grad_c_H'] <= 1
         assert abs(r['grad_destroyed'] ** 2 + r['grad_cosine'] ** 2 - 1) < 1e-9
     assert 'loss' in steps[4] and 'loss' not in steps[0]  # log_interval steps keep their full record
     train_run(tmp_path, 'plain', vocab_size=128, n_embd=16, n_head=2, block_size=8, max_iters=4,
@@ -1267,7 +1267,7 @@ def test_save_checkpoints_false_writes_no_checkpoint(tmp_path):
 def test_logit_grad_is_softmax_minus_onehot():
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(20, 30, generator=g) * 3, torch.randint(0, 30, (20,), generator=g)
-    G = measure.logit_grad(z, y)
+    G = measure_cli.logit_grad(z, y)
     torch.testing.assert_close(G, softmax_minus_onehot(z, y), rtol=1e-12, atol=1e-14)
     assert G.dtype == torch.float64 and G.sum(1).abs().max() < 1e-12  # rows of G sum to 0
 
@@ -1348,6 +1348,9 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     assert abs(live['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
     k = min(getattr(model.lm_head, 'rank', 32), 32)
     assert live['visible_over_chance'] == pytest.approx((1 - ref ** 2) * 300 / k, rel=1e-4)
+    with torch.no_grad():  # c_H: measure_cli.realizable's, from the hidden states
+        H = model.hidden(idx).reshape(-1, model.config.n_embd)
+    assert live['grad_c_H'] == pytest.approx(measure_cli.realizable(H, y.reshape(-1), W)['c_H'], rel=1e-4)
     for fused in (False, True):  # --meter_every_step: the model's own forward pass, whichever loss trains it
         model.fused = fused
         model.train()

@@ -319,7 +319,7 @@ def eval_and_save():
     m = evaluate()
     if not math.isfinite(m['loss']):
         raise diverged(f"loss is {m['loss']}", "on the held-out batches")
-    meter = ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_destroyed_pos0')
+    meter = ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_c_H', 'grad_destroyed_pos0')
     rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'], **{k: m[k] for k in meter if k in m}}
     line = f"eval {iter_num}: val loss {m['loss']:.4f}"
     if corpus['kind'] == 'spamlang':  # positions ≥ 1 are determined; position 0 is a uniform guess
