@@ -478,7 +478,7 @@ def test_every_script_prints_its_options_with_help():
                            env=CHILD_ENV)
         assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
         if script == 'train.py':
-            assert '--head=linear' in p.stdout and 'one of linear, tied, narrow, wide' in p.stdout
+            assert '--head=linear' in p.stdout and 'linear, tied, narrow, wide; beyond the paper: remedies.HEADS' in p.stdout
 
 
 def test_peak_flops_matches_whole_names():
@@ -2492,7 +2492,7 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e1_heads=narrow:0'], "bad item 'narrow:0'"),
     (['--e1_heads=linear:4'], "bad item 'linear:4'"),
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
-    (['--experiments=1,7'], 'subset of 1,2,3,4,5,6'),
+    (['--experiments=1,8'], 'subset of 1,2,3,4,5,6,7'),
     (['--e1_heads=linear/select'], "bad item 'linear/select'"),
     (['--e3_max_iters=721'], 'must split into --e3_budgets=4 parts'),
     (['--quick', '--preset=gpu'], '--quick is --preset=quick'),

@@ -52,7 +52,7 @@ batch_size = 32            # sequences per micro-batch
 block_size = 32            # sequence length T
 gradient_accumulation_steps = None  # micro-batches per step over all processes; None = one per process
 # model
-head = 'linear'            # the LM head (model.HEADS; beyond the paper: remedies.HEADS)
+head = 'linear'            # the LM head: linear, tied, narrow, wide; beyond the paper: remedies.HEADS
 head_rank = None           # r of a factorized head; None: its default (wide n_embd, narrow n_embd // 16)
 head_basis = 'trained'     # factorized heads' A: trained | random (fixed) | select (fixed: r = D is linear)
 n_layer = 2
