@@ -1717,9 +1717,11 @@ def summary_exp7(c, runs):
     tables = {spec: lr_table(runs[h['key']], final_score, head=spec) for spec, h in heads.items()}
     fresh = {spec: t['best_runs'] for spec, t in tables.items()}
     analyse_exp7(c, fresh)
-    target = None  # the linear head's mean final loss
+    # the target: the linear head's mean final accuracy (SpamLang, where its loss is not monotone), or loss
+    key, sign = ('val_acc', -1) if c['e7_data'] == 'spamlang' else ('val_loss', 1)
+    target = None
     if 'linear' in fresh:
-        target = float(np.mean([r['evals'][-1]['val_loss'] for r in fresh['linear']]))
+        target = float(np.mean([r['evals'][-1][key] for r in fresh['linear']]))
     per, rows, lines = {}, [], []
     for spec in specs:
         t, mine = tables[spec], fresh[spec]
@@ -1728,11 +1730,11 @@ def summary_exp7(c, runs):
         finals = [r['evals'][-1] for r in mine]
         meters = [r['analysis']['meter'] for r in mine]
         first = next((r['analysis'] for r in mine if 'frozen_init' in r['analysis']), {})
-        tokens = [next((e['tokens'] for e in r['evals'] if e['iter'] > 0 and target is not None
-                        and e['val_loss'] <= target), None) for r in mine]
+        hits = [[e for e in r['evals'] if e['iter'] > 0 and target is not None
+                 and sign * e[key] <= sign * target][:1] for r in mine]  # the first evaluation at the target
         clocks = [train_seconds(c, r) for r in mine]  # {iter: seconds of training steps up to it}
-        wall = [next((clock.get(e['iter']) for e in r['evals'] if e['iter'] > 0 and target is not None
-                      and e['val_loss'] <= target), None) for r, clock in zip(mine, clocks)]
+        tokens = [hit[0]['tokens'] if hit else None for hit in hits]
+        wall = [clock.get(hit[0]['iter']) if hit else None for hit, clock in zip(hits, clocks)]
         ms = [np.median([row['dt_ms'] for row in read_log(run_dir(c, r), 'train')]) for r in mine]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], seeds=[r['seed'] for r in mine], **cost,
                          ms_per_step=float(np.median(ms)), final_val_loss=[e['val_loss'] for e in finals],
@@ -1790,7 +1792,7 @@ def summary_exp7(c, runs):
                     lrs=numbers(c, 'e7_lrs'), seeds=c['e7_seeds'],
                     tokens=c['e7_max_iters'] * c['e7_batch_size'] * T,
                     exposures_per_symbol=round(c['e7_max_iters'] * c['e7_batch_size'] / (V - 1), 2)
-                    if lang is None else None, target_loss=target, matched_loss_level=level,
+                    if lang is None else None, target={key: target}, matched_loss_level=level,
                     varies='only the head and its lr: same data, init seed, schedule, held-out batches',
                     ours=OURS + ["every head's logit scale at init matched to the linear's (remedies.py)",
                                  "one lr for head and trunk (head_lr_mult 1, not swept: a confound for heads "
@@ -1810,7 +1812,7 @@ def summary_exp7(c, runs):
     verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if linear is not None else
                "No stage gate: linear is not among --e7_heads.")
     table = md(['head', 'best lr', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
-                'final acc %', 'final loss', "tokens to linear's final loss (seeds)", 'visible share',
+                'final acc %', 'final loss', f"tokens to linear's final {key[4:]} (seeds)", 'visible share',
                 'c*', 'step cos', 'frozen trunk at init: acc %', 'linear on its trunk: acc %',
                 "it on linear's trunk: acc %"], lines)
     table += '\n\n' + md(['comparison', 'Δ acc pp [95% CI]', 'Δ loss', 'Δ c*', 'Δ visible share',

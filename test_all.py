@@ -478,7 +478,8 @@ def test_every_script_prints_its_options_with_help():
                            env=CHILD_ENV)
         assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
         if script == 'train.py':
-            assert '--head=linear' in p.stdout and 'linear, tied, narrow, wide; beyond the paper: remedies.HEADS' in p.stdout
+            assert '--head=linear' in p.stdout
+            assert 'linear, tied, narrow, wide; beyond the paper: remedies.HEADS' in p.stdout
 
 
 def test_peak_flops_matches_whole_names():
