@@ -13,7 +13,9 @@ Heads (chosen by name with --head=, see HEADS at the bottom):
     tied     shares the token embedding wte
     narrow   factorized D→r→V, r = head_rank (default n_embd // 16): the paper's rank-r head
     wide     the same factorization with r = n_embd by default, so wide vs narrow differs only in r
-Heads beyond the paper, their controls and a meter for any head: remedies.py, loaded only when named.
+A factorized head's A is trained (the paper's), fixed random or a fixed selector (head_basis=select: rank is
+then the only difference from linear, which it equals at r = D). Heads beyond the paper, their controls and a
+meter for any head: remedies.py, loaded only when named.
 """
 import math
 from dataclasses import dataclass
