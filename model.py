@@ -300,6 +300,7 @@ class GPT(nn.Module):
         blocks = sum(p.numel() for p in self.transformer.h.parameters() if p.dim() == 2)
         rank = getattr(self.lm_head, 'rank', None)
         head = cfg.vocab_size * cfg.n_embd if rank is None else rank * (cfg.n_embd + cfg.vocab_size)
+        head = getattr(self.lm_head, 'matmul_weights', head)  # heads beyond the paper count their own
         return 6 * (blocks + head) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
     @torch.no_grad()

@@ -25,10 +25,9 @@ forward pass (V vocabulary, D width, M = 4D, K blocks or mixtures):
     mos1        D² + D·V                                        the same with K = 1 (its control)
     sigsoftmax  D·V (+ V)                                       u = z + log σ(z), z = W·h (arXiv 1805.10829)
 
-None has a fused loss: their loss comes from their logits (--loss=fused computes the same number). Two
-figures of train.py read these heads as if they were linear: MFU counts each as a V×D head
-(GPT.flops_per_token; reproduce.py's experiment 7 counts FLOPs with torch's FlopCounterMode instead), and the
-live meter reads effective_weight(): for heads whose Jacobian varies per token (mlp, prehead, mos, mos1,
+None has a fused loss: their loss comes from their logits (--loss=fused computes the same number).
+GPT.flops_per_token (MFU, estimate.py) counts each head's own matmul weights (matmul_weights). train.py's live
+meter reads effective_weight(): for heads whose Jacobian varies per token (mlp, prehead, mos, mos1,
 sigsoftmax) that is their last matrix W, so its grad_destroyed is the share of G outside col(W), not what
 reaches h. head_meter below is exact for every head.
 """
@@ -93,6 +92,10 @@ class RemedyHead(nn.Module):
 
     def example_inputs(self):
         return (torch.zeros(1, self.n_embd),)
+
+    @property
+    def matmul_weights(self):  # GPT.flops_per_token: the weights a token's logits multiply (V padded)
+        return sum(p.numel() for p in self.parameters() if p.dim() == 2)
 
 
 class _Whiten(torch.autograd.Function):
@@ -269,6 +272,10 @@ class MoSHead(RemedyHead):
 
     def jacobian(self):
         return None
+
+    @property
+    def matmul_weights(self):  # W is applied once per mixture
+        return super().matmul_weights + (self.mixtures - 1) * self.weight.numel()
 
     def mixture(self, h):  # (n, D) -> (n, V): log p
         K, W = self.mixtures, self.effective_weight()

@@ -55,6 +55,23 @@ def test_each_head_trains_at_the_linear_heads_logit_scale(name):
     assert model(x, y)[1].item() == pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_flops_per_token_counts_each_heads_own_matmuls():
+    base = gpt('linear')
+    blocks = sum(p.numel() for p in base.transformer.h.parameters() if p.dim() == 2)
+    attention = 12 * 2 * 8 * D
+
+    def flops(head_weights):
+        return 6 * (blocks + head_weights) + attention
+
+    Vp = 128  # V = 100 padded to a multiple of 64
+    M, K = 4 * D, remedies.MOS_MIXTURES
+    want = {'linear': V * D, 'whiten': Vp * D, 'overparam': 4 * D * (D + Vp), 'blocks': Vp * 2 * D,
+            'mlp': M * D + Vp * M, 'prehead': 2 * M * D + Vp * D, 'mos': K * D + K * D * D + K * Vp * D,
+            'sigsoftmax': Vp * D}
+    for name, weights in want.items():
+        assert gpt(name).flops_per_token() == flops(weights), name
+
+
 def test_unknown_head_and_head_rank_errors_name_the_fix():
     with pytest.raises(ValueError, match="unknown head 'mlpx'"):
         gpt('mlpx')
