@@ -1914,8 +1914,9 @@ def main(argv):
                 torch=torch.__version__, wall_s={}, runs=tally.counts(), runs_by_experiment={},
                 config=dict(c, exps=chosen['run'], notes=notes))  # notes: the same dict, filled in as we go
     fresh = c['seed'] + c['sweep_seeds']
+    seeds7 = f" (experiment 7: {fresh}…{fresh + c['e7_seeds'] - 1})" if '7' in chosen['run'] else ''
     say(f"reproduce.py: preset {c['preset']}, experiments {','.join(chosen['run'])}, {len(specs)} runs, "
-        f"lr sweeps on seed {c['seed']}…{fresh - 1}, fresh seeds {fresh}…{fresh + c['seeds'] - 1}, "
+        f"lr sweeps on seed {c['seed']}…{fresh - 1}, fresh seeds {fresh}…{fresh + c['seeds'] - 1}{seeds7}, "
         f"device {c['device']}, out {c['out']}")
     t0 = time.time()
     last = t0
