@@ -563,7 +563,7 @@ def run_experiment(c, e, specs, tally, t0):
         for (_, run), rec in zip(todo, in_parallel(c, tally, work, todo)):
             runs.setdefault(run['key'], []).append(rec)
         for _ in range(c.get(f'e{e}_lr_extensions', 0) if sweep else 0):
-            more = [(i, s) for i, s in grid_extensions(c, e, runs, mine)]
+            more = grid_extensions(c, e, runs, mine)
             for (_, run), rec in zip(more, in_parallel(c, tally, work, more)):
                 runs[run['key']].append(rec)
     return runs
@@ -575,10 +575,10 @@ def grid_extensions(c, e, runs, mine):
     extra, seen = [], set()
     for i, spec in mine:
         swept = [r for r in runs[spec['key']] if r['sweep']]
-        if not spec['sweep'] or spec['key'] in seen or len({r['lr'] for r in swept}) < 2:
+        lrs = sorted({r['lr'] for r in swept})
+        if not spec['sweep'] or spec['key'] in seen or len(lrs) < 2:
             continue
         seen.add(spec['key'])
-        lrs = sorted({r['lr'] for r in swept})
         edge = best_lr(swept, lr_score(c, spec['exp']))['edge']
         if edge not in ('low edge', 'high edge'):
             continue
@@ -1006,6 +1006,11 @@ def summary_exp2(c, runs):
     return dict(controls=controls, table=table, notes=[])
 
 
+def cosine(lr, step, steps):
+    """The lr of a fit at `step` of `steps`: cosine from lr to 0."""
+    return lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def bounded_fit(c, rec):
     """Experiment 2's expressivity control, from a run's final checkpoint: the head alone (a V×D matrix, from
     the trained one) fitted by AdamW on the frozen backbone's hidden states at position 1 of every [BOS, s],
@@ -1035,7 +1040,7 @@ def bounded_fit(c, rec):
     curve = [full_loss()]
     for step in range(steps):
         for group in opt.param_groups:
-            group['lr'] = c['e2_control_lr'] * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group['lr'] = cosine(c['e2_control_lr'], step, steps)
         idx = torch.randint(V - 1, (min(1024, V - 1),), generator=gen).to(c['device'])
         loss = F.cross_entropy(H[idx] @ W.T, s[idx])
         opt.zero_grad(set_to_none=True)
@@ -1583,7 +1588,7 @@ def checkpoint_meter(path, x, y):
     opt.step()
     with torch.no_grad():
         keep = y >= 0
-        G = (torch.softmax(logits.detach().double(), -1) - F.one_hot(y.clamp(min=0), logits.size(-1)))[keep]
+        G = measure_cli.logit_grad(logits.detach()[keep], y[keep])                   # (n, V), float64
         dU = (model(x)[0].double() - logits.detach().double())[keep]
         m['step_cos'] = (-(G * dU).sum() / (G.norm() * dU.norm()).clamp_min(1e-300)).item()
     return dict(m, iter=ckpt['iter_num'])
@@ -1601,7 +1606,7 @@ def fit_head_alone(c, model, seed):
     steps, curve = c['e7_fit_steps'], []
     for step in range(steps):
         for group in opt.param_groups:
-            group['lr'] = c['e7_fit_lr'] * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group['lr'] = cosine(c['e7_fit_lr'], step, steps)
         x, y = stream[step]
         loss = model(x, y)[1]
         opt.zero_grad(set_to_none=True)
@@ -1615,11 +1620,11 @@ def fit_head_alone(c, model, seed):
     return dict(curve[-1], curve=curve)
 
 
-def train_seconds(c, rec):
+def train_seconds(rows):
     """{iter: seconds} of a run's training steps up to each evaluation, from its log's train rows (each the
     mean step time since the one before; evaluations and saves are not counted)."""
     clock, last, total = {0: 0.0}, 0, 0.0
-    for row in read_log(run_dir(c, rec), 'train'):
+    for row in rows:
         total += row['dt_ms'] / 1000 * (row['iter'] - last)
         last = row['iter']
         clock[last] = total
@@ -1649,6 +1654,8 @@ def analyse_exp7(c, fresh):
                     fit_lr=c['e7_fit_lr'])
     linear = next((r for r in fresh.get('linear', []) if r['seed'] == first), None)
     todo = [r for runs in fresh.values() for r in runs if r.get('analysis', {}).get('settings') != settings]
+    transfer = linear is not None and any(r['seed'] == first for r in todo)
+    linear_trunk = trunk_of(c, linear) if transfer else None  # read once: every head is fitted on it
     say(f"exp7: the meter at every checkpoint of {len(todo)} runs; frozen-trunk fits and transfers")
 
     def work(r):
@@ -1661,12 +1668,12 @@ def analyse_exp7(c, fresh):
             a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
         if r['seed'] == first:
             a['frozen_init'] = fit_head_alone(c, fresh_model(r), r['seed'])
-            if linear is not None:
+            if linear_trunk is not None:
                 plain = fresh_model(linear)
                 plain.load_state_dict(trunk_of(c, r), strict=False)
                 a['linear_on_its_trunk'] = fit_head_alone(c, plain, r['seed'])
                 mine = fresh_model(r)
-                mine.load_state_dict(trunk_of(c, linear), strict=False)
+                mine.load_state_dict(linear_trunk, strict=False)
                 a['it_on_linear_trunk'] = fit_head_alone(c, mine, r['seed'])
         r['analysis'] = a
         with open(os.path.join(d, 'run.json'), 'w') as f:
@@ -1732,10 +1739,11 @@ def summary_exp7(c, runs):
         first = next((r['analysis'] for r in mine if 'frozen_init' in r['analysis']), {})
         hits = [[e for e in r['evals'] if e['iter'] > 0 and target is not None
                  and sign * e[key] <= sign * target][:1] for r in mine]  # the first evaluation at the target
-        clocks = [train_seconds(c, r) for r in mine]  # {iter: seconds of training steps up to it}
+        logs = [read_log(run_dir(c, r), 'train') for r in mine]
+        clocks = [train_seconds(rows) for rows in logs]  # {iter: seconds of training steps up to it}
         tokens = [hit[0]['tokens'] if hit else None for hit in hits]
         wall = [clock.get(hit[0]['iter']) if hit else None for hit, clock in zip(hits, clocks)]
-        ms = [np.median([row['dt_ms'] for row in read_log(run_dir(c, r), 'train')]) for r in mine]
+        ms = [np.median([row['dt_ms'] for row in rows]) for rows in logs]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], seeds=[r['seed'] for r in mine], **cost,
                          ms_per_step=float(np.median(ms)), final_val_loss=[e['val_loss'] for e in finals],
                          final_val_acc=[e.get('val_acc') for e in finals], tokens_to_target=tokens,
@@ -1773,8 +1781,7 @@ def summary_exp7(c, runs):
         pair['seeds'] = len(per[a]['seeds'])
         pairs.append(pair)
     V, D, T, lang = c['e7_vocab_size'], c['e7_n_embd'], c['e7_block_size'], e7_language(c)
-    linear = float(np.mean(per['linear']['final_val_acc' if lang is None else 'final_val_loss'])) \
-        if 'linear' in per else None
+    linear = target  # the linear head's mean final accuracy (SpamLang) or loss (hmm)
     if lang is None:  # SpamLang: the linear head between 30% and 80% accuracy, where a head can differ
         gate = dict(linear_acc=linear, passed=linear is not None and 0.3 <= linear <= 0.8)
         verdict = f"the linear head's final accuracy {100 * linear:.1f}% (the gate: 30–80%)" if linear else ''
