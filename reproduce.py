@@ -172,6 +172,7 @@ HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-
                        r"(/(trained|random|select))?|" + '|'.join(remedies.HEADS) + "|overparam:[1-9][0-9]*")
 SAY_LOCK = threading.Lock()
 FORWARD_AD = threading.Lock()  # torch's forward-mode autodiff levels are global: one thread at a time
+GLOBAL_RNG = threading.Lock()  # ... and so is its default generator, which a model's init draws from
 
 
 def say(line):
@@ -1632,9 +1633,11 @@ def train_seconds(rows):
 
 
 def fresh_model(rec):
-    """A run's model at init (its seed's draw, as train.py draws it), on the CPU."""
-    torch.manual_seed(rec['seed'])
-    return GPT(GPTConfig(**{k: rec['config'][k] for k in checkpoint.MODEL_KEYS if k in rec['config']}))
+    """A run's model at init (its seed's draw, as train.py draws it), on the CPU. The draw uses torch's global
+    generator, which the analysis threads share: one thread at a time."""
+    with GLOBAL_RNG:
+        torch.manual_seed(rec['seed'])
+        return GPT(GPTConfig(**{k: rec['config'][k] for k in checkpoint.MODEL_KEYS if k in rec['config']}))
 
 
 def trunk_of(c, rec):
