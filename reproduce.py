@@ -273,7 +273,8 @@ def parse_options(argv):
     c = apply_preset(c, given, 'reproduce', c['preset'])
     if not c['dry_run']:  # a plan for a GPU can be estimated anywhere
         c['device'] = str(runtime.pick_device(c['device']))
-    zero_ok = ('threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram')
+    zero_ok = ('threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram', 'e2_lr_extensions',
+               'e7_lr_extensions')
     options.positive(c, *[k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok])
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:
         raise ConfigError(f"--{', --'.join(zero_ok)} must be ≥ 0 and --warmup < 1")
@@ -324,6 +325,7 @@ def plan_exp7(c):
     """Experiment 7 (SpamLang): one backbone, only the head changes; every evaluation keeps a checkpoint
     (the meter reads them; a sweep run's are deleted)."""
     steps, interval, D = c['e7_max_iters'], c['e7_eval_interval'], c['e7_n_embd']
+    e7_language(c)  # a bad --e7_data is a one-line error now, before any run
     base = dict(data=c['e7_data'], vocab_size=c['e7_vocab_size'], n_embd=D, n_layer=c['e7_n_layer'],
                 n_head=c['n_head'], block_size=c['e7_block_size'], batch_size=c['e7_batch_size'],
                 max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,

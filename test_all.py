@@ -2494,6 +2494,8 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e1_heads=linear:4'], "bad item 'linear:4'"),
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
     (['--experiments=1,8'], 'subset of 1,2,3,4,5,6,7'),
+    (['--experiments=7', '--e7_data=foo'], 'write hmm or hmm:S'),
+    (['--experiments=7', '--e7_data=hmm:4', '--e7_vocab_size=6'], 'S ≥ 2 states of ≥ 2 symbols'),
     (['--e1_heads=linear/select'], "bad item 'linear/select'"),
     (['--e3_max_iters=721'], 'must split into --e3_budgets=4 parts'),
     (['--quick', '--preset=gpu'], '--quick is --preset=quick'),
@@ -2567,6 +2569,7 @@ def test_lr_grid_extends_past_the_edge_where_the_best_lr_sits():
     down = reproduce.grid_extensions(c, '7', swept(0.9, 0.2, 0.1), mine)
     assert [r['lr'] for _, r in down] == [3e-4]
     assert reproduce.grid_extensions(c, '7', swept(0.1, 0.9, 0.2), mine) == []  # inside: nothing to add
+    assert reproduce.parse_options(['--e7_lr_extensions=0'])['e7_lr_extensions'] == 0  # 0: never extend
 
 
 def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_path):
