@@ -132,23 +132,24 @@ e6_vocab_size = 4096
 e6_states = 6              # S: log p(y | x) has rank ≤ 7 < 8
 e6_eval_iters = 16         # held-out batches per evaluation, the same at every evaluation
 # experiment 7 (beyond the paper, `--experiments=7`): remedies.py's heads against their matched controls and
-# twins on SpamLang; r = 2D and 4D fixed-basis heads match blocks' and mlp's parameters at e7_n_embd = 16
-e7_heads = ('linear,whiten,overparam,wide:32/random,blocks,blocks_sg,blocksum,wide:64/random,mlp,prehead,mos,'
-            'mos1,sigsoftmax')
-e7_lrs = '1e-3,3e-3,1e-2,3e-2'
-e7_lr_extensions = 2       # ... ≤ 2 times
+# twins; the fixed-basis heads of rank {2D} and {4D} match blocks' and mlp's parameters
+e7_heads = ('linear,whiten,overparam,wide:{2D}/random,blocks,blocks_sg,blocksum,wide:{4D}/random,mlp,prehead,'
+            'mos,mos1,sigsoftmax')
+e7_lrs = '3e-3,1e-2,3e-2'
+e7_head_lr_mults = '0.333,3'  # the head's lr: these × the best lr (× 1 is the lr sweep's run), then ...
+e7_lr_extensions = 2       # ... each grid extended beyond its edge where its best value sits, ≤ 2 times
 e7_seeds = 5               # fresh seeds of experiment 7, paired by seed (instead of --seeds)
-e7_data = 'spamlang'       # spamlang, or hmm:S (hmm.py's language; tables and figure then named *_hmm)
-e7_vocab_size = 2048
-e7_n_embd = 16
+e7_data = 'spamlang'       # spamlang; hmm:S (hmm.py's language); text (--text's tokens; V from the text)
+e7_vocab_size = 1024       # V/D = 128: the linear head ends at 30–80% accuracy (the stage gate)
+e7_n_embd = 8
 e7_n_layer = 2
 e7_block_size = 32
 e7_batch_size = 32
-e7_max_iters = 1600        # 25 exposures per symbol
-e7_eval_interval = 160     # evaluations, each with a checkpoint the meter reads
+e7_max_iters = 800         # 25 exposures per symbol
+e7_eval_interval = 80      # evaluations, each with a checkpoint the meter reads
 e7_eval_iters = 4
 e7_meter_sequences = 8     # held-out sequences the meter reads (positions ≥ 1)
-e7_fit_steps = 1600        # frozen-trunk fits and transfers: AdamW steps on the head alone, cosine from
+e7_fit_steps = 800         # frozen-trunk fits and transfers: AdamW steps on the head alone, cosine from
 e7_fit_lr = 1e-2           # this lr (first fresh seed)
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
@@ -204,7 +205,10 @@ def numbers(c, key, kind=float):
 def head_specs(c, key):
     """A comma-separated option of train.py's heads, each written head[:rank][/basis] (narrow:8/select:
     rank 8, a fixed selector A)."""
-    specs = [s.strip() for s in str(c[key]).split(',')]
+    text = str(c[key])
+    if key == 'e7_heads':  # the fixed-basis controls' ranks, written r = {2D} or {4D}
+        text = text.replace('{2D}', str(2 * c['e7_n_embd'])).replace('{4D}', str(4 * c['e7_n_embd']))
+    specs = [s.strip() for s in text.split(',')]
     for spec in specs:
         if not HEAD_SPEC.fullmatch(spec):
             raise ConfigError(f"--{key}={c[key]}: bad item {spec!r}; give heads ({', '.join(HEADS)}; "
@@ -538,7 +542,8 @@ def progress(i, specs, run, tally, t0):
         estimate = clock(left) + ' left'
     else:
         estimate = 'time left: later'
-    return (f"[{i + 1}/{len(specs)}] {run['exp']} {run['label']} lr {plot.sci(run['lr'])} "
+    mult = f", head lr ×{run['mult']:g}" if run.get('mult', 1) != 1 else ''
+    return (f"[{i + 1}/{len(specs)}] {run['exp']} {run['label']} lr {plot.sci(run['lr'])}{mult} "
             f"seed {run['seed']} … {clock(time.time() - t0)}; {estimate}")
 
 
@@ -553,11 +558,11 @@ def run_experiment(c, e, specs, tally, t0):
         for i, spec in mine:
             if spec['sweep'] != sweep:
                 continue
-            lr = spec['lr']
+            lr, mult = spec['lr'], 1.0
             if lr is None:
-                swept = [r for r in runs[spec['lr_from']] if r['sweep']]
-                lr = best_lr(swept, lr_score(c, spec['exp']))['lr']
-            todo.append((i, dict(spec, lr=lr, name=f"{spec['key']}_lr{lr:g}_s{spec['seed']}")))
+                choice = sweep_choice(c, spec['exp'], runs[spec['lr_from']])
+                lr, mult = choice['lr'], choice['mult']
+            todo.append((i, named(dict(spec, lr=lr, mult=mult))))
 
         def work(item):
             say(progress(item[0], specs, item[1], tally, t0))
@@ -565,33 +570,74 @@ def run_experiment(c, e, specs, tally, t0):
 
         for (_, run), rec in zip(todo, in_parallel(c, tally, work, todo)):
             runs.setdefault(run['key'], []).append(rec)
-        for _ in range(c.get(f'e{e}_lr_extensions', 0) if sweep else 0):
+        extensions = c.get(f'e{e}_lr_extensions', 0) if sweep else 0
+        for _ in range(extensions):
             more = grid_extensions(c, e, runs, mine)
             for (_, run), rec in zip(more, in_parallel(c, tally, work, more)):
                 runs[run['key']].append(rec)
+        if sweep and e == '7':  # the head's lr: its multipliers at the best lr, bracketed the same way
+            more = head_lr_runs(c, runs, mine)
+            for _ in range(extensions + 1):
+                for (_, run), rec in zip(more, in_parallel(c, tally, work, more)):
+                    runs[run['key']].append(rec)
+                more = grid_extensions(c, e, runs, mine, 'mult')
     return runs
 
 
-def grid_extensions(c, e, runs, mine):
-    """The sweep runs that extend a configuration's lr grid by one step beyond its edge where its best lr
-    sits there (the grid's mean ratio, rounded to 1 or 3 × 10^k), on every sweep seed."""
+def named(run):
+    """A run with its name: key, lr, the head lr multiplier where it is not 1, seed."""
+    mult = run.get('mult', 1.0)
+    return dict(run, name=f"{run['key']}_lr{run['lr']:g}{f'_x{mult:g}' * (mult != 1)}_s{run['seed']}")
+
+
+def head_lr_runs(c, runs, mine):
+    """Experiment 7's sweep runs of each head lr multiplier in e7_head_lr_mults at the head's best lr."""
     extra, seen = [], set()
     for i, spec in mine:
-        swept = [r for r in runs[spec['key']] if r['sweep']]
-        lrs = sorted({r['lr'] for r in swept})
-        if not spec['sweep'] or spec['key'] in seen or len(lrs) < 2:
+        if not spec['sweep'] or spec['key'] in seen:
             continue
         seen.add(spec['key'])
-        edge = best_lr(swept, lr_score(c, spec['exp']))['edge']
-        if edge not in ('low edge', 'high edge'):
-            continue
-        step = (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))
-        want = lrs[0] / step if edge == 'low edge' else lrs[-1] * step
-        grid = [float(f"{m}e{k}") for m in (1, 3) for k in range(-8, 2)]  # 1 or 3 × 10^k, as written
-        lr = min(grid, key=lambda x: abs(math.log(x / want)))
-        for seed in range(c['seed'], c['seed'] + c['sweep_seeds']):
-            extra.append((i, dict(spec, lr=lr, seed=seed, name=f"{spec['key']}_lr{lr:g}_s{seed}")))
+        lr = sweep_choice(c, spec['exp'], runs[spec['key']])['lr']
+        for mult in [m for m in numbers(c, 'e7_head_lr_mults') if m != 1]:  # × 1: the lr sweep's own run
+            for seed in range(c['seed'], c['seed'] + c['sweep_seeds']):
+                extra.append((i, named(dict(spec, lr=lr, mult=mult, seed=seed))))
     return extra
+
+
+def grid_extensions(c, e, runs, mine, over='lr'):
+    """The sweep runs that extend a configuration's grid of lrs (over='lr'; or of head lr multipliers at its
+    best lr, over='mult') by one step beyond its edge where its best value sits there (the grid's mean
+    ratio, rounded to 1 or 3 × 10^k), on every sweep seed."""
+    extra, seen = [], set()
+    for i, spec in mine:
+        if not spec['sweep'] or spec['key'] in seen:
+            continue
+        seen.add(spec['key'])
+        choice = sweep_choice(c, spec['exp'], runs[spec['key']])
+        values = sorted(choice[f'{over}s'])
+        if choice[f'{over}_edge'] not in ('low edge', 'high edge') or len(values) < 2:
+            continue
+        step = (values[-1] / values[0]) ** (1 / (len(values) - 1))
+        want = values[0] / step if choice[f'{over}_edge'] == 'low edge' else values[-1] * step
+        grid = [float(f"{m}e{k}") for m in (1, 3) for k in range(-8, 2)]  # 1 or 3 × 10^k, as written
+        value = min(grid, key=lambda x: abs(math.log(x / want)))
+        run = dict(spec, lr=value, mult=1.0) if over == 'lr' else dict(spec, lr=choice['lr'], mult=value)
+        for seed in range(c['seed'], c['seed'] + c['sweep_seeds']):
+            extra.append((i, named(dict(run, seed=seed))))
+    return extra
+
+
+def sweep_choice(c, exp, runs):
+    """A configuration's choice from its sweep runs: the best lr among the runs at head lr multiplier 1 (lr,
+    lr_edge, lrs), then the best multiplier among the runs at that lr (mult, mult_edge, mults; 1 where none
+    was swept)."""
+    swept = [r for r in runs if r['sweep']]
+    plain = [r for r in swept if r.get('mult', 1.0) == 1]
+    best = best_lr(plain, lr_score(c, exp))
+    at_lr = [dict(r, lr=r.get('mult', 1.0)) for r in swept if r['lr'] == best['lr']]  # best_lr groups by 'lr'
+    mult = best_lr(at_lr, lr_score(c, exp))
+    return dict(lr=best['lr'], lr_edge=best['edge'], lrs=sorted({r['lr'] for r in plain}), mult=mult['lr'],
+                mult_edge=mult['edge'], mults=sorted({r['lr'] for r in at_lr}))
 
 
 def outcome(rec):
@@ -632,6 +678,8 @@ def run_one(c, run, tally):
     d = os.path.join(c['out'], run['exp'], run['name'])
     args = {**run.get('trunk', run['args']), 'learning_rate': run['lr'], 'min_lr': run['lr'] / 10,
             'seed': run['seed'], 'out_dir': d, 'overwrite': True, 'device': c['device']}
+    if run.get('mult', 1.0) != 1:  # experiment 7's head lr sweep (experiment 5 sets it in its args)
+        args['head_lr_mult'] = run['mult']
     if c['compile'] is not None:
         args['compile'] = c['compile']
     if c['reuse']:
@@ -646,7 +694,7 @@ def run_one(c, run, tally):
     train(c, tally, args, d, echo_evals=run['exp'] in ('exp3', 'exp6') and not run.get('branches'))
     rows = read_log(d)
     rec = dict({k: run[k] for k in ('exp', 'key', 'name', 'label', 'info', 'lr', 'seed', 'sweep')}, args=args,
-               config=rows[0], evals=[r for r in rows if r.get('type') == 'eval'])
+               mult=run.get('mult', 1.0), config=rows[0], evals=[r for r in rows if r.get('type') == 'eval'])
     branches = run.get('branches', [])
     if branches:
         keep = run['exp'] == 'exp3'  # its analysis reads the longest branch's checkpoint
@@ -831,7 +879,7 @@ def lr_table(runs, score=final_score, **info):
     """A configuration's lr sweep: rows (one per lr, over the sweep seeds, the best marked), the best lr (lr)
     by score (best_lr's), its flag (edge), and the fresh seeds' runs at it (best_runs), the only ones
     reported."""
-    sweep = [r for r in runs if r['sweep']]
+    sweep = [r for r in runs if r['sweep'] and r.get('mult', 1.0) == 1]  # experiment 7's head lr: its own
     best = best_lr(sweep, score)
     rows = []
     for lr in sorted({r['lr'] for r in sweep}):
@@ -1727,6 +1775,7 @@ def summary_exp7(c, runs):
     specs = head_specs(c, 'e7_heads')
     heads = {spec: head_of(spec, c['e7_n_embd']) for spec in specs}
     tables = {spec: lr_table(runs[h['key']], final_score, head=spec) for spec, h in heads.items()}
+    choices = {spec: sweep_choice(c, 'exp7', runs[h['key']]) for spec, h in heads.items()}
     fresh = {spec: t['best_runs'] for spec, t in tables.items()}
     analyse_exp7(c, fresh)
     # the target: the linear head's mean final accuracy (SpamLang, where its loss is not monotone), or loss
@@ -1749,7 +1798,14 @@ def summary_exp7(c, runs):
         tokens = [hit[0]['tokens'] if hit else None for hit in hits]
         wall = [clock.get(hit[0]['iter']) if hit else None for hit, clock in zip(hits, clocks)]
         ms = [np.median([row['dt_ms'] for row in rows]) for rows in logs]
-        per[spec] = dict(best_lr=t['lr'], edge=t['edge'], seeds=[r['seed'] for r in mine], **cost,
+        choice = choices[spec]
+        at_lr = [r for r in runs[heads[spec]['key']] if r['sweep'] and r['lr'] == t['lr']]
+        head_lr = [dict(mult=m, **{k: float(np.mean([r['evals'][-1][f'val_{k}'] for r in at_lr
+                                                     if r.get('mult', 1.0) == m])) for k in ('acc', 'loss')})
+                   for m in choice['mults']]
+        per[spec] = dict(best_lr=t['lr'], edge=t['edge'], head_lr_mult=choice['mult'],
+                         head_lr_edge=choice['mult_edge'], head_lr_sweep=head_lr,
+                         seeds=[r['seed'] for r in mine], **cost,
                          ms_per_step=float(np.median(ms)), final_val_loss=[e['val_loss'] for e in finals],
                          final_val_acc=[e.get('val_acc') for e in finals], tokens_to_target=tokens,
                          seconds_to_target=wall,
@@ -1763,7 +1819,8 @@ def summary_exp7(c, runs):
         p = per[spec]
         reached = [x for x in tokens if x is not None]
         fits = [f"{100 * p[k]['acc']:.1f}" if p[k] else '-' for k in FITS]
-        lines.append([spec, f"{plot.sci(t['lr'])}{EDGE[t['edge']]}", f"{p['head_params']:,}",
+        mult = f" ×{choice['mult']:g}{EDGE[choice['mult_edge']] if len(choice['mults']) > 1 else ''}"
+        lines.append([spec, f"{plot.sci(t['lr'])}{EDGE[t['edge']]}{mult}", f"{p['head_params']:,}",
                       f"{p['flops_per_token'] / 1e6:.2f}", f"{p['ms_per_step']:.1f}",
                       pm(spread(p['final_val_acc']), scale=100), pm(spread(p['final_val_loss']), '{:.3f}'),
                       f"{np.mean(reached):,.0f} ({len(reached)}/{len(tokens)})" if reached else
@@ -1801,14 +1858,15 @@ def summary_exp7(c, runs):
         data, stem = f"hmm.py, S = {lang.states} states", 'remedies_hmm'
     controls = dict(data=data, **extra, vocab_size=V, n_embd=D, n_layer=c['e7_n_layer'],
                     block_size=c['e7_block_size'], batch_size=c['e7_batch_size'], max_iters=c['e7_max_iters'],
-                    lrs=numbers(c, 'e7_lrs'), seeds=c['e7_seeds'],
+                    lrs=numbers(c, 'e7_lrs'), head_lr_mults=numbers(c, 'e7_head_lr_mults'),
+                    seeds=c['e7_seeds'],
                     tokens=c['e7_max_iters'] * c['e7_batch_size'] * T,
                     exposures_per_symbol=round(c['e7_max_iters'] * c['e7_batch_size'] / (V - 1), 2)
                     if lang is None else None, target={key: target}, matched_loss_level=level,
                     varies='only the head and its lr: same data, init seed, schedule, held-out batches',
                     ours=OURS + ["every head's logit scale at init matched to the linear's (remedies.py)",
-                                 "one lr for head and trunk (head_lr_mult 1, not swept: a confound for heads "
-                                 "whose best head lr differs)",
+                                 "the head's lr: multipliers e7_head_lr_mults of the best lr swept at that lr "
+                                 "(the trunk's fixed), extended the same way; fresh seeds at the best pair",
                                  f"the meter on {c['e7_meter_sequences']} held-out sequences (positions ≥ 1) "
                                  "at every evaluation's checkpoint; c_H, c_θ, c* in SGD geometry; step_cos: "
                                  "one real AdamW step from the checkpoint on that batch",
@@ -1823,7 +1881,7 @@ def summary_exp7(c, runs):
               f"{data}, V = {V:,}, D = {D}, {c['e7_seeds']} fresh seeds, {controls['tokens']:,} tokens")
     verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if linear is not None else
                "No stage gate: linear is not among --e7_heads.")
-    table = md(['head', 'best lr', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
+    table = md(['head', 'best lr, head lr ×', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
                 'final acc %', 'final loss', f"tokens to linear's final {key[4:]} (seeds)", 'visible share',
                 'c*', 'step cos', 'frozen trunk at init: acc %', 'linear on its trunk: acc %',
                 "it on linear's trunk: acc %"], lines)

@@ -25,6 +25,7 @@ e3_spectrum_tokens = 1024
 # CPU cores; its stage gate fails at this size (the linear head learns SpamLang), so it concludes nothing
 e7_heads = 'linear,blocks,blocks_sg,mlp'
 e7_lrs = '1e-2'
+e7_head_lr_mults = '1'    # no head lr sweep
 e7_seeds = 2
 e7_vocab_size = 512
 e7_max_iters = 400
