@@ -329,8 +329,10 @@ def plan_exp7(c):
     """Experiment 7 (SpamLang): one backbone, only the head changes; every evaluation keeps a checkpoint
     (the meter reads them; a sweep run's are deleted)."""
     steps, interval, D = c['e7_max_iters'], c['e7_eval_interval'], c['e7_n_embd']
-    e7_language(c)  # a bad --e7_data is a one-line error now, before any run
-    base = dict(data=c['e7_data'], vocab_size=c['e7_vocab_size'], n_embd=D, n_layer=c['e7_n_layer'],
+    e7_corpus(c, load=False)  # a bad --e7_data is a one-line error now, before any run
+    text = c['e7_data'] == 'text'  # its token file is set once it is written; V comes from it
+    base = dict(data=c['e7_data'], vocab_size=None if text else c['e7_vocab_size'], n_embd=D,
+                n_layer=c['e7_n_layer'],
                 n_head=c['n_head'], block_size=c['e7_block_size'], batch_size=c['e7_batch_size'],
                 max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
                 eval_iters=c['e7_eval_iters'], log_interval=interval, keep_checkpoints=True)
@@ -442,7 +444,8 @@ def plan(c):
     numbers(c, 'e3_freq_bins', int)  # read after the runs: checked now
     for s in specs:
         try:
-            check_config(GPTConfig(**{k: s['args'][k] for k in checkpoint.MODEL_KEYS if k in s['args']}))
+            check_config(GPTConfig(**{k: s['args'][k] for k in checkpoint.MODEL_KEYS
+                                      if s['args'].get(k) is not None}))
         except ConfigError as e:  # which run of the plan, then what is wrong with it
             raise ConfigError(f"{s['exp']} {s['label']}: {e}")
     return specs
@@ -1577,25 +1580,36 @@ E7_PAIRS = (('whiten', 'linear'), ('overparam', 'linear'), ('blocks', 'wide:{2D}
 FITS = ('frozen_init', 'linear_on_its_trunk', 'it_on_linear_trunk')  # the frozen-trunk fits, by name
 
 
-def e7_language(c):
-    """Experiment 7's hmm.Language, or None on SpamLang (a bad e7_data is a ConfigError)."""
+def e7_corpus(c, load=True):
+    """Experiment 7's data as textdata.load_data gives it: SpamLang, hmm.py's language, or --text's tokens
+    (cl100k compacted, in <out>/exp7; V from the text). A bad --e7_data is a ConfigError, checked without
+    tokenizing when load is False."""
+    if c['e7_data'] == 'text':
+        if not c['text']:
+            raise ConfigError("--e7_data=text reads --text: give --text=FILE.txt, or another --e7_data")
+        if not load:
+            return None
+        folder = os.path.join(c['out'], 'exp7')
+        os.makedirs(folder, exist_ok=True)
+        path = textdata.tokenize_text(c['text'], c['e3_encoding'], folder, compact=True)
+        return textdata.load_data(dict(data=path, block_size=c['e7_block_size']))
     if c['e7_data'] == 'spamlang':
-        return None
-    return hmm.corpus(c['e7_data'], c['e7_vocab_size'])['language']
+        return textdata.load_data(dict(data='spamlang', vocab_size=c['e7_vocab_size']))
+    return hmm.corpus(c['e7_data'], c['e7_vocab_size'])
 
 
-def e7_batches(c, seed, n, batch_size=None):
-    """n batches of experiment 7's data and size from the generator of `seed`."""
+def e7_batches(c, seed, n, batch_size=None, split='train'):
+    """n batches of experiment 7's data and size from the generator of `seed` (text: of `split`)."""
     gen = spamlang.make_generator(seed)
-    B, T, V = batch_size or c['e7_batch_size'], c['e7_block_size'], c['e7_vocab_size']
-    lang = e7_language(c)
-    return [spamlang.get_batch(B, T, V, gen) if lang is None else lang.get_batch(B, T, gen) for _ in range(n)]
+    corpus = e7_corpus(c)
+    B = batch_size or c['e7_batch_size']
+    return [textdata.get_batch(corpus, split, B, c['e7_block_size'], gen, 'cpu') for _ in range(n)]
 
 
 def meter_batch(c):
     """The batch every checkpoint's meter reads: e7_meter_sequences held-out sequences, targets at position 0
     ignored (−1): G holds positions ≥ 1 only (SpamLang's determined ones)."""
-    x, y = e7_batches(c, c['seed'] + 10_000, 1, c['e7_meter_sequences'])[0]
+    x, y = e7_batches(c, c['seed'] + 10_000, 1, c['e7_meter_sequences'], 'val')[0]
     y = y.clone()
     y[:, 0] = -1
     return x, y
@@ -1653,7 +1667,7 @@ def fit_head_alone(c, model, seed):
     params = [p for p in model.lm_head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=c['e7_fit_lr'], betas=(0.9, 0.95), weight_decay=0.0)
     stream = e7_batches(c, seed + 20_000, c['e7_fit_steps'])
-    held = e7_batches(c, c['seed'] + 30_000, c['e7_eval_iters'])
+    held = e7_batches(c, c['seed'] + 30_000, c['e7_eval_iters'], split='val')
     steps, curve = c['e7_fit_steps'], []
     for step in range(steps):
         for group in opt.param_groups:
@@ -1747,7 +1761,7 @@ def model_cost(c, spec):
     from torch.utils.flop_counter import FlopCounterMode
     h = head_of(spec, c['e7_n_embd'])
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=c['e7_vocab_size'], block_size=c['e7_block_size'],
+    model = GPT(GPTConfig(vocab_size=e7_corpus(c)['vocab_size'], block_size=c['e7_block_size'],
                           n_layer=c['e7_n_layer'], n_head=c['n_head'], n_embd=c['e7_n_embd'], **h['args']))
     x, y = e7_batches(c, 0, 1)[0]
     counter = FlopCounterMode(display=False)
@@ -1756,6 +1770,36 @@ def model_cost(c, spec):
     head_params = sum(p.numel() for p in model.lm_head.parameters())
     return dict(head_params=head_params, params=model.get_num_params(),
                 flops_per_token=counter.get_total_flops() / x.numel())
+
+
+def e7_gate(c, corpus, linear):
+    """Experiment 7's stage gate on the linear head's mean final accuracy (SpamLang) or loss: gate, verdict,
+    the data's name, the tables' stem and the baselines (extra)."""
+    none = linear is None
+    if corpus['kind'] == 'spamlang':  # the linear head between 30% and 80% accuracy, where a head can differ
+        gate = dict(linear_acc=linear, passed=not none and 0.3 <= linear <= 0.8)
+        verdict = '' if none else f"the linear head's final accuracy {100 * linear:.1f}% (the gate: 30–80%)"
+        return gate, verdict, 'SpamLang', 'remedies', {}
+    if corpus['kind'] == 'hmm':  # the linear head at least halfway from the unigram loss down to the floor
+        lang = corpus['language']
+        extra = dict(floor=lang.floor(c['e7_block_size']), unigram=lang.first_entropy())
+        gate = dict(linear_loss=linear, passed=not none and
+                    linear - extra['floor'] <= 0.5 * (extra['unigram'] - extra['floor']))
+        verdict = '' if none else (f"the linear head's final loss {linear:.4f}, the floor "
+                                   f"{extra['floor']:.4f}, the unigram loss {extra['unigram']:.4f} (the "
+                                   "gate: halfway from the unigram loss to the floor)")
+        return gate, verdict, f"hmm.py, S = {lang.states} states", 'remedies_hmm', extra
+    # text: experiment 3's gate, on the validation windows train.py evaluates
+    x, y = textdata.val_windows(corpus, c['e7_block_size'], c['e7_eval_iters'] * c['e7_batch_size'])
+    extra = baselines(corpus['train'], x.flatten(), y.flatten(), corpus['vocab_size'])
+    gate = dict(linear_loss=linear, passed=not none and linear <= extra['unigram'] - c['e3_gate_unigram']
+                and linear <= extra['bigram'] + c['e3_gate_bigram'])
+    verdict = '' if none else (f"the linear head's final loss {linear:.3f}, {linear - extra['unigram']:+.2f} "
+                               f"from the unigram loss (the gate: ≤ −{c['e3_gate_unigram']:g}) and "
+                               f"{linear - extra['bigram']:+.2f} from the bigram loss "
+                               f"(≤ +{c['e3_gate_bigram']:g})")
+    name = f"{os.path.basename(c['text'])}, {c['e3_encoding']} compacted"
+    return gate, verdict, name, 'remedies_text', extra
 
 
 def e7_pairs(c, specs):
@@ -1800,8 +1844,9 @@ def summary_exp7(c, runs):
         ms = [np.median([row['dt_ms'] for row in rows]) for rows in logs]
         choice = choices[spec]
         at_lr = [r for r in runs[heads[spec]['key']] if r['sweep'] and r['lr'] == t['lr']]
-        head_lr = [dict(mult=m, **{k: float(np.mean([r['evals'][-1][f'val_{k}'] for r in at_lr
-                                                     if r.get('mult', 1.0) == m])) for k in ('acc', 'loss')})
+        ends = [(r.get('mult', 1.0), r['evals'][-1]) for r in at_lr]
+        head_lr = [dict(mult=m, **{k: float(np.mean([e[k] for x, e in ends if x == m]))
+                                   for k in ('val_acc', 'val_loss') if k in ends[0][1]})
                    for m in choice['mults']]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], head_lr_mult=choice['mult'],
                          head_lr_edge=choice['mult_edge'], head_lr_sweep=head_lr,
@@ -1842,31 +1887,22 @@ def summary_exp7(c, runs):
             pair[name] = sum(x is not None and (y is None or x < y) for x, y in zip(ta, tb))
         pair['seeds'] = len(per[a]['seeds'])
         pairs.append(pair)
-    V, D, T, lang = c['e7_vocab_size'], c['e7_n_embd'], c['e7_block_size'], e7_language(c)
-    linear = target  # the linear head's mean final accuracy (SpamLang) or loss (hmm)
-    if lang is None:  # SpamLang: the linear head between 30% and 80% accuracy, where a head can differ
-        gate = dict(linear_acc=linear, passed=linear is not None and 0.3 <= linear <= 0.8)
-        verdict = f"the linear head's final accuracy {100 * linear:.1f}% (the gate: 30–80%)" if linear else ''
-        data, stem, extra = 'SpamLang', 'remedies', {}
-    else:  # the HMM language: the linear head at least halfway from the unigram loss down to the floor
-        extra = dict(floor=lang.floor(T), unigram=lang.first_entropy())
-        gate = dict(linear_loss=linear, passed=linear is not None and
-                    linear - extra['floor'] <= 0.5 * (extra['unigram'] - extra['floor']))
-        verdict = (f"the linear head's final loss {linear:.4f}, the floor {extra['floor']:.4f}, the unigram "
-                   f"loss {extra['unigram']:.4f} (the gate: halfway from the unigram loss to the floor)"
-                   if linear else '')
-        data, stem = f"hmm.py, S = {lang.states} states", 'remedies_hmm'
+    corpus, D, T = e7_corpus(c), c['e7_n_embd'], c['e7_block_size']
+    V = corpus['vocab_size']
+    gate, verdict, data, stem, extra = e7_gate(c, corpus, target)
     controls = dict(data=data, **extra, vocab_size=V, n_embd=D, n_layer=c['e7_n_layer'],
                     block_size=c['e7_block_size'], batch_size=c['e7_batch_size'], max_iters=c['e7_max_iters'],
                     lrs=numbers(c, 'e7_lrs'), head_lr_mults=numbers(c, 'e7_head_lr_mults'),
                     seeds=c['e7_seeds'],
                     tokens=c['e7_max_iters'] * c['e7_batch_size'] * T,
                     exposures_per_symbol=round(c['e7_max_iters'] * c['e7_batch_size'] / (V - 1), 2)
-                    if lang is None else None, target={key: target}, matched_loss_level=level,
+                    if corpus['kind'] == 'spamlang' else None, target={key: target},
+                    matched_loss_level=level,
                     varies='only the head and its lr: same data, init seed, schedule, held-out batches',
                     ours=OURS + ["every head's logit scale at init matched to the linear's (remedies.py)",
-                                 "the head's lr: multipliers e7_head_lr_mults of the best lr swept at that lr "
-                                 "(the trunk's fixed), extended the same way; fresh seeds at the best pair",
+                                 "the head's lr: multipliers e7_head_lr_mults of the best lr swept at that "
+                                 "lr (the trunk's fixed), extended the same way; fresh seeds at the best "
+                                 "pair",
                                  f"the meter on {c['e7_meter_sequences']} held-out sequences (positions ≥ 1) "
                                  "at every evaluation's checkpoint; c_H, c_θ, c* in SGD geometry; step_cos: "
                                  "one real AdamW step from the checkpoint on that batch",
@@ -1874,12 +1910,13 @@ def summary_exp7(c, runs):
                                  f"cosine from lr {c['e7_fit_lr']:g}, first fresh seed",
                                  "accuracy and the fits' losses on positions ≥ 1",
                                  "stage gate (SpamLang): the linear head's final accuracy in 30–80%; (hmm) "
-                                 "its final loss at least halfway from the unigram loss down to the floor"])
+                                 "its final loss at least halfway from the unigram loss down to the floor; "
+                                 "(text) experiment 3's, against the unigram and bigram losses"])
     write_table(c, stem, rows, controls, heads=per, paired=pairs, gate=gate)
     figure = f"exp7_{stem}.png"
     plot.exp7(os.path.join(c['out'], figure), per, level,
               f"{data}, V = {V:,}, D = {D}, {c['e7_seeds']} fresh seeds, {controls['tokens']:,} tokens")
-    verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if linear is not None else
+    verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if target is not None else
                "No stage gate: linear is not among --e7_heads.")
     table = md(['head', 'best lr, head lr ×', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
                 'final acc %', 'final loss', f"tokens to linear's final {key[4:]} (seeds)", 'visible share',
@@ -1976,6 +2013,10 @@ def main(argv):
                 s['args']['data'] = tokens
             if 'trunk' in s and s['exp'] == 'exp3':
                 s['trunk']['data'] = tokens
+    if '7' in chosen['run'] and c['e7_data'] == 'text':
+        for s in specs:
+            if s['exp'] == 'exp7':
+                s['args']['data'] = e7_corpus(c)['path']
     tally = Tally()
     gpu = torch.cuda.get_device_name(c['device']) if c['device'].startswith('cuda') else None
     meta = dict(command=' '.join(['python reproduce.py', *argv]), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
