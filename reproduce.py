@@ -2,10 +2,13 @@
 Reproduce the paper's findings at laptop scale, figures and tables included, in one command
 (arXiv 2603.10145).
 
-    python reproduce.py --quick --text=input.txt       # experiments 1, 3, 4, small: ≤ 5 min on 2 CPU cores
-    python reproduce.py --text=input.txt               # all four, the CPU preset (the defaults): ≤ 60 min
+    python reproduce.py --quick --text=input.txt       # experiments 1, 3, 4, small: ≤ 3 min on 2 CPU cores
+    python reproduce.py --text=input.txt               # experiments 1–6, the CPU preset (the defaults): ≈ 2 h
     python reproduce.py --preset=gpu --text=input.txt  # config/reproduce_gpu.py, sized for one H200
     python reproduce.py --experiments=1 --e1_heads=narrow:4,wide --seeds=5 --out=results/mine
+    python reproduce.py --experiments=7                # beyond the paper: remedies.py's heads on SpamLang,
+    python reproduce.py --experiments=7 --e7_data=hmm:32 --e7_seeds=3   # on hmm.py's language,
+    python reproduce.py --experiments=7 --e7_data=text --text=input.txt  # on text (V from the text)
 
 input.txt: any UTF-8 text, e.g. Tiny Shakespeare:
 https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
@@ -436,6 +439,11 @@ def plan(c):
                 for lr in lrs:
                     run = {k: v for k, v in config.items() if k not in ('trunk', 'branches')}
                     specs.append(dict(exp=f'exp{e}', **run, seed=seed, lr=lr, sweep=True))
+            mults = [m for m in numbers(c, 'e7_head_lr_mults') if m != 1] if e == '7' else []
+            for config in swept:  # the head lr runs, at the best lr: head_lr_runs makes them after the sweep
+                for mult in mults:
+                    specs.append(dict(exp='exp7', **config, seed=seed, lr=None, mult=mult, sweep=True,
+                                      later=True))
         seeds = fresh if e != '7' else [c['seed'] + c['sweep_seeds'] + i for i in range(c['e7_seeds'])]
         for seed in seeds:
             for config in configs:
@@ -559,7 +567,7 @@ def run_experiment(c, e, specs, tally, t0):
     for sweep in (True, False):
         todo = []
         for i, spec in mine:
-            if spec['sweep'] != sweep:
+            if spec['sweep'] != sweep or spec.get('later'):  # later: made once the lr sweep has run
                 continue
             lr, mult = spec['lr'], 1.0
             if lr is None:

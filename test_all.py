@@ -2310,7 +2310,7 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert 'Stage gate' in summary and '| head | best lr |' in summary
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
-    assert meta['runs']['trained'] == 53 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    assert meta['runs']['trained'] == 57 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
     # CSV = JSON rows
     stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis', 'exp6_hmm',
              'remedies')
@@ -2359,6 +2359,13 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
         assert [len(curve) for curve in h['meter']] == [3, 3]  # evaluations 0, 4, 8: a checkpoint each
         assert all(len(h[k]['curve']) == 4 for k in reproduce.FITS)  # the held-out loss at each quarter
     assert e7['heads']['blocks']['head_params'] == 2 * e7['heads']['linear']['head_params'] + 8  # + ln_e
+    for spec, h in e7['heads'].items():  # the head lr bracketed at the best lr; fresh seeds at the best pair
+        assert [x['mult'] for x in h['head_lr_sweep']] == [1, 3] and h['head_lr_mult'] in (1, 3)
+        key = reproduce.head_of(spec, 8)['key']
+        for seed in h['seeds']:
+            folder = glob.glob(os.path.join(out, 'exp7', f'{key}_lr*_s{seed}'))[0]
+            run = json.load(open(os.path.join(folder, 'run.json')))
+            assert run['config']['head_lr_mult'] == h['head_lr_mult'] and run['mult'] == h['head_lr_mult']
     assert [p['comparison'] for p in e7['paired']] == ['blocks − blocks_sg', 'blocks − linear',
                                                       'blocks_sg − linear', 'mos − linear']
     # the meter at a matched loss: one level per panel, reached by every run (so never n/a)
@@ -2495,6 +2502,7 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
     (['--experiments=1,8'], 'subset of 1,2,3,4,5,6,7'),
     (['--experiments=7', '--e7_data=foo'], 'write hmm or hmm:S'),
+    (['--experiments=7', '--e7_data=text'], '--e7_data=text reads --text'),
     (['--experiments=7', '--e7_data=hmm:4', '--e7_vocab_size=6'], 'S ≥ 2 states of ≥ 2 symbols'),
     (['--e1_heads=linear/select'], "bad item 'linear/select'"),
     (['--e3_max_iters=721'], 'must split into --e3_budgets=4 parts'),
@@ -2528,7 +2536,7 @@ def test_every_preset_validates(name, tmp_path):
     specs = reproduce.plan(c)
     assert ({s['exp'] for s in specs} ==
             {f'exp{e}' for e in reproduce.chosen_experiments(c)['run'] if e != '4'})
-    assert all(s['lr'] is not None or not s['sweep'] for s in specs)
+    assert all(s['lr'] is not None or not s['sweep'] or s.get('later') for s in specs)
 
 
 def test_exp2_steps_to_target_are_censored_and_order_the_lrs():
@@ -2570,6 +2578,44 @@ def test_lr_grid_extends_past_the_edge_where_the_best_lr_sits():
     assert [r['lr'] for _, r in down] == [3e-4]
     assert reproduce.grid_extensions(c, '7', swept(0.1, 0.9, 0.2), mine) == []  # inside: nothing to add
     assert reproduce.parse_options(['--e7_lr_extensions=0'])['e7_lr_extensions'] == 0  # 0: never extend
+
+
+def test_head_lr_is_bracketed_at_the_best_lr_and_never_moves_it():
+    c = reproduce.parse_options(['--device=cpu'])
+    spec = dict(exp='exp7', key='k', label='k', sweep=True, seed=c['seed'], lr=None, args={})
+    mine = [(0, spec)]
+
+    def rec(lr, mult, acc):
+        return dict(lr=lr, mult=mult, sweep=True, name=f'{lr}x{mult}',
+                    evals=[dict(val_acc=acc, val_loss=1.0, grad_destroyed=0.99)])
+
+    runs = {'k': [rec(1e-3, 1.0, 0.1), rec(3e-3, 1.0, 0.5), rec(1e-2, 1.0, 0.2)]}
+    todo = reproduce.head_lr_runs(c, runs, mine)  # × ⅓ and × 3 at the best lr; × 1 is the sweep's own run
+    assert [(r['lr'], r['mult'], r['name']) for _, r in todo] == [(3e-3, 0.333, 'k_lr0.003_x0.333_s1337'),
+                                                                 (3e-3, 3.0, 'k_lr0.003_x3_s1337')]
+    runs['k'] += [rec(3e-3, 0.333, 0.3), rec(3e-3, 3.0, 0.8), rec(1e-2, 3.0, 0.99)]  # the last: off the lr
+    choice = reproduce.sweep_choice(c, 'exp7', runs['k'])
+    got = (choice['lr'], choice['lr_edge'], choice['mult'], choice['mult_edge'])
+    assert got == (3e-3, '', 3.0, 'high edge')
+    more = reproduce.grid_extensions(c, '7', runs, mine, 'mult')  # × 3 at the top: × 10 next
+    assert [(r['lr'], r['mult'], r['name']) for _, r in more] == [(3e-3, 10.0, 'k_lr0.003_x10_s1337')]
+    assert reproduce.grid_extensions(c, '7', runs, mine) == []  # the lr grid is bracketed already
+    # the lr table reads the × 1 runs only
+    assert [row['lr'] for row in reproduce.lr_table(runs['k'])['rows']] == [1e-3, 3e-3, 1e-2]
+
+
+def test_exp7_on_text_reads_its_tokens_and_gates_on_the_baselines(tmp_path):
+    text = write_text(tmp_path / 't.txt', 5)
+    p = repro('--preset=tiny', '--experiments=7', '--e7_data=text', '--e7_heads=linear,blocks',
+              '--e7_seeds=1', f'--text={text}', f'--out={tmp_path}/out', '--device=cpu')
+    assert p.returncode == 0, p.stderr
+    e7 = json.load(open(tmp_path / 'out' / 'remedies_text.json'))
+    V = textdata.load_tokens(glob.glob(str(tmp_path / 'out' / 'exp7' / '*.compact.tok'))[0])[1]['vocab_size']
+    assert e7['controls']['vocab_size'] == V and min(e7['controls']['unigram'], e7['controls']['bigram']) > 0
+    assert set(e7['gate']) == {'linear_loss', 'passed'} and list(e7['heads']) == ['linear', 'blocks']
+    run = json.load(open(glob.glob(str(tmp_path / 'out' / 'exp7' / 'linear_lr*_s1338' / 'run.json'))[0]))
+    assert run['config']['data'].endswith('.compact.tok') and run['config']['vocab_size'] == V
+    assert os.path.isfile(tmp_path / 'out' / 'exp7_remedies_text.png')
 
 
 def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_path):
