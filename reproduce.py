@@ -602,17 +602,10 @@ def named(run):
 
 
 def head_lr_runs(c, runs, mine):
-    """Experiment 7's sweep runs of each head lr multiplier in e7_head_lr_mults at the head's best lr."""
-    extra, seen = [], set()
-    for i, spec in mine:
-        if not spec['sweep'] or spec['key'] in seen:
-            continue
-        seen.add(spec['key'])
-        lr = sweep_choice(c, spec['exp'], runs[spec['key']])['lr']
-        for mult in [m for m in numbers(c, 'e7_head_lr_mults') if m != 1]:  # × 1: the lr sweep's own run
-            for seed in range(c['seed'], c['seed'] + c['sweep_seeds']):
-                extra.append((i, named(dict(spec, lr=lr, mult=mult, seed=seed))))
-    return extra
+    """Experiment 7's head lr runs (the plan's later specs, one per multiplier ≠ 1 in e7_head_lr_mults and
+    sweep seed), each at its head's best lr."""
+    return [(i, named(dict(spec, lr=sweep_choice(c, spec['exp'], runs[spec['key']])['lr'])))
+            for i, spec in mine if spec.get('later')]
 
 
 def grid_extensions(c, e, runs, mine, over='lr'):

@@ -2411,9 +2411,10 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
     # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 53 and re.fullmatch(
-        r"\[1/53\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
-    assert re.search(r"\[53/53\] exp7 mos .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert len(progress) == 57 and re.fullmatch(
+        r"\[1/57\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert re.search(r"\[57/57\] exp7 mos .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert re.search(r"\] exp7 blocks lr 3e-3, head lr ×3 seed 1337 … ", stdout)  # the head lr run, counted
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
 
@@ -2583,7 +2584,7 @@ def test_lr_grid_extends_past_the_edge_where_the_best_lr_sits():
 def test_head_lr_is_bracketed_at_the_best_lr_and_never_moves_it():
     c = reproduce.parse_options(['--device=cpu'])
     spec = dict(exp='exp7', key='k', label='k', sweep=True, seed=c['seed'], lr=None, args={})
-    mine = [(0, spec)]
+    mine = [(0, spec), (1, dict(spec, mult=0.333, later=True)), (2, dict(spec, mult=3.0, later=True))]
 
     def rec(lr, mult, acc):
         return dict(lr=lr, mult=mult, sweep=True, name=f'{lr}x{mult}',
@@ -2591,8 +2592,8 @@ def test_head_lr_is_bracketed_at_the_best_lr_and_never_moves_it():
 
     runs = {'k': [rec(1e-3, 1.0, 0.1), rec(3e-3, 1.0, 0.5), rec(1e-2, 1.0, 0.2)]}
     todo = reproduce.head_lr_runs(c, runs, mine)  # × ⅓ and × 3 at the best lr; × 1 is the sweep's own run
-    assert [(r['lr'], r['mult'], r['name']) for _, r in todo] == [(3e-3, 0.333, 'k_lr0.003_x0.333_s1337'),
-                                                                 (3e-3, 3.0, 'k_lr0.003_x3_s1337')]
+    assert [(i, r['lr'], r['mult'], r['name']) for i, r in todo] == [
+        (1, 3e-3, 0.333, 'k_lr0.003_x0.333_s1337'), (2, 3e-3, 3.0, 'k_lr0.003_x3_s1337')]
     runs['k'] += [rec(3e-3, 0.333, 0.3), rec(3e-3, 3.0, 0.8), rec(1e-2, 3.0, 0.99)]  # the last: off the lr
     choice = reproduce.sweep_choice(c, 'exp7', runs['k'])
     got = (choice['lr'], choice['lr_edge'], choice['mult'], choice['mult_edge'])
