@@ -7,8 +7,8 @@ Reproduce the paper's findings at laptop scale, figures and tables included, in 
     python reproduce.py --preset=gpu --text=input.txt  # config/reproduce_gpu.py, sized for one H200
     python reproduce.py --experiments=1 --e1_heads=narrow:4,wide --seeds=5 --out=results/mine
     python reproduce.py --experiments=7                # beyond the paper: remedies.py's heads on SpamLang,
-    python reproduce.py --experiments=7 --e7_data=hmm:32 --e7_seeds=3   # on hmm.py's language,
-    python reproduce.py --experiments=7 --e7_data=text --text=input.txt  # on text (V from the text)
+    python reproduce.py --experiments=7 --e7_data=hmm:32   # on hmm.py's language,
+    python reproduce.py --preset=text7 --text=input.txt    # on text (config/reproduce_text7.py)
 
 input.txt: any UTF-8 text, e.g. Tiny Shakespeare:
 https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
@@ -54,7 +54,7 @@ from model import FACTORIZED, GPT, HEADS, GPTConfig, check_config, fused_linear_
 # -----------------------------------------------------------------------------
 # defaults: the CPU preset (all four experiments in ≤ 60 min on 2 cores); --preset=NAME takes the keys that
 # are not given from config/reproduce_NAME.py
-preset = 'cpu'            # cpu (these values) | quick | gpu | tiny (the test grid)
+preset = 'cpu'            # cpu (these values) | quick | gpu | text7 (experiment 7 on text) | tiny (tests)
 quick = False             # = --preset=quick
 experiments = '1,2,3,4,5,6'  # a comma-separated subset, run in this order (4 reads the runs of 1 and 3)
 text = ''                 # a UTF-8 .txt file for experiment 3 (skipped, with a note, without one)
