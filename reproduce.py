@@ -52,7 +52,7 @@ from options import ConfigError, TrainingError
 from model import FACTORIZED, GPT, HEADS, GPTConfig, check_config, fused_linear_cross_entropy
 
 # -----------------------------------------------------------------------------
-# defaults: the CPU preset (all four experiments in ≤ 60 min on 2 cores); --preset=NAME takes the keys that
+# defaults: the CPU preset (experiments 1–6 in ≈ 2 h on 2 cores); --preset=NAME takes the keys that
 # are not given from config/reproduce_NAME.py
 preset = 'cpu'            # cpu (these values) | quick | gpu | text7 (experiment 7 on text) | tiny (tests)
 quick = False             # = --preset=quick
@@ -329,16 +329,16 @@ def plan_heads(c):
 
 
 def plan_exp7(c):
-    """Experiment 7 (SpamLang): one backbone, only the head changes; every evaluation keeps a checkpoint
-    (the meter reads them; a sweep run's are deleted)."""
+    """Experiment 7 (SpamLang, hmm.py's language or text): one backbone, only the head changes; every
+    evaluation keeps a checkpoint (the meter reads them; a sweep run's are deleted)."""
     steps, interval, D = c['e7_max_iters'], c['e7_eval_interval'], c['e7_n_embd']
     e7_corpus(c, load=False)  # a bad --e7_data is a one-line error now, before any run
     text = c['e7_data'] == 'text'  # its token file is set once it is written; V comes from it
     base = dict(data=c['e7_data'], vocab_size=None if text else c['e7_vocab_size'], n_embd=D,
-                n_layer=c['e7_n_layer'],
-                n_head=c['n_head'], block_size=c['e7_block_size'], batch_size=c['e7_batch_size'],
-                max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)), eval_interval=interval,
-                eval_iters=c['e7_eval_iters'], log_interval=interval, keep_checkpoints=True)
+                n_layer=c['e7_n_layer'], n_head=c['n_head'], block_size=c['e7_block_size'],
+                batch_size=c['e7_batch_size'], max_iters=steps, warmup_iters=max(1, int(c['warmup'] * steps)),
+                eval_interval=interval, eval_iters=c['e7_eval_iters'], log_interval=interval,
+                keep_checkpoints=True)
     heads = [head_of(spec, D) for spec in head_specs(c, 'e7_heads')]
     return [dict(key=h['key'], label=h['spec'], info=dict(head=h['spec']), args={**base, **h['args']})
             for h in heads]
