@@ -587,11 +587,10 @@ def run_experiment(c, e, specs, tally, t0):
             for (_, run), rec in zip(more, in_parallel(c, tally, work, more)):
                 runs[run['key']].append(rec)
         if sweep and e == '7':  # the head's lr: its multipliers at the best lr, bracketed the same way
-            more = head_lr_runs(c, runs, mine)
-            for _ in range(extensions + 1):
+            for k in range(extensions + 1):
+                more = grid_extensions(c, e, runs, mine, 'mult') if k else head_lr_runs(c, runs, mine)
                 for (_, run), rec in zip(more, in_parallel(c, tally, work, more)):
                     runs[run['key']].append(rec)
-                more = grid_extensions(c, e, runs, mine, 'mult')
     return runs
 
 
@@ -636,12 +635,12 @@ def sweep_choice(c, exp, runs):
     lr_edge, lrs), then the best multiplier among the runs at that lr (mult, mult_edge, mults; 1 where none
     was swept)."""
     swept = [r for r in runs if r['sweep']]
-    plain = [r for r in swept if r.get('mult', 1.0) == 1]
+    plain = grouped(swept, 'mult').get(1.0, [])
     best = best_lr(plain, lr_score(c, exp))
-    at_lr = [dict(r, lr=r.get('mult', 1.0)) for r in swept if r['lr'] == best['lr']]  # best_lr groups by 'lr'
-    mult = best_lr(at_lr, lr_score(c, exp))
-    return dict(lr=best['lr'], lr_edge=best['edge'], lrs=sorted({r['lr'] for r in plain}), mult=mult['lr'],
-                mult_edge=mult['edge'], mults=sorted({r['lr'] for r in at_lr}))
+    by_mult = grouped([r for r in swept if r['lr'] == best['lr']], 'mult')  # the runs at the best lr
+    mult, mult_edge = best_of(by_mult, lr_score(c, exp))
+    return dict(lr=best['lr'], lr_edge=best['edge'], lrs=sorted({r['lr'] for r in plain}), mult=mult,
+                mult_edge=mult_edge, mults=sorted(by_mult), by_mult=by_mult)
 
 
 def outcome(rec):
@@ -823,20 +822,26 @@ def lr_score(c, exp):
 def best_lr(runs, score=final_score):
     """The best lr of sweep runs (lr) by score (larger is better, from one lr's runs) and its flag (edge:
     'one lr', 'low edge', 'high edge' or '')."""
-    by_lr = {}
-    for r in runs:
-        by_lr.setdefault(r['lr'], []).append(r)
-    lrs = sorted(by_lr)
-    best = max(lrs, key=lambda lr: score(by_lr[lr]))
-    if len(lrs) == 1:
-        edge = 'one lr'
-    elif best == lrs[0]:
-        edge = 'low edge'
-    elif best == lrs[-1]:
-        edge = 'high edge'
-    else:
-        edge = ''
+    best, edge = best_of(grouped(runs, 'lr'), score)
     return dict(lr=best, edge=edge)
+
+
+def grouped(runs, key):
+    """{value: the runs with that value} of a run field (a missing head lr multiplier is 1)."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r.get(key, 1.0) if key == 'mult' else r[key], []).append(r)
+    return groups
+
+
+def best_of(groups, score):
+    """The best value of a grid ({value: runs}) by score (larger is better, from one value's runs) and its
+    flag: 'one lr', 'low edge', 'high edge' or ''."""
+    values = sorted(groups)
+    best = max(values, key=lambda v: score(groups[v]))
+    if len(values) == 1:
+        return best, 'one lr'
+    return best, {values[0]: 'low edge', values[-1]: 'high edge'}.get(best, '')
 
 # -----------------------------------------------------------------------------
 # tables: JSON and CSV in --out, markdown in summary.md
@@ -883,7 +888,7 @@ def lr_table(runs, score=final_score, **info):
     """A configuration's lr sweep: rows (one per lr, over the sweep seeds, the best marked), the best lr (lr)
     by score (best_lr's), its flag (edge), and the fresh seeds' runs at it (best_runs), the only ones
     reported."""
-    sweep = [r for r in runs if r['sweep'] and r.get('mult', 1.0) == 1]  # experiment 7's head lr: its own
+    sweep = grouped([r for r in runs if r['sweep']], 'mult').get(1.0, [])  # experiment 7's head lr: its own
     best = best_lr(sweep, score)
     rows = []
     for lr in sorted({r['lr'] for r in sweep}):
@@ -1844,11 +1849,9 @@ def summary_exp7(c, runs):
         wall = [clock.get(hit[0]['iter']) if hit else None for hit, clock in zip(hits, clocks)]
         ms = [np.median([row['dt_ms'] for row in rows]) for rows in logs]
         choice = choices[spec]
-        at_lr = [r for r in runs[heads[spec]['key']] if r['sweep'] and r['lr'] == t['lr']]
-        ends = [(r.get('mult', 1.0), r['evals'][-1]) for r in at_lr]
-        head_lr = [dict(mult=m, **{k: float(np.mean([e[k] for x, e in ends if x == m]))
-                                   for k in ('val_acc', 'val_loss') if k in ends[0][1]})
-                   for m in choice['mults']]
+        head_lr = [dict(mult=m, **{k: float(np.mean([r['evals'][-1][k] for r in rs]))
+                                   for k in ('val_acc', 'val_loss') if k in rs[0]['evals'][-1]})
+                   for m, rs in sorted(choice['by_mult'].items())]
         per[spec] = dict(best_lr=t['lr'], edge=t['edge'], head_lr_mult=choice['mult'],
                          head_lr_edge=choice['mult_edge'], head_lr_sweep=head_lr,
                          seeds=[r['seed'] for r in mine], **cost,
