@@ -141,7 +141,9 @@ e7_heads = ('linear,whiten,overparam,wide:{2D}/random,blocks,blocks_sg,blocksum,
 e7_lrs = '3e-3,1e-2,3e-2'
 e7_head_lr_mults = '0.333,3'  # the head's lr: these × the best lr (× 1 is the lr sweep's run), then ...
 e7_lr_extensions = 2       # ... each grid extended beyond its edge where its best value sits, ≤ 2 times
-e7_seeds = 5               # fresh seeds of experiment 7, paired by seed (instead of --seeds)
+e7_seeds = 5               # fresh seeds of experiment 7's decisive heads, paired by seed (not --seeds) ...
+e7_decisive = 'linear,wide:{2D}/random,blocks,blocks_sg,blocksum'  # ... blocks, its twin and its controls
+e7_other_seeds = 3         # ... and of every other head: the first of the same seeds
 e7_data = 'spamlang'       # spamlang; hmm:S (hmm.py's language); text (--text's tokens; V from the text)
 e7_vocab_size = 1024       # V/D = 128: the linear head ends at 30–80% accuracy (the stage gate)
 e7_n_embd = 8
@@ -209,7 +211,7 @@ def head_specs(c, key):
     """A comma-separated option of train.py's heads, each written head[:rank][/basis] (narrow:8/select:
     rank 8, a fixed selector A)."""
     text = str(c[key])
-    if key == 'e7_heads':  # the fixed-basis controls' ranks, written r = {2D} or {4D}
+    if key in ('e7_heads', 'e7_decisive'):  # the fixed-basis controls' ranks, written r = {2D} or {4D}
         text = text.replace('{2D}', str(2 * c['e7_n_embd'])).replace('{4D}', str(4 * c['e7_n_embd']))
     specs = [s.strip() for s in text.split(',')]
     for spec in specs:
@@ -289,6 +291,10 @@ def parse_options(argv):
     wsd_schedule(c)  # experiments 3 and 5's schedule, checked even when no text is given
     if c['text'] and not os.path.isfile(c['text']):
         raise ConfigError(f"--text={c['text']!r} is not a file: give a UTF-8 .txt file, or drop --text")
+    if c['e7_other_seeds'] > c['e7_seeds']:
+        raise ConfigError(f"--e7_other_seeds={c['e7_other_seeds']} exceeds --e7_seeds={c['e7_seeds']}: the "
+                          "other heads run the first of the decisive heads' seeds; lower it or raise "
+                          "--e7_seeds")
     if c['reuse'] and c['overwrite']:
         raise ConfigError("--reuse keeps the finished runs in --out, --overwrite deletes them: "
                           "give one of the two")
@@ -444,9 +450,11 @@ def plan(c):
                 for mult in mults:
                     specs.append(dict(exp='exp7', **config, seed=seed, lr=None, mult=mult, sweep=True,
                                       later=True))
-        seeds = fresh if e != '7' else [c['seed'] + c['sweep_seeds'] + i for i in range(c['e7_seeds'])]
+        seeds = fresh if e != '7' else e7_seeds(c)
         for seed in seeds:
             for config in configs:
+                if e == '7' and seed not in e7_seeds(c, config['info']['head']):
+                    continue
                 specs.append(dict(exp=f'exp{e}', **config, seed=seed, lr=None, sweep=False,
                                   lr_from=swept[0]['key'] if e == '5' else config['key']))
     numbers(c, 'e3_freq_bins', int)  # read after the runs: checked now
@@ -1586,6 +1594,21 @@ E7_PAIRS = (('whiten', 'linear'), ('overparam', 'linear'), ('blocks', 'wide:{2D}
 FITS = ('frozen_init', 'linear_on_its_trunk', 'it_on_linear_trunk')  # the frozen-trunk fits, by name
 
 
+def e7_seeds(c, spec=None):
+    """Experiment 7's fresh seeds: e7_seeds of them for a head of e7_decisive (and for spec=None), the first
+    e7_other_seeds of the same for any other head."""
+    n = c['e7_seeds'] if spec is None or spec in head_specs(c, 'e7_decisive') else c['e7_other_seeds']
+    return [c['seed'] + c['sweep_seeds'] + i for i in range(n)]
+
+
+def seed_note(c, specs):
+    """How many fresh seeds experiment 7's heads ran, in words."""
+    others = [s for s in specs if s not in head_specs(c, 'e7_decisive')]
+    if not others or c['e7_other_seeds'] == c['e7_seeds']:
+        return f"{c['e7_seeds']} fresh seeds"
+    return f"{c['e7_seeds']} fresh seeds ({c['e7_other_seeds']} for {', '.join(others)})"
+
+
 def e7_corpus(c, load=True):
     """Experiment 7's data as textdata.load_data gives it: SpamLang, hmm.py's language, or --text's tokens
     (cl100k compacted, in <out>/exp7; V from the text). A bad --e7_data is a ConfigError, checked without
@@ -1646,7 +1669,8 @@ def checkpoint_meter(path, x, y):
     model = checkpoint.model_from_checkpoint(ckpt)
     with torch.no_grad():
         h = model.hidden(x)
-    m = remedies.head_meter(model.lm_head, h, y, tokens=y.numel())
+    with FORWARD_AD:
+        m = remedies.head_meter(model.lm_head, h, y, tokens=y.numel())
     opt = model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'], (cfg['beta1'], cfg['beta2']),
                                      'cpu', cfg['head_lr_mult'])
     opt.load_state_dict(ckpt['optimizer'])
@@ -1737,8 +1761,7 @@ def analyse_exp7(c, fresh):
         if not paths:
             raise ConfigError(f"{d} was analysed with other settings and its checkpoints are gone: run "
                               "experiment 7 again without --reuse")
-        with FORWARD_AD:
-            a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
+        a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
         if r['seed'] == first:
             a['frozen_init'] = fit_head_alone(c, fresh_model(r), r['seed'])
             if linear_trunk is not None:
@@ -1886,10 +1909,11 @@ def summary_exp7(c, runs):
         pair = dict(comparison=f"{a} − {b}", a=a, b=b)
         for k in ('final_val_acc', 'final_val_loss', 'c_star', 'visible_share', 'step_cos'):
             pair[k] = paired_by_seed(*(dict(zip(per[x]['seeds'], per[x][k])) for x in (a, b)))
+        shared = sorted(set(per[a]['seeds']) & set(per[b]['seeds']))
         for k, name in (('tokens_to_target', 'faster_in'), ('seconds_to_target', 'sooner_in')):
-            ta, tb = per[a][k], per[b][k]
-            pair[name] = sum(x is not None and (y is None or x < y) for x, y in zip(ta, tb))
-        pair['seeds'] = len(per[a]['seeds'])
+            ta, tb = (dict(zip(per[x]['seeds'], per[x][k])) for x in (a, b))
+            pair[name] = sum(ta[s] is not None and (tb[s] is None or ta[s] < tb[s]) for s in shared)
+        pair['seeds'] = len(shared)
         pairs.append(pair)
     corpus, D, T = e7_corpus(c), c['e7_n_embd'], c['e7_block_size']
     V = corpus['vocab_size']
@@ -1897,7 +1921,8 @@ def summary_exp7(c, runs):
     controls = dict(data=data, **extra, vocab_size=V, n_embd=D, n_layer=c['e7_n_layer'],
                     block_size=c['e7_block_size'], batch_size=c['e7_batch_size'], max_iters=c['e7_max_iters'],
                     lrs=numbers(c, 'e7_lrs'), head_lr_mults=numbers(c, 'e7_head_lr_mults'),
-                    seeds=c['e7_seeds'],
+                    seeds=c['e7_seeds'], decisive=head_specs(c, 'e7_decisive'),
+                    other_seeds=c['e7_other_seeds'],
                     tokens=c['e7_max_iters'] * c['e7_batch_size'] * T,
                     exposures_per_symbol=round(c['e7_max_iters'] * c['e7_batch_size'] / (V - 1), 2)
                     if corpus['kind'] == 'spamlang' else None, target={key: target},
@@ -1919,7 +1944,7 @@ def summary_exp7(c, runs):
     write_table(c, stem, rows, controls, heads=per, paired=pairs, gate=gate)
     figure = f"exp7_{stem}.png"
     plot.exp7(os.path.join(c['out'], figure), per, level,
-              f"{data}, V = {V:,}, D = {D}, {c['e7_seeds']} fresh seeds, {controls['tokens']:,} tokens")
+              f"{data}, V = {V:,}, D = {D}, {seed_note(c, specs)}, {controls['tokens']:,} tokens")
     verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if target is not None else
                "No stage gate: linear is not among --e7_heads.")
     table = md(['head', 'best lr, head lr ×', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
@@ -1994,6 +2019,18 @@ def write_summary(c, meta, sections, notes):
         f.write('\n'.join(parts))
 
 
+def text_vocab(c, specs):
+    """The dry run's text runs at --text's V: its compacted cl100k ids, counted in memory (nothing is
+    written). Without a --text the plan has no text runs."""
+    text_exps = ('exp3', 'exp5', 'exp7') if c['e7_data'] == 'text' else ('exp3', 'exp5')
+    runs = [args for s in specs if s['exp'] in text_exps for args in (s['args'], s.get('trunk')) if args]
+    if runs:
+        ids = textdata.get_encoding(c['e3_encoding']).encode_ordinary(textdata.read_text(c['text']))
+        V = len(set(ids))
+        for args in runs:
+            args['vocab_size'] = V
+
+
 def main(argv):
     c = parse_options(argv)
     chosen = chosen_experiments(c)
@@ -2002,6 +2039,7 @@ def main(argv):
     specs = plan(c)
     if c['dry_run']:
         import estimate  # the GPU time of a plan, by an estimate: read only here
+        text_vocab(c, specs)
         compiled = c['compile'] if c['compile'] is not None else c['device'].startswith('cuda')
         for line in estimate.report(estimate.estimate(specs, c['jobs'], compiled), c['jobs'], compiled):
             say(line)
@@ -2029,7 +2067,7 @@ def main(argv):
                 torch=torch.__version__, wall_s={}, runs=tally.counts(), runs_by_experiment={},
                 config=dict(c, exps=chosen['run'], notes=notes))  # notes: the same dict, filled in as we go
     fresh = c['seed'] + c['sweep_seeds']
-    seeds7 = f" (experiment 7: {fresh}…{fresh + c['e7_seeds'] - 1})" if '7' in chosen['run'] else ''
+    seeds7 = f" (experiment 7: {fresh}…{e7_seeds(c)[-1]})" if '7' in chosen['run'] else ''
     say(f"reproduce.py: preset {c['preset']}, experiments {','.join(chosen['run'])}, {len(specs)} runs, "
         f"lr sweeps on seed {c['seed']}…{fresh - 1}, fresh seeds {fresh}…{fresh + c['seeds'] - 1}{seeds7}, "
         f"device {c['device']}, out {c['out']}")

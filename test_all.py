@@ -2310,7 +2310,7 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert 'Stage gate' in summary and '| head | best lr |' in summary
     meta = json.load(open(os.path.join(out, 'meta.json')))
     assert {'command', 'commit', 'date', 'torch', 'cpu_count', 'wall_s', 'runs'} <= set(meta)
-    assert meta['runs']['trained'] == 57 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
+    assert meta['runs']['trained'] == 56 and meta['runs']['reused'] == 0 and 'total' in meta['wall_s']
     # CSV = JSON rows
     stems = ('exp1_head_rank', 'exp2_fixed_batch', 'exp3_text', 'exp4_meter', 'wide_diagnosis', 'exp6_hmm',
              'remedies')
@@ -2350,13 +2350,14 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     # experiment 7: every head's costs, curves, meter and frozen-trunk fits; candidates paired with controls
     e7 = json.load(open(os.path.join(out, 'remedies.json')))
     assert list(e7['heads']) == ['linear', 'blocks', 'blocks_sg', 'mos']
-    for h in e7['heads'].values():
-        assert h['seeds'] == [1338, 1339] and h['flops_per_token'] > 0 and h['head_params'] > 0
+    for spec, h in e7['heads'].items():  # mos is outside e7_decisive: e7_other_seeds = 1 of its seeds
+        seeds = [1338] if spec == 'mos' else [1338, 1339]
+        assert h['seeds'] == seeds and h['flops_per_token'] > 0 and h['head_params'] > 0
         for k in ('final_val_loss', 'tokens_to_target', 'seconds_to_target', 'c_star', 'visible_share',
                   'step_cos'):
-            assert len(h[k]) == 2, k
+            assert len(h[k]) == len(seeds), k
         assert all(0 <= v <= 1 for v in h['visible_share'] + h['c_star'])
-        assert [len(curve) for curve in h['meter']] == [3, 3]  # evaluations 0, 4, 8: a checkpoint each
+        assert [len(curve) for curve in h['meter']] == [3] * len(seeds)  # evals 0, 4, 8: a checkpoint each
         assert all(len(h[k]['curve']) == 4 for k in reproduce.FITS)  # the held-out loss at each quarter
     assert e7['heads']['blocks']['head_params'] == 2 * e7['heads']['linear']['head_params'] + 8  # + ln_e
     for spec, h in e7['heads'].items():  # the head lr bracketed at the best lr; fresh seeds at the best pair
@@ -2368,6 +2369,8 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
             assert run['config']['head_lr_mult'] == h['head_lr_mult'] and run['mult'] == h['head_lr_mult']
     assert [p['comparison'] for p in e7['paired']] == ['blocks − blocks_sg', 'blocks − linear',
                                                       'blocks_sg − linear', 'mos − linear']
+    assert [p['seeds'] for p in e7['paired']] == [2, 2, 2, 1]  # paired on the seeds both heads ran
+    assert e7['paired'][-1]['final_val_loss']['n'] == 1
     # the meter at a matched loss: one level per panel, reached by every run (so never n/a)
     meter = json.load(open(os.path.join(out, 'exp4_meter.json')))['rows']
     for data in ('SpamLang', 'text'):
@@ -2411,9 +2414,10 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     # progress: one line before each run, with its count, elapsed time and an estimate; text runs echo
     # their evals
     progress = [l for l in stdout.splitlines() if l.startswith('[')]
-    assert len(progress) == 57 and re.fullmatch(
-        r"\[1/57\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
-    assert re.search(r"\[57/57\] exp7 mos .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert len(progress) == 56 and re.fullmatch(
+        r"\[1/56\] exp1 r = 2, selector lr 3e-3 seed 1337 … [\d.]+ s; .*", progress[0])
+    assert re.search(r"\[56/56\] exp7 blocks_sg .* seed 1339 … [\d.]+ (s|min); [\d.]+ (s|min) left", stdout)
+    assert not re.search(r"exp7 mos .* seed 1339", stdout)
     assert re.search(r"\] exp7 blocks lr 3e-3, head lr ×3 seed 1337 … ", stdout)  # the head lr run, counted
     assert re.search(r"^      eval 0: val loss", stdout, re.M)
 
@@ -2624,7 +2628,12 @@ def test_exp7_on_text_reads_its_tokens_and_gates_on_the_baselines(tmp_path):
 def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_path):
     text = write_text(tmp_path / 't.txt', 5)
     c = reproduce.parse_options(['--preset=gpu', '--dry_run', f'--text={text}'])  # no GPU needed
-    est = estimate.estimate(reproduce.plan(c), c['jobs'], c['compile'])
+    specs = reproduce.plan(c)
+    reproduce.text_vocab(c, specs)  # text runs at the text's V, not at GPTConfig's default
+    V = len(set(textdata.get_encoding('cl100k_base').encode_ordinary(textdata.read_text(text))))
+    text_args = [a for s in specs if s['exp'] in ('exp3', 'exp5') for a in (s['args'], s.get('trunk')) if a]
+    assert text_args and {a['vocab_size'] for a in text_args} == {V}
+    est = estimate.estimate(specs, c['jobs'], c['compile'])
     assert set(est) == {'exp1', 'exp2', 'exp3', 'exp5', 'exp6', 'total'}
     assert all(e['wall_s'] <= 8 * 60 for name, e in est.items() if name != 'total'), est
     # the arithmetic on one run: FLOPs per token of the model itself, times its tokens
@@ -2640,6 +2649,19 @@ def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_pat
     p = repro('--preset=gpu', '--dry_run', f'--text={text}', f'--out={tmp_path}/out')
     assert p.returncode == 0 and 'exp3' in p.stdout and 'wall' in p.stdout, p.stderr
     assert not os.path.exists(tmp_path / 'out')
+
+
+def test_exp7_heads_outside_the_decisive_pairs_run_the_first_of_their_seeds():
+    args = ['--experiments=7', '--dry_run', '--e7_heads=linear,wide:{2D}/random,blocks,mos', '--e7_seeds=4']
+    c = reproduce.parse_options(args + ['--e7_other_seeds=2'])
+    fresh = {}
+    for s in reproduce.plan(c):
+        if not s['sweep']:
+            fresh.setdefault(s['info']['head'], []).append(s['seed'])
+    four = [1338, 1339, 1340, 1341]
+    assert fresh == {'linear': four, 'wide:16/random': four, 'blocks': four, 'mos': four[:2]}
+    with pytest.raises(ConfigError, match='--e7_other_seeds=5 exceeds --e7_seeds=4'):
+        reproduce.parse_options(args + ['--e7_other_seeds=5'])
 
 
 def test_exp5_gives_the_trained_factorization_its_own_multipliers():

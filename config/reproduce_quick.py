@@ -27,6 +27,7 @@ e7_heads = 'linear,blocks,blocks_sg,mlp'
 e7_lrs = '1e-2'
 e7_head_lr_mults = '1'    # no head lr sweep
 e7_seeds = 2
+e7_other_seeds = 2
 e7_vocab_size = 512
 e7_max_iters = 400
 e7_eval_interval = 100

@@ -49,6 +49,7 @@ e7_lrs = '3e-3'
 e7_head_lr_mults = '3'   # one head lr multiplier: the sweep's second arm
 e7_lr_extensions = 0
 e7_seeds = 2
+e7_other_seeds = 1         # mos: one fresh seed, the others two (pairs by shared seed)
 e7_vocab_size = 32
 e7_n_embd = 8
 e7_block_size = 4
