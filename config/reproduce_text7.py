@@ -8,6 +8,7 @@
 experiments = '7'
 e7_data = 'text'
 e7_heads = 'linear,wide:{2D}/random,blocks,blocks_sg,blocksum'
+e7_lrs = '3e-3,1e-2,3e-2'
 e7_n_embd = 16
 e7_batch_size = 16
 e7_max_iters = 800
