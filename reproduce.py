@@ -451,9 +451,10 @@ def plan(c):
                     specs.append(dict(exp='exp7', **config, seed=seed, lr=None, mult=mult, sweep=True,
                                       later=True))
         seeds = fresh if e != '7' else e7_seeds(c)
+        own = {x['key']: seeds if e != '7' else e7_seeds(c, x['info']['head']) for x in configs}
         for seed in seeds:
             for config in configs:
-                if e == '7' and seed not in e7_seeds(c, config['info']['head']):
+                if seed not in own[config['key']]:
                     continue
                 specs.append(dict(exp=f'exp{e}', **config, seed=seed, lr=None, sweep=False,
                                   lr_from=swept[0]['key'] if e == '5' else config['key']))
@@ -1601,12 +1602,14 @@ def e7_seeds(c, spec=None):
     return [c['seed'] + c['sweep_seeds'] + i for i in range(n)]
 
 
-def seed_note(c, specs):
-    """How many fresh seeds experiment 7's heads ran, in words."""
-    others = [s for s in specs if s not in head_specs(c, 'e7_decisive')]
-    if not others or c['e7_other_seeds'] == c['e7_seeds']:
-        return f"{c['e7_seeds']} fresh seeds"
-    return f"{c['e7_seeds']} fresh seeds ({c['e7_other_seeds']} for {', '.join(others)})"
+def seed_note(per):
+    """How many fresh seeds experiment 7's heads ran ({spec: its summary, with seeds}), in words."""
+    counts = {spec: len(p['seeds']) for spec, p in per.items()}
+    most = max(counts.values())
+    fewer = [spec for spec, n in counts.items() if n < most]
+    if not fewer:
+        return f"{most} fresh seeds"
+    return f"{most} fresh seeds ({min(counts.values())} for {', '.join(fewer)})"
 
 
 def e7_corpus(c, load=True):
@@ -1944,7 +1947,7 @@ def summary_exp7(c, runs):
     write_table(c, stem, rows, controls, heads=per, paired=pairs, gate=gate)
     figure = f"exp7_{stem}.png"
     plot.exp7(os.path.join(c['out'], figure), per, level,
-              f"{data}, V = {V:,}, D = {D}, {seed_note(c, specs)}, {controls['tokens']:,} tokens")
+              f"{data}, V = {V:,}, D = {D}, {seed_note(per)}, {controls['tokens']:,} tokens")
     verdict = (f"Stage gate {'passed' if gate['passed'] else 'FAILED'}: {verdict}." if target is not None else
                "No stage gate: linear is not among --e7_heads.")
     table = md(['head', 'best lr, head lr ×', 'head params', 'MFLOPs/token (step)', 'ms/step (2 jobs)',
