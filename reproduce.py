@@ -1593,6 +1593,7 @@ E7_PAIRS = (('whiten', 'linear'), ('overparam', 'linear'), ('blocks', 'wide:{2D}
 
 
 FITS = ('frozen_init', 'linear_on_its_trunk', 'it_on_linear_trunk')  # the frozen-trunk fits, by name
+REUSED_FITS = ('frozen_init', 'it_on_linear_trunk')  # a remedies.SAME_FORWARD head's: its twin's, as fitted
 
 
 def e7_seeds(c, spec=None):
@@ -1753,37 +1754,52 @@ def analyse_exp7(c, fresh):
     settings = dict(meter_sequences=c['e7_meter_sequences'], fit_steps=c['e7_fit_steps'],
                     fit_lr=c['e7_fit_lr'])
     linear = next((r for r in fresh.get('linear', []) if r['seed'] == first), None)
-    todo = [r for runs in fresh.values() for r in runs if r.get('analysis', {}).get('settings') != settings]
-    transfer = linear is not None and any(r['seed'] == first for r in todo)
+    todo = [(spec, r) for spec, runs in fresh.items() for r in runs
+            if r.get('analysis', {}).get('settings') != settings]
+    transfer = linear is not None and any(r['seed'] == first for _, r in todo)
     linear_trunk = trunk_of(c, linear) if transfer else None  # read once: every head is fitted on it
+    twins = {s: t for s, t in remedies.SAME_FORWARD.items() if s in fresh and t in fresh}  # fits reused
     say(f"exp7: the meter at every checkpoint of {len(todo)} runs; frozen-trunk fits and transfers")
 
-    def work(r):
+    def work(item):
+        spec, r = item
         d = run_dir(c, r)
         paths = sorted(glob.glob(os.path.join(d, 'ckpt_*.pt')), key=lambda p: int(p[:-3].split('_')[-1]))
         if not paths:
             raise ConfigError(f"{d} was analysed with other settings and its checkpoints are gone: run "
                               "experiment 7 again without --reuse")
         a = dict(settings=settings, meter=[checkpoint_meter(p, x, y) for p in paths])
-        if r['seed'] == first:
+        if r['seed'] == first and spec not in twins:
             a['frozen_init'] = fit_head_alone(c, fresh_model(r), r['seed'])
-            if linear_trunk is not None:
-                plain = fresh_model(linear)
-                plain.load_state_dict(trunk_of(c, r), strict=False)
-                a['linear_on_its_trunk'] = fit_head_alone(c, plain, r['seed'])
+        if r['seed'] == first and linear_trunk is not None:
+            plain = fresh_model(linear)
+            plain.load_state_dict(trunk_of(c, r), strict=False)
+            a['linear_on_its_trunk'] = fit_head_alone(c, plain, r['seed'])
+            if spec == 'linear':  # the same fit
+                a['it_on_linear_trunk'] = a['linear_on_its_trunk']
+            elif spec not in twins:
                 mine = fresh_model(r)
                 mine.load_state_dict(linear_trunk, strict=False)
                 a['it_on_linear_trunk'] = fit_head_alone(c, mine, r['seed'])
         r['analysis'] = a
-        with open(os.path.join(d, 'run.json'), 'w') as f:
-            json.dump(r, f)
-        return r
+        save_run(c, r)
 
     in_parallel(c, Tally(), work, todo)
+    for spec, twin in twins.items():
+        r = next((r for r in fresh[spec] if r['seed'] == first), None)
+        done = next((t for t in fresh[twin] if t['seed'] == first), None)
+        if r is not None and done is not None:
+            r['analysis'].update({k: done['analysis'][k] for k in REUSED_FITS if k in done['analysis']})
+            save_run(c, r)
     for runs in fresh.values():
         for r in runs:
             for f in glob.glob(os.path.join(run_dir(c, r), '*.pt')):
                 os.remove(f)
+
+
+def save_run(c, rec):
+    with open(os.path.join(run_dir(c, rec), 'run.json'), 'w') as f:
+        json.dump(rec, f)
 
 
 def model_cost(c, spec):

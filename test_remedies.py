@@ -143,6 +143,38 @@ def test_mos_chunks_give_the_same_loss_and_gradients(monkeypatch):
         assert torch.allclose(model(x)[0].exp().sum(-1), torch.ones(8, 8), atol=1e-5)
 
 
+def test_mos_logits_are_the_log_of_the_mixture_and_stay_finite():
+    """u = log Σ_k π_k softmax(W tanh(P_k h)), π = softmax(Π h), against float64 log space; and with logits
+    spread past fp32's range (every softmax one-hot), the loss and its gradients stay finite."""
+    head = gpt('mos').lm_head
+    g = torch.Generator().manual_seed(3)
+    h, y = torch.randn(16, D, generator=g), torch.randint(0, V, (16,), generator=g)
+    P, W, prior = (p.detach().double() for p in (head.P, head.effective_weight(), head.prior))
+    z = torch.tanh(h.double() @ P.t()).view(16, head.mixtures, D) @ W.t()                 # (16, K, V)
+    log_pi = F.log_softmax(h.double() @ prior.t(), dim=-1)                                # (16, K)
+    ref = torch.logsumexp(log_pi.unsqueeze(-1) + F.log_softmax(z, dim=-1), dim=1)
+    with torch.no_grad():
+        assert torch.allclose(head(h).double(), ref, atol=1e-5)
+        head.weight.mul_(1e4)
+    loss = F.cross_entropy(head(h), y)
+    grads = torch.autograd.grad(loss, list(head.parameters()))
+    assert math.isfinite(loss.item()) and all(torch.isfinite(x).all() for x in grads)
+
+
+@pytest.mark.parametrize('spec,twin', list(remedies.SAME_FORWARD.items()))
+def test_same_forward_heads_fit_as_their_twin_on_a_frozen_trunk(spec, twin):
+    """reproduce.py reuses the twin's frozen-trunk fits: same init, same logits, same parameter gradients."""
+    x, y = batch()
+    a, b = gpt(spec), gpt(twin)
+    for m in (a, b):
+        m.transformer.requires_grad_(False)
+    (la, lossa), (lb, lossb) = a(x, y), b(x, y)
+    assert torch.equal(la, lb)
+    ga = torch.autograd.grad(lossa, list(a.lm_head.parameters()))
+    gb = torch.autograd.grad(lossb, list(b.lm_head.parameters()))
+    assert len(ga) == len(gb) and all(torch.equal(u, v) for u, v in zip(ga, gb))
+
+
 def meter_inputs(model, x):
     with torch.no_grad():
         return model.hidden(x)
