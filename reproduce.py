@@ -631,7 +631,7 @@ def grid_extensions(c, e, runs, mine, over='lr'):
             continue
         step = (values[-1] / values[0]) ** (1 / (len(values) - 1))
         want = values[0] / step if choice[f'{over}_edge'] == 'low edge' else values[-1] * step
-        grid = [float(f"{m}e{k}") for m in (1, 3) for k in range(-8, 2)]  # 1 or 3 × 10^k, as written
+        grid = [float(f"{m}e{k}") for m in (1, 3) for k in range(-9, 10)]  # 1 or 3 × 10^k, as written
         value = min(grid, key=lambda x: abs(math.log(x / want)))
         run = dict(spec, lr=value, mult=1.0) if over == 'lr' else dict(spec, lr=choice['lr'], mult=value)
         for seed in range(c['seed'], c['seed'] + c['sweep_seeds']):
