@@ -12,8 +12,8 @@ Reproduce the paper's findings at laptop scale, figures and tables included, in 
 
 input.txt: any UTF-8 text, e.g. Tiny Shakespeare:
 https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
-Every run is one `python train.py --key=value ...` (its output in <out>/<exp>/<run>/stdout.txt beside
-log.jsonl and run.json); heads are train.py's, written head[:head_rank] (narrow:8). Each configuration sweeps
+Every run is one `python train.py --key=value ...` (launched from a process that has imported torch;
+its output in <out>/<exp>/<run>/stdout.txt beside log.jsonl and run.json); heads are train.py's, written head[:head_rank] (narrow:8). Each configuration sweeps
 its lrs on the first --sweep_seeds seeds, the others run at its best lr. An --out holding results is refused
 unless --reuse or --overwrite.
 """
@@ -23,12 +23,13 @@ import dataclasses
 import glob
 import json
 import math
+import multiprocessing
 import os
 import platform
 import re
+import runpy
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -64,7 +65,7 @@ overwrite = False         # delete the results in --out first
 dry_run = False           # print the plan's runs and its estimated GPU time (estimate.py), then stop
 device = 'auto'           # train.py --device of every run, and of experiment 3's analysis
 compile = None            # train.py --compile; None = train.py's default (on for CUDA)
-threads = 1               # OMP_NUM_THREADS of every run (0: torch's default); 1 is far faster on shared cores
+threads = 1               # torch threads of every run (0: torch's default); 1 is far faster on shared cores
 jobs = 2                  # runs at once (processes, and experiment 3's fits); one per core with threads = 1
 seed = 1337
 sweep_seeds = 1           # the lr grid runs on seeds seed … seed + sweep_seeds − 1, never reported
@@ -160,6 +161,11 @@ e7_fit_lr = 1e-2           # this lr (first fresh seed)
 DEFAULTS = options.defaults_of(globals())
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.join(HERE, 'train.py')
+# a run: train.py as __main__ in a process forked from a server that imported torch once (multiprocessing's
+# forkserver; spawn where there is none): `python train.py --key=value ...` without its ≈ 3 s of imports
+LAUNCH = multiprocessing.get_context(
+    'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn')
+LAUNCH.set_forkserver_preload(['torch', 'torch._dynamo', 'torch.optim'])
 TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at a fixed batch, as V/D grows',
           '3': 'text, head rank on one backbone', '4': 'the meter along training',
           '5': 'the wide head on text: its basis and its learning rate',
@@ -529,7 +535,7 @@ class Tally:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait()
+            p.join()
 
     def counts(self):
         """For meta.json."""
@@ -758,41 +764,60 @@ def read_log(d, kind=None):
     return [r for r in rows if kind is None or r.get('type') == kind]
 
 
+def train_py(argv, out, err, threads):
+    """In a launched process: `python train.py *argv`, stdout appended to the file `out`, stderr to `err`."""
+    for fd, path in ((1, out), (2, err)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.stdout = open(1, 'w', encoding='utf-8', buffering=1, closefd=False)
+    sys.stderr = open(2, 'w', encoding='utf-8', buffering=1, closefd=False)
+    if threads:
+        torch.set_num_threads(threads)
+    sys.argv = [TRAIN, *argv]
+    runpy.run_path(TRAIN, run_name='__main__')
+
+
 def train(c, tally, args, d, echo_evals):
-    """One `python train.py --key=value ...` process, its stdout then its stderr in d/stdout.txt (its eval
-    lines echoed if asked); a failure raises TrainingError naming the run and its last line on stderr."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    if c['threads']:
-        env['OMP_NUM_THREADS'] = str(c['threads'])
-    command = [sys.executable, TRAIN, *(f"--{k}={v}" for k, v in args.items() if v is not None)]
-    err = []
-    with open(os.path.join(d, 'stdout.txt'), 'a') as log:
+    """One train.py run (train_py in a launched process), its stdout then its stderr in d/stdout.txt (its
+    eval lines echoed if asked); a failure raises TrainingError naming the run and its last line on stderr."""
+    out, err = os.path.join(d, 'stdout.txt'), os.path.join(d, 'stderr.txt')
+    open(err, 'w').close()
+    argv = [f"--{k}={v}" for k, v in args.items() if v is not None]
+    with open(out, 'a+', encoding='utf-8', errors='replace') as log:  # read from its end, written at its end
         with tally.lock:
             if tally.stopping:
                 raise TrainingError("stopped")
-            p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            p = LAUNCH.Process(target=train_py, args=(argv, out, err, c['threads']))
+            p.start()
             tally.running.add(p)
         try:
-            reader = threading.Thread(target=err.extend, args=(p.stderr,))  # so that neither pipe fills up
-            reader.start()
-            for line in p.stdout:
-                log.write(line)
-                if echo_evals and line.startswith('eval'):
-                    say('      ' + line.rstrip())
+            pending = ''
+            while True:
+                finished = p.exitcode is not None  # then what it wrote is all in the file
+                pending += log.read()
+                *lines, pending = pending.split('\n')  # whole lines: it may be writing the next one
+                for line in lines:
+                    if echo_evals and line.startswith('eval'):
+                        say('      ' + line)
+                if finished:
+                    break
+                p.join(0.2)
         except BaseException:  # Ctrl-C, or a SIGTERM to reproduce.py alone: never leave the run orphaned
             p.terminate()
-            p.wait()
             raise
         finally:
-            p.wait()
+            p.join()
             with tally.lock:
                 tally.running.discard(p)
-        reader.join()
-        log.writelines(err)
-    if p.returncode:
-        last = next((x.strip() for x in reversed(err) if x.strip()), 'nothing on stderr')
+        with open(err, encoding='utf-8', errors='replace') as f:
+            lines = f.readlines()
+        log.writelines(lines)
+    os.remove(err)
+    if p.exitcode:
+        last = next((x.strip() for x in reversed(lines) if x.strip()), 'nothing on stderr')
         last = last.removeprefix('error: ')
-        raise TrainingError(f"run {d} failed (exit status {p.returncode}): {last} (output: {d}/stdout.txt)")
+        raise TrainingError(f"run {d} failed (exit status {p.exitcode}): {last} (output: {d}/stdout.txt)")
 
 
 def final_score(runs):

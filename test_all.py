@@ -2462,13 +2462,14 @@ def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
                           '--experiments=1', '--e1_max_iters=1000000', f'--out={out}', '--device=cpu'],
                          cwd=HERE, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().startswith('reproduce.py:') and p.stdout.readline().startswith('[1/')
-    def mine():  # the processes other than reproduce.py whose command line names --out: its train.py runs
+    def mine():  # the processes other than reproduce.py writing into --out: its train.py runs
         found = []
         for pid in (d for d in os.listdir('/proc') if d.isdigit() and d != str(p.pid)):
             try:
-                found += [pid] if out.encode() in open(f'/proc/{pid}/cmdline', 'rb').read() else []
-            except OSError:  # ended meanwhile
-                pass
+                fds = [os.readlink(f'/proc/{pid}/fd/{fd}') for fd in os.listdir(f'/proc/{pid}/fd')]
+            except OSError:  # ended meanwhile, or not ours to read
+                continue
+            found += [pid] if any(f.startswith(out) for f in fds) else []
         return found
     run = os.path.join(out, 'exp1', 'narrow2_select_lr0.003_s1337')
     deadline = time.time() + 60
