@@ -775,7 +775,11 @@ def train_py(argv, out, err, threads):
     if threads:
         torch.set_num_threads(threads)
     sys.argv = [TRAIN, *argv]
-    runpy.run_path(TRAIN, run_name='__main__')
+    try:
+        runpy.run_path(TRAIN, run_name='__main__')
+    except Exception:  # ended as the interpreter ends `python train.py`: its sys.excepthook, exit status 1
+        sys.excepthook(*sys.exc_info())
+        sys.exit(1)
 
 
 def train(c, tally, args, d, echo_evals):
