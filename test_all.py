@@ -2456,6 +2456,24 @@ def test_say_keeps_lines_whole_when_threads_print_to_a_pipe():
 
 
 @pytest.mark.slow
+def test_reproduce_runs_train_py_as_python_train_py_runs_it(tmp_path):
+    """reproduce.py forks its runs from a server that imported torch: the same log as `python train.py`."""
+    args = dict(data='spamlang', vocab_size=32, n_embd=8, n_layer=1, n_head=2, block_size=8, batch_size=4,
+                max_iters=6, eval_interval=3, eval_iters=1, log_interval=1, head='narrow', head_rank=2,
+                learning_rate=3e-3, seed=5, device='cpu')
+    forked = tmp_path / 'forked'
+    forked.mkdir()
+    reproduce.train(dict(threads=1), reproduce.Tally(), dict(args, out_dir=forked), str(forked), False)
+    code, _, err = run_train(*[f'--{k}={v}' for k, v in dict(args, out_dir=tmp_path / 'plain').items()])
+    assert code == 0, err
+    timing = ('out_dir', 'dt_ms', 'tok_per_s', 'mfu')
+    a, b = ([{k: v for k, v in r.items() if k not in timing} for r in read_log(d)]
+            for d in (forked, tmp_path / 'plain'))
+    assert a == b and [r['type'] for r in a].count('eval') == 3
+    assert 'eval 6:' in (forked / 'stdout.txt').read_text()  # its output kept beside its log
+
+
+@pytest.mark.slow
 def test_sigterm_to_reproduce_alone_stops_its_running_train_py(tmp_path):
     out = str(tmp_path / 'out')
     p = subprocess.Popen([sys.executable, os.path.join(HERE, 'reproduce.py'), '--preset=tiny',
