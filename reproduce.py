@@ -12,10 +12,10 @@ Reproduce the paper's findings at laptop scale, figures and tables included, in 
 
 input.txt: any UTF-8 text, e.g. Tiny Shakespeare:
 https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
-Every run is one `python train.py --key=value ...` (launched from a process that has imported torch;
-its output in <out>/<exp>/<run>/stdout.txt beside log.jsonl and run.json); heads are train.py's, written head[:head_rank] (narrow:8). Each configuration sweeps
-its lrs on the first --sweep_seeds seeds, the others run at its best lr. An --out holding results is refused
-unless --reuse or --overwrite.
+Every run is `python train.py --key=value ...`, forked from a process that has imported torch (its output
+in <out>/<exp>/<run>/stdout.txt beside log.jsonl and run.json); heads are train.py's, written
+head[:head_rank] (narrow:8). Each configuration sweeps its lrs on the first --sweep_seeds seeds, the others
+run at its best lr. An --out holding results is refused unless --reuse or --overwrite.
 """
 import concurrent.futures
 import csv
@@ -1827,6 +1827,7 @@ def analyse_exp7(c, fresh):
 
 
 def save_run(c, rec):
+    """A run's record, rewritten in its run.json."""
     with open(os.path.join(run_dir(c, rec), 'run.json'), 'w') as f:
         json.dump(rec, f)
 

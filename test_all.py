@@ -2624,7 +2624,7 @@ def test_head_lr_is_bracketed_at_the_best_lr_and_never_moves_it():
     more = reproduce.grid_extensions(c, '7', runs, mine, 'mult')  # × 3 at the top: × 10 next
     assert [(r['lr'], r['mult'], r['name']) for _, r in more] == [(3e-3, 10.0, 'k_lr0.003_x10_s1337')]
     assert reproduce.grid_extensions(c, '7', runs, mine) == []  # the lr grid is bracketed already
-    runs['k'] += [rec(3e-3, 10.0, 0.85), rec(3e-3, 30.0, 0.9)]  # still at the top: × 100 next, never × 30 again
+    runs['k'] += [rec(3e-3, 10.0, 0.85), rec(3e-3, 30.0, 0.9)]  # still at the top: × 100, never × 30 again
     more = reproduce.grid_extensions(c, '7', runs, mine, 'mult')
     assert [(r['mult'], r['name']) for _, r in more] == [(100.0, 'k_lr0.003_x100_s1337')]
     # the lr table reads the × 1 runs only
