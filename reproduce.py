@@ -24,6 +24,7 @@ import glob
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import re
@@ -166,6 +167,7 @@ TRAIN = os.path.join(HERE, 'train.py')
 LAUNCH = multiprocessing.get_context(
     'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn')
 LAUNCH.set_forkserver_preload(['torch', 'torch._dynamo', 'torch.optim'])
+PROCESSES = threading.Lock()  # a child's exit status reads once, and every start polls every child: both here
 TITLES = {'1': 'head rank on SpamLang', '2': 'SpamLang at a fixed batch, as V/D grows',
           '3': 'text, head rank on one backbone', '4': 'the meter along training',
           '5': 'the wide head on text: its basis and its learning rate',
@@ -535,7 +537,7 @@ class Tally:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.join()
+            ended(p)
 
     def counts(self):
         """For meta.json."""
@@ -764,6 +766,22 @@ def read_log(d, kind=None):
     return [r for r in rows if kind is None or r.get('type') == kind]
 
 
+def launch(target, *args):
+    """A started LAUNCH process running target(*args)."""
+    p = LAUNCH.Process(target=target, args=args)
+    with PROCESSES:
+        p.start()
+    return p
+
+
+def ended(p, timeout=None):
+    """Whether the launched process p has ended, after waiting up to timeout seconds (None: until it has).
+    Unguarded, a thread's start() could read a status another thread then reads again, as 255."""
+    multiprocessing.connection.wait([p.sentinel], timeout)
+    with PROCESSES:
+        return p.exitcode is not None
+
+
 def train_py(argv, out, err, threads):
     """In a launched process: `python train.py *argv`, stdout appended to the file `out`, stderr to `err`."""
     for fd, path in ((1, out), (2, err)):
@@ -792,13 +810,12 @@ def train(c, tally, args, d, echo_evals):
         with tally.lock:
             if tally.stopping:
                 raise TrainingError("stopped")
-            p = LAUNCH.Process(target=train_py, args=(argv, out, err, c['threads']))
-            p.start()
+            p = launch(train_py, argv, out, err, c['threads'])
             tally.running.add(p)
         try:
             pending = ''
             while True:
-                finished = p.exitcode is not None  # then what it wrote is all in the file
+                finished = ended(p, 0.2)  # then what it wrote is all in the file
                 pending += log.read()
                 *lines, pending = pending.split('\n')  # whole lines: it may be writing the next one
                 for line in lines:
@@ -806,12 +823,11 @@ def train(c, tally, args, d, echo_evals):
                         say('      ' + line)
                 if finished:
                     break
-                p.join(0.2)
         except BaseException:  # Ctrl-C, or a SIGTERM to reproduce.py alone: never leave the run orphaned
             p.terminate()
             raise
         finally:
-            p.join()
+            ended(p)
             with tally.lock:
                 tally.running.discard(p)
         with open(err, encoding='utf-8', errors='replace') as f:

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -2471,6 +2472,27 @@ def test_reproduce_runs_train_py_as_python_train_py_runs_it(tmp_path):
             for d in (forked, tmp_path / 'plain'))
     assert a == b and [r['type'] for r in a].count('eval') == 3
     assert 'eval 6:' in (forked / 'stdout.txt').read_text()  # its output kept beside its log
+
+
+@pytest.mark.slow
+def test_exit_statuses_read_right_while_runs_start_and_end_at_once():
+    # multiprocessing reads a child's exit status once, and every start() polls every child: unguarded,
+    # threads that start and poll at once read some statuses as 255 (a run that succeeded, reported failed)
+    bad = []
+
+    def work(t):
+        for i in range(30):
+            p = reproduce.launch(sys.exit, i % 7)
+            while not reproduce.ended(p, 0.01):
+                pass
+            bad.extend([(t, i, p.exitcode)] if p.exitcode != i % 7 else [])
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
 
 
 @pytest.mark.slow
