@@ -727,8 +727,7 @@ def run_one(c, run, tally):
         if f.endswith('.pt') and stale and not (every and f.startswith('ckpt')):
             os.remove(os.path.join(d, f))  # only the final checkpoint is read (the longest branch's)
     rec['seconds'] = round(time.time() - t0, 2)
-    with open(os.path.join(d, 'run.json'), 'w') as f:
-        json.dump(rec, f)
+    save_run(c, rec)
     tally.add_trained(run['exp'], rec['seconds'])
     say(f"      {run['name']}: {outcome(rec)}, {rec['seconds']:.1f} s")
     return rec
@@ -757,6 +756,12 @@ def cooldown(c, tally, args, d, stable, cool, last):
 def run_dir(c, rec):
     """A run's folder in this --out (its args name the folder it ran in, which may have moved)."""
     return os.path.join(c['out'], rec['exp'], rec['name'])
+
+
+def save_run(c, rec):
+    """A run's record, (re)written in its folder's run.json."""
+    with open(os.path.join(run_dir(c, rec), 'run.json'), 'w') as f:
+        json.dump(rec, f)
 
 
 def read_log(d, kind=None):
@@ -1181,8 +1186,7 @@ def bounded_fits(c, runs):
                 raise ConfigError(f"{run_dir(c, r)} was fitted with other control settings and its "
                                   "checkpoint is gone: run experiment 2 again without --reuse")
             r['control'] = bounded_fit(c, r)
-            with open(os.path.join(run_dir(c, r), 'run.json'), 'w') as f:
-                json.dump(r, f)
+            save_run(c, r)
         return r
 
     say(f"exp2: the expressivity control of {len(todo)} cells (bounded head, frozen backbone)")
@@ -1301,8 +1305,7 @@ def analyse_all(c, fresh, data, windows, bins, ranks):
 
     def work(r):
         r['analysis'] = analyse(c, r, data, windows, bins, ranks)
-        with open(os.path.join(c['out'], 'exp3', r['name'], 'run.json'), 'w') as f:
-            json.dump(r, f)
+        save_run(c, r)
         return r
 
     in_parallel(c, Tally(), work, todo)
@@ -1842,12 +1845,6 @@ def analyse_exp7(c, fresh):
                 os.remove(f)
 
 
-def save_run(c, rec):
-    """A run's record, rewritten in its run.json."""
-    with open(os.path.join(run_dir(c, rec), 'run.json'), 'w') as f:
-        json.dump(rec, f)
-
-
 def model_cost(c, spec):
     """A head's cost in experiment 7's model: its parameters, the whole model's (non-embedding) parameters,
     and the FLOPs of one training step's forward and backward per token, counted by torch's
@@ -2029,15 +2026,14 @@ def summary_exp7(c, runs):
 def window_se(c, rec, xv, yv):
     """The standard error of a run's final validation loss over the validation windows, from its final
     checkpoint (then deleted)."""
-    path = os.path.join(c['out'], rec['exp'], rec['name'], 'ckpt.pt')
+    path = os.path.join(run_dir(c, rec), 'ckpt.pt')
     if 'window_se' not in rec:
         model = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(path)).to(c['device']).eval()
         with torch.no_grad():
             logits = torch.cat([model(x.to(c['device']))[0].float() for x in xv.split(64)])  # (n, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), yv.reshape(-1).to(c['device']), reduction='none')
         rec['window_se'] = stats.std_error(loss.view(len(yv), -1).mean(1).tolist())
-        with open(os.path.join(os.path.dirname(path), 'run.json'), 'w') as f:
-            json.dump(rec, f)
+        save_run(c, rec)
     if os.path.exists(path):
         os.remove(path)
     return rec['window_se']
