@@ -20,7 +20,7 @@ Benchmarks of the LM head's path: time, peak memory and FLOP/s, printed as one t
 2. A full training step (GPT, AdamW): tokens/s and peak memory, naive vs fused loss, eager and compiled, over
    a few V (the measurements behind train.py's --loss=auto: model.FUSED_FROM_VOCAB); MFU on CUDA.
 3. The live meter's overhead on a training step (train.py --meter_every_step: a forward pass of its own on
-   the step's first measure.METER_SEQUENCES sequences), and measure.py's cost per token.
+   the step's first meter.METER_SEQUENCES sequences), and measure.py's cost per token.
 4. The heads beyond the paper (remedies.py) beside linear: the head's forward + backward on N hidden states
    (time per token, peak memory, its parameters) and remedies.head_meter's time per token on 64 of them.
 
@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 import options
 import runtime
+import meter
 import measure
-import measure_cli
 import mfu
 from fused_loss import chunked_linear_cross_entropy
 from model import GPT, GPTConfig
@@ -252,13 +252,13 @@ def step_setup(spec):
     else:
         ctx = torch.autocast(device, enabled=False)
 
-    def step(meter=False):
+    def step(metered=False):
         with ctx:
             _, loss = step_model(x, x)
         loss.backward()
-        if meter:  # as train.py --meter_every_step: a forward pass of its own on a few sequences
+        if metered:  # as train.py --meter_every_step: a forward pass of its own on a few sequences
             with ctx:
-                measure.model_meter(model, x[:measure.METER_SEQUENCES], x[:measure.METER_SEQUENCES])
+                meter.model_meter(model, x[:meter.METER_SEQUENCES], x[:meter.METER_SEQUENCES])
         opt.step()
         opt.zero_grad(set_to_none=True)
     return model, step
@@ -283,12 +283,12 @@ def worker_meter(spec):
     of a shared machine hits both alike; the median step time of each."""
     _, step = step_setup(spec)
     for _ in range(spec['warmup']):
-        step(), step(meter=True)
+        step(), step(metered=True)
     times = {False: [], True: []}
     for i in range(spec['steps']):
         for metered in ((False, True) if i % 2 else (True, False)):  # alternate who goes first
             t0 = time.perf_counter()
-            step(meter=metered)
+            step(metered=metered)
             sync(spec['device'])
             times[metered].append(time.perf_counter() - t0)
     t_plain, t_meter = (sorted(times[m])[len(times[m]) // 2] for m in (False, True))
@@ -302,7 +302,7 @@ def worker_measure(spec):
     N, V, D = spec['N'], spec['V'], spec['D']
     h, W, y = head_inputs(N, V, D, spec['device'], torch.float32)
     h, W = h.detach(), W.detach() * 10  # logits of order 1, as in a trained model
-    t, mem = measure_call(lambda: measure_cli.measure(h, y, W), spec['device'], 1)
+    t, mem = measure_call(lambda: measure.measure(h, y, W), spec['device'], 1)
     return dict(time_s=t, peak_mem_bytes=mem, time_per_token_s=t / N)
 
 
@@ -539,7 +539,7 @@ def main(argv):
                 add(dict(section='meter', variant=f'{loss}+meter', N=N, V=V, D=D, **res))
             mN, mV, mD = (512, 4096, 64) if opts['quick'] else (2048, 32768, 256)
             res = run_worker(dict(kind='measure', device=device, N=mN, V=mV, D=mD))
-            add(dict(section='measure', variant='measure_cli.measure', N=mN, V=mV, D=mD, **res))
+            add(dict(section='measure', variant='measure.measure', N=mN, V=mV, D=mD, **res))
     if '4' in opts['sections']:
         rN, rV, rD = (256, 2048, 32) if opts['quick'] else (2048, 16384, 128)
         for head in ('linear', 'whiten', 'overparam', 'blocks', 'blocksum', 'mlp', 'prehead', 'mos', 'mos1',

@@ -41,13 +41,12 @@ def reading_path(entry):
 
 def all_imports(path):
     """(module-level, lazy): the project modules a file imports always, and those it imports only inside a
-    function or a branch. A script's `if __name__ == '__main__':` block is its entry point, not a
-    dependency."""
+    function or a branch (a script's `if __name__ == '__main__':` block included: a script that another file
+    imports must not import it back, even to run)."""
     tree = ast.parse(open(path, encoding='utf-8').read())
     always = set(always_imported(path))
     names = set()
-    body = [n for n in tree.body if not (isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))]
-    for node in (sub for top in body for sub in ast.walk(top)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

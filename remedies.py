@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import measure
+import meter
 from options import ConfigError
 
 WHITEN_EPS = 1e-3   # ours: whiten's ridge λ = WHITEN_EPS · tr(WᵀW)/D keeps the solve well posed
@@ -147,7 +147,7 @@ class OverparamHead(RemedyHead):
     """W = B·A with r = 4D by default (--head_rank), both trained: the plain head's function class, set up
     like model.FactorizedHead (A with orthonormal columns, B ~ N(0, 0.02): B·A has the plain head's scale).
     Its first-order logit change has rank ≤ 2D like the plain head's, not min(2D, r) + D = 3D
-    (measure_cli.update_rank: the B- and A-terms share col(H)); what changes is the geometry of the step."""
+    (measure.update_rank: the B- and A-terms share col(H)); what changes is the geometry of the step."""
     takes_rank = True  # model.check_config lets --head_rank through
 
     def __init__(self, config, transformer):
@@ -357,19 +357,19 @@ def jacobians(head, inputs, shift_invariant=False):
 def visible_share(head, inputs, G, shift_invariant=False):
     """Σ_t v_tᵀ(J_tᵀJ_t)⁺v_t / Σ_t ‖g_t‖², v_t = J_tᵀg_t: the share of G's energy that reaches the head's
     inputs (for a linear head, ‖G Π_W‖²/‖G‖², the live meter's 1 − r²). Heads with one J for every token use
-    measure.live_ratio's closed form; the others the per-token Jacobians."""
+    meter.live_ratio's closed form; the others the per-token Jacobians."""
     J = head.jacobian() if isinstance(head, RemedyHead) else head.effective_weight()
     if J is not None:
         gsq = G.pow(2).sum(1)
-        meter = measure.live_ratio(G @ J.detach().float(), gsq, measure.head_factor(J), G.size(1))
-        return meter['grad_cosine'] ** 2
+        live = meter.live_ratio(G @ J.detach().float(), gsq, meter.head_factor(J), G.size(1))
+        return live['grad_cosine'] ** 2
     visible = 0.0
     step = max(1, JACOBIAN_FLOATS // (G.size(1) * sum(x.size(-1) for x in inputs)))  # tokens at a time
     for i in range(0, G.size(0), step):
         Jt = jacobians(head, tuple(x[i:i + step] for x in inputs), shift_invariant).double()  # (n, V, k)
         v = torch.einsum('nvk,nv->nk', Jt, G[i:i + step].double())                             # (n, k)
         gram = Jt.transpose(1, 2) @ Jt                                                         # (n, k, k)
-        x = torch.linalg.pinv(gram, hermitian=True, rtol=measure.RANK_RTOL) @ v.unsqueeze(-1)
+        x = torch.linalg.pinv(gram, hermitian=True, rtol=meter.RANK_RTOL) @ v.unsqueeze(-1)
         visible += (v.unsqueeze(1) @ x).sum().item()
     return visible / G.double().pow(2).sum().item()
 

@@ -45,7 +45,7 @@ import hmm
 import options
 import runtime
 import textdata
-import measure_cli
+import measure
 import plot
 import remedies
 import spamlang
@@ -1266,7 +1266,7 @@ def analyse(c, rec, data, windows, bins, ranks):
     per_window = loss.view(len(yv), -1).mean(1)
     b = torch.as_tensor(bins, device=y.device)[y]
     n = min(c['e3_spectrum_tokens'], len(y))
-    m = measure_cli.measure(Hv[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
+    m = measure.measure(Hv[:n], y[:n], W, spectrum_tokens=n, direction_tokens=0)
     train = (hidden_states(model, xt), yt.reshape(-1))
     # interleaved, not halves: both sets then sample every part of the split (its halves are other plays)
     Hw = Hv.view(len(yv), yv.size(1), -1)  # (windows, T, D)
@@ -1735,7 +1735,7 @@ def checkpoint_meter(path, x, y):
     opt.step()
     with torch.no_grad():
         keep = y >= 0
-        G = measure_cli.logit_grad(logits.detach()[keep], y[keep])                   # (n, V), float64
+        G = measure.logit_grad(logits.detach()[keep], y[keep])                   # (n, V), float64
         dU = (model(x)[0].double() - logits.detach().double())[keep]
         m['step_cos'] = (-(G * dU).sum() / (G.norm() * dU.norm()).clamp_min(1e-300)).item()
     return dict(m, iter=ckpt['iter_num'])

