@@ -73,9 +73,10 @@ def import_graph():
     for name in edges:
         visit(name, [])
     lines = []
+    width = max(len(name) for name in order) + 4
     for name in order:
         deps = edges[name][0] + [m + '*' for m in edges[name][1]]
-        lines.append(f"{name + '.py':16s} imports {', '.join(deps) or '-'}")
+        lines.append(f"{name + '.py':{width}s} imports {', '.join(deps) or '-'}")
     return lines
 
 

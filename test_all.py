@@ -45,6 +45,9 @@ import meter
 import mfu
 import measure
 import reproduce
+import reproduce_remedies
+import reproduce_runs
+import reproduce_text
 import spamlang
 from options import ConfigError
 from fused_loss import cuda_kernel
@@ -2301,7 +2304,7 @@ def tiny_repro(tmp_path_factory):
 @pytest.mark.xdist_group('tiny_repro')
 def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
     out, _, stdout = tiny_repro
-    for figs in reproduce.FIGURES.values():
+    for figs in reproduce_runs.FIGURES.values():
         for f in figs:
             with open(os.path.join(out, f), 'rb') as fh:
                 assert fh.read(8) == PNG, f
@@ -2359,11 +2362,12 @@ def test_tiny_preset_writes_tables_figures_and_summaries(tiny_repro):
             assert len(h[k]) == len(seeds), k
         assert all(0 <= v <= 1 for v in h['visible_share'] + h['c_star'])
         assert [len(curve) for curve in h['meter']] == [3] * len(seeds)  # evals 0, 4, 8: a checkpoint each
-        assert all(len(h[k]['curve']) == 4 for k in reproduce.FITS)  # the held-out loss at each quarter
+        # the held-out loss at each quarter
+        assert all(len(h[k]['curve']) == 4 for k in reproduce_remedies.FITS)
     assert e7['heads']['blocks']['head_params'] == 2 * e7['heads']['linear']['head_params'] + 8  # + ln_e
     for spec, h in e7['heads'].items():  # the head lr bracketed at the best lr; fresh seeds at the best pair
         assert [x['mult'] for x in h['head_lr_sweep']] == [1, 3] and h['head_lr_mult'] in (1, 3)
-        key = reproduce.head_of(spec, 8)['key']
+        key = reproduce_runs.head_of(spec, 8)['key']
         for seed in h['seeds']:
             folder = glob.glob(os.path.join(out, 'exp7', f'{key}_lr*_s{seed}'))[0]
             run = json.load(open(os.path.join(folder, 'run.json')))
@@ -2442,11 +2446,11 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
 
 def test_say_keeps_lines_whole_when_threads_print_to_a_pipe():
     # print() writes a line and its newline apart: parallel runs' progress lines merged in a pipe
-    code = ("import sys, threading, reproduce\n"
+    code = ("import sys, threading, reproduce_runs\n"
             "sys.setswitchinterval(1e-6)\n"
             "def work(k):\n"
             "    for i in range(3000):\n"
-            "        reproduce.say(f'[{k}] line {i} ' + 'x' * (i % 300))\n"
+            "        reproduce_runs.say(f'[{k}] line {i} ' + 'x' * (i % 300))\n"
             "threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]\n"
             "[t.start() for t in threads]\n"
             "[t.join() for t in threads]\n")
@@ -2464,7 +2468,8 @@ def test_reproduce_runs_train_py_as_python_train_py_runs_it(tmp_path):
                 learning_rate=3e-3, seed=5, device='cpu')
     forked = tmp_path / 'forked'
     forked.mkdir()
-    reproduce.train(dict(threads=1), reproduce.Tally(), dict(args, out_dir=forked), str(forked), False)
+    tally = reproduce_runs.Tally()
+    reproduce_runs.train(dict(threads=1), tally, dict(args, out_dir=forked), str(forked), False)
     code, _, err = run_train(*[f'--{k}={v}' for k, v in dict(args, out_dir=tmp_path / 'plain').items()])
     assert code == 0, err
     timing = ('out_dir', 'dt_ms', 'tok_per_s', 'mfu')
@@ -2482,8 +2487,8 @@ def test_exit_statuses_read_right_while_runs_start_and_end_at_once():
 
     def work(t):
         for i in range(30):
-            p = reproduce.launch(sys.exit, i % 7)
-            while not reproduce.ended(p, 0.01):
+            p = reproduce_runs.launch(sys.exit, i % 7)
+            while not reproduce_runs.ended(p, 0.01):
                 pass
             bad.extend([(t, i, p.exitcode)] if p.exitcode != i % 7 else [])
 
@@ -2596,17 +2601,18 @@ def test_exp2_steps_to_target_are_censored_and_order_the_lrs():
     early = run(1e-3, [9.0, 3.0, target, 0.1])       # reaches the target at step 20
     late = run(3e-3, [9.0, 3.0, 1.0, target - 0.01])  # at step 30
     never = run(1e-2, [9.0, 3.0, 1.0, target + 0.01])  # censored, though its final loss is close
-    assert reproduce.to_target(c, early) == (20, 20) and reproduce.to_target(c, never) == (None, None)
-    assert reproduce.to_target(c, run(1e-3, [target / 2, 9.0])) == (None, None)  # step 0 never counts
-    score = reproduce.lr_score(c, 'exp2')
-    assert reproduce.best_lr([never, late, early], score) == dict(lr=1e-3, edge='low edge')
-    assert reproduce.best_lr([never, late], score) == dict(lr=3e-3, edge='low edge')
+    assert reproduce_runs.to_target(c, early) == (20, 20)
+    assert reproduce_runs.to_target(c, never) == (None, None)
+    assert reproduce_runs.to_target(c, run(1e-3, [target / 2, 9.0])) == (None, None)  # step 0 never counts
+    score = reproduce_runs.lr_score(c, 'exp2')
+    assert reproduce_runs.best_lr([never, late, early], score) == dict(lr=1e-3, edge='low edge')
+    assert reproduce_runs.best_lr([never, late], score) == dict(lr=3e-3, edge='low edge')
     # no lr reaches it: the lower final loss wins, whatever the accuracy (the loss is the target's measure)
     near = run(3e-2, [9.0, 3.0, 1.0, target + 0.005])
     near['evals'][-1]['val_acc'] = 0.1  # below never's 0.5
-    assert reproduce.best_lr([never, near], score) == dict(lr=3e-2, edge='high edge')
+    assert reproduce_runs.best_lr([never, near], score) == dict(lr=3e-2, edge='high edge')
     # the other experiments keep the final accuracy, then the final loss
-    assert reproduce.best_lr([never, late, early], reproduce.lr_score(c, 'exp1'))['lr'] == 1e-3
+    assert reproduce_runs.best_lr([never, late, early], reproduce_runs.lr_score(c, 'exp1'))['lr'] == 1e-3
 
 
 def test_lr_grid_extends_past_the_edge_where_the_best_lr_sits():
@@ -2618,11 +2624,11 @@ def test_lr_grid_extends_past_the_edge_where_the_best_lr_sits():
                       for lr, a in zip((1e-3, 3e-3, 1e-2), accs)]}
 
     mine = [(0, spec), (1, dict(spec, seed=c['seed'] + 1, sweep=False))]
-    up = reproduce.grid_extensions(c, '7', swept(0.1, 0.2, 0.9), mine)
+    up = reproduce_runs.grid_extensions(c, '7', swept(0.1, 0.2, 0.9), mine)
     assert [(i, r['lr'], r['seed'], r['name']) for i, r in up] == [(0, 3e-2, 1337, 'k_lr0.03_s1337')]
-    down = reproduce.grid_extensions(c, '7', swept(0.9, 0.2, 0.1), mine)
+    down = reproduce_runs.grid_extensions(c, '7', swept(0.9, 0.2, 0.1), mine)
     assert [r['lr'] for _, r in down] == [3e-4]
-    assert reproduce.grid_extensions(c, '7', swept(0.1, 0.9, 0.2), mine) == []  # inside: nothing to add
+    assert reproduce_runs.grid_extensions(c, '7', swept(0.1, 0.9, 0.2), mine) == []  # inside: nothing to add
     assert reproduce.parse_options(['--e7_lr_extensions=0'])['e7_lr_extensions'] == 0  # 0: never extend
 
 
@@ -2636,21 +2642,21 @@ def test_head_lr_is_bracketed_at_the_best_lr_and_never_moves_it():
                     evals=[dict(val_acc=acc, val_loss=1.0, grad_destroyed=0.99)])
 
     runs = {'k': [rec(1e-3, 1.0, 0.1), rec(3e-3, 1.0, 0.5), rec(1e-2, 1.0, 0.2)]}
-    todo = reproduce.head_lr_runs(c, runs, mine)  # × ⅓ and × 3 at the best lr; × 1 is the sweep's own run
+    todo = reproduce_runs.head_lr_runs(c, runs, mine)  # × ⅓ and × 3 at the best lr; × 1: the sweep's own
     assert [(i, r['lr'], r['mult'], r['name']) for i, r in todo] == [
         (1, 3e-3, 0.333, 'k_lr0.003_x0.333_s1337'), (2, 3e-3, 3.0, 'k_lr0.003_x3_s1337')]
     runs['k'] += [rec(3e-3, 0.333, 0.3), rec(3e-3, 3.0, 0.8), rec(1e-2, 3.0, 0.99)]  # the last: off the lr
-    choice = reproduce.sweep_choice(c, 'exp7', runs['k'])
+    choice = reproduce_runs.sweep_choice(c, 'exp7', runs['k'])
     got = (choice['lr'], choice['lr_edge'], choice['mult'], choice['mult_edge'])
     assert got == (3e-3, '', 3.0, 'high edge')
-    more = reproduce.grid_extensions(c, '7', runs, mine, 'mult')  # × 3 at the top: × 10 next
+    more = reproduce_runs.grid_extensions(c, '7', runs, mine, 'mult')  # × 3 at the top: × 10 next
     assert [(r['lr'], r['mult'], r['name']) for _, r in more] == [(3e-3, 10.0, 'k_lr0.003_x10_s1337')]
-    assert reproduce.grid_extensions(c, '7', runs, mine) == []  # the lr grid is bracketed already
+    assert reproduce_runs.grid_extensions(c, '7', runs, mine) == []  # the lr grid is bracketed already
     runs['k'] += [rec(3e-3, 10.0, 0.85), rec(3e-3, 30.0, 0.9)]  # still at the top: × 100, never × 30 again
-    more = reproduce.grid_extensions(c, '7', runs, mine, 'mult')
+    more = reproduce_runs.grid_extensions(c, '7', runs, mine, 'mult')
     assert [(r['mult'], r['name']) for _, r in more] == [(100.0, 'k_lr0.003_x100_s1337')]
     # the lr table reads the × 1 runs only
-    assert [row['lr'] for row in reproduce.lr_table(runs['k'])['rows']] == [1e-3, 3e-3, 1e-2]
+    assert [row['lr'] for row in reproduce_runs.lr_table(runs['k'])['rows']] == [1e-3, 3e-3, 1e-2]
 
 
 def test_exp7_on_text_reads_its_tokens_and_gates_on_the_baselines(tmp_path):
@@ -2710,10 +2716,10 @@ def test_exp7_heads_outside_the_decisive_pairs_run_the_first_of_their_seeds():
 
 def test_exp5_gives_the_trained_factorization_its_own_multipliers():
     c = reproduce.parse_options(['--device=cpu', '--e5_trained_head_lr_mults=0.1,0.333'])
-    cells = [(x['info']['basis'], x['info']['head_lr_mult']) for x in reproduce.plan_text(c, '5')]
+    cells = [(x['info']['basis'], x['info']['head_lr_mult']) for x in reproduce_text.plan_text(c, '5')]
     assert cells == [('select', 0.333), ('select', 1.0), ('select', 3.0), ('random', 0.333), ('random', 1.0),
                      ('random', 3.0), ('trained', 0.1), ('trained', 0.333)]
-    assert {x['args']['head_lr_mult'] for x in reproduce.plan_text(c, '5')} == {0.1, 0.333, 1.0, 3.0}
+    assert {x['args']['head_lr_mult'] for x in reproduce_text.plan_text(c, '5')} == {0.1, 0.333, 1.0, 3.0}
 
 
 @pytest.mark.slow
@@ -2735,7 +2741,7 @@ def test_baselines_match_a_hand_computed_example():
     # train 0 1 0 1 2 (V = 3): unigram (c + 1)/(5 + 3) = 3/8, 3/8, 2/8; contexts c(0) = c(1) = 2;
     # successors t(0) = 1 ({1}), t(1) = 2 ({0, 2}); c(0, 1) = 2, c(1, 2) = 1. Witten–Bell: λ_0 = 2/3,
     # λ_1 = 1/2, λ_2 = 0 (never a context).
-    b = reproduce.baselines([0, 1, 0, 1, 2], [0, 1, 2], [1, 2, 0], 3)
+    b = reproduce_text.baselines([0, 1, 0, 1, 2], [0, 1, 2], [1, 2, 0], 3)
     p_uni = [3 / 8, 2 / 8, 3 / 8]
     p_bi = [2 / 3 * 2 / 2 + 1 / 3 * 3 / 8, 1 / 2 * 1 / 2 + 1 / 2 * 2 / 8, 3 / 8]
     assert b['unigram'] == pytest.approx(-np.mean(np.log(p_uni)))
@@ -2743,16 +2749,16 @@ def test_baselines_match_a_hand_computed_example():
 
 
 def test_spread_is_the_sample_std_and_one_seed_shows_a_dash():
-    s = reproduce.spread([1.0, 2.0, 3.0, 4.0])
+    s = reproduce_runs.spread([1.0, 2.0, 3.0, 4.0])
     assert s['std'] == pytest.approx(np.std([1, 2, 3, 4], ddof=1)) and s['n'] == 4
-    assert reproduce.pm(s, '{:.2f}') == '2.50 ± 1.29 (1.00–4.00)'
-    one = reproduce.spread([0.5, None])
-    assert one['std'] is None and reproduce.pm(one, scale=100) == '50.0 ± -'
+    assert reproduce_runs.pm(s, '{:.2f}') == '2.50 ± 1.29 (1.00–4.00)'
+    one = reproduce_runs.spread([0.5, None])
+    assert one['std'] is None and reproduce_runs.pm(one, scale=100) == '50.0 ± -'
 
 
 def test_best_lr_flags_the_edges():
     run = lambda lr, acc, loss: dict(lr=lr, evals=[dict(val_acc=acc, val_loss=loss)])
-    best = reproduce.best_lr
+    best = reproduce_runs.best_lr
     assert best([run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .9, .5)]) == dict(lr=1e-2, edge='high edge')
     assert best([run(1e-3, .5, 1), run(3e-3, .9, 1), run(1e-2, .2, .5)]) == dict(lr=3e-3, edge='')
     assert best([run(1e-3, 0, 4), run(3e-3, 0, 5)]) == dict(lr=1e-3, edge='low edge')
