@@ -236,7 +236,7 @@ def worker_head(spec):
 
 
 def step_setup(spec):
-    """A GPT, its AdamW and one batch; returns (model, step function). step(meter=True) runs the live meter on
+    """A GPT, its AdamW and one batch; returns (model, step function). step(metered=True) runs the live meter on
     that step only, so metered and plain steps can share one model."""
     device = spec['device']
     torch.manual_seed(0)

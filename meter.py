@@ -44,7 +44,7 @@ def destroyed_ratio(G, W):
     return {'destroyed_ratio': r, 'visible_cosine': c}
 
 
-def head_factor(W, rtol=RANK_RTOL):
+def head_factor(W, rtol=RANK_RTOL, gram=None):
     """F (D, k) with ‖P_col(W) g‖² = (Wᵀg)ᵀ(WᵀW)⁺(Wᵀg) = ‖Fᵀ Wᵀ g‖²: one O(V·D²) product and a D×D
     factorization, no V×D QR. Full-rank W: F = L⁻ᵀ from the Cholesky factor L of WᵀW. Factorized heads make
     WᵀW singular (rank r < D); then the pseudo-inverse from an eigendecomposition keeps the k = rank(W)
@@ -53,10 +53,12 @@ def head_factor(W, rtol=RANK_RTOL):
     WᵀW is first formed in W's own dtype (the meter's main cost: fp32 runs ~2.5× faster than fp64 on CPU).
     Its entries then carry ~√V·ε relative error, which the inverse amplifies by κ(W)², so that factor is
     trusted only when W is well conditioned (smallest Cholesky pivot ≥ 0.1 of the largest); else WᵀW is
-    formed again in fp64."""
+    formed again in fp64. gram: WᵀW in W's dtype, where the caller has formed it already."""
     W = W.detach()
     for dtype, floor in ((W.dtype, 0.1 if W.dtype != torch.float64 else rtol), (torch.float64, rtol)):
-        M = (W.to(dtype).T @ W.to(dtype)).double()                       # (D, D)
+        if gram is None or dtype != W.dtype:
+            gram = W.to(dtype).T @ W.to(dtype)
+        M = gram.double()                                                # (D, D)
         L, info = torch.linalg.cholesky_ex(M)
         d = L.diagonal()
         if info.item() == 0 and d.min() > floor * d.max():
@@ -96,9 +98,11 @@ def logit_grad_stats(logits, targets, W):
 def live_meter(logits, targets, W):
     """r and c of one batch from its logits (…, V) and targets (…) (−1: ignored), and grad_c_H = cos(−G, U_H),
     U_H = −G W Wᵀ the logit change of a gradient step on the hidden states alone (SGD geometry)."""
-    gsq, gW = logit_grad_stats(logits, targets, W.detach())  # ignored targets are zeros: in neither sum
-    out = live_ratio(gW, gsq, head_factor(W), logits.size(-1))
-    U = ((gW @ (W.detach().float().T @ W.detach().float())) * gW).sum()  # ‖G W Wᵀ‖², from D-sized factors
+    W = W.detach()
+    gsq, gW = logit_grad_stats(logits, targets, W)  # ignored targets are zeros: in neither sum
+    gram = W.T @ W  # (D, D), O(V·D²): formed once, for the factor and for c_H
+    out = live_ratio(gW, gsq, head_factor(W, gram=gram), logits.size(-1))
+    U = ((gW @ gram.float()) * gW).sum()  # ‖G W Wᵀ‖², from D-sized factors
     return dict(out, grad_c_H=(gW.pow(2).sum() / (gsq.sum() * U).sqrt()).item())
 
 
