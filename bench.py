@@ -236,8 +236,8 @@ def worker_head(spec):
 
 
 def step_setup(spec):
-    """A GPT, its AdamW and one batch; returns (model, step function). step(metered=True) runs the live meter on
-    that step only, so metered and plain steps can share one model."""
+    """A GPT, its AdamW and one batch; returns (model, step function). step(metered=True) runs the live meter
+    on that step only, so metered and plain steps can share one model."""
     device = spec['device']
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=spec['V'], n_embd=spec['D'], n_layer=spec['n_layer'], n_head=spec['n_head'],

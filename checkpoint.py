@@ -6,6 +6,7 @@ verified by a digest of their contents, and resumed exactly (every random state 
     checkpoint.save_checkpoint(path, state); ckpt = checkpoint.load_checkpoint(path)
 """
 import hashlib
+import json
 import os
 import random
 
@@ -14,6 +15,14 @@ import torch
 
 from model import GPT, GPTConfig, MODEL_KEYS
 from options import ConfigError, TrainingError
+
+# train.py's keys that a resumed run may change without --allow_changes: this invocation's own (taken from
+# the command line or their defaults, never from the checkpoint) ...
+INVOCATION_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'device', 'dtype',
+                   'compile', 'loss', 'peak_flops')
+# ... and the run's cadence (the checkpoint's unless given again: a requeued run keeps logging and saving)
+CADENCE_KEYS = ('save_checkpoints', 'keep_checkpoints', 'log_interval', 'eval_interval', 'eval_iters',
+                'meter_every_step')
 
 
 def state_digest(obj, h=None):
@@ -116,15 +125,35 @@ def _fallback(path, fallback, e):
     raise ConfigError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:60]}){hint}")
 
 
-def resume_config(c, given, saved, run_keys, allow_changes):
-    """The checkpoint's config with the keys given now; a changed model shape is refused, a changed training
-    knob too unless allow_changes."""
-    for key in sorted(given - set(run_keys)):
+def resume_config(c, given, saved, allow_changes):
+    """The checkpoint's config with the keys given now and this invocation's (INVOCATION_KEYS); a changed
+    model shape is refused, a changed training knob too unless allow_changes."""
+    for key in sorted(given - set(INVOCATION_KEYS) - set(CADENCE_KEYS)):
         if c[key] != saved.get(key) and (key in MODEL_KEYS or not allow_changes):
             fix = ("a resumed model keeps its shape: start a new --out_dir" if key in MODEL_KEYS else
                    "pass --allow_changes=True if the change is intended")
             raise ConfigError(f"--{key}={c[key]!r} differs from the checkpoint's {saved.get(key)!r}: {fix}")
-    return {**saved, **{k: c[k] for k in set(given) | set(run_keys)}}
+    return {**saved, **{k: c[k] for k in set(given) | set(INVOCATION_KEYS)}}
+
+
+def open_log(path, iter_num):
+    """A resumed run's log.jsonl, opened to append, without the rows logged after its checkpoint at iter_num
+    (a run stopped between checkpoints logs them again) or a line cut short by a crash."""
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get('iter', 0) <= iter_num:
+                rows.append(line + '\n')
+    with open(f"{path}.tmp{os.getpid()}", 'w') as f:
+        f.writelines(rows)
+    os.replace(f"{path}.tmp{os.getpid()}", path)
+    return open(path, 'a')
 
 
 def check_data(data, vocab_size, encoding, allow_changes, saved=None):

@@ -1,4 +1,4 @@
-"""pytest setup shared by test_all.py and test_triton_ce.py: under pytest-xdist (`-n N`) each worker process
+"""pytest setup shared by every test file: under pytest-xdist (`-n N`) each worker process
 takes its share of the cores, since workers that each use every core run many times slower."""
 import os
 

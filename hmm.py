@@ -52,7 +52,7 @@ class Language:
         if states < 2 or (vocab_size - 1) // states < 2:
             raise ValueError(f"the HMM language needs S ≥ 2 states of ≥ 2 symbols each: V = {vocab_size} "
                              f"gives {(vocab_size - 1) // max(states, 1)} per state for S = {states}; raise "
-                             f"--vocab_size or lower S (--data=hmm:S)")
+                             f"--vocab_size, or choose S from 2 to {(vocab_size - 1) // 2} (--data=hmm:S)")
         self.vocab_size, self.states = vocab_size, states
         g = torch.Generator().manual_seed(seed)
         order = torch.argsort(torch.rand(states, states, generator=g, dtype=torch.float64), dim=1)
@@ -88,7 +88,7 @@ class Language:
         return (self.first_entropy() + (block_size - 1) * self.entropy_rate()) / block_size
 
     def log_prob(self, x, y):
-        """log p(y | x) for symbols x, y (same shape, x ≥ 1 a symbol of some state); -inf where impossible."""
+        """log p(y | x) for symbols x, y (same shape, each ≥ 1 and a symbol of some state)."""
         s, t = self.state_of[x], self.state_of[y]
         rank = (self.group[t] == y.unsqueeze(-1)).float().argmax(-1)
         return torch.log(self.P[s, t]) + torch.log(self.E[t, rank])

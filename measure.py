@@ -1,7 +1,7 @@
 """
 The full measurement of the gradient bottleneck (Godey & Artzi 2026, arXiv 2603.10145) and its command line
-(meter.py holds the definition and the live meter that train.py logs): how much of the logit gradient G the
-head W destroys, on a checkpoint, a freshly initialized model or a Hugging Face LM:
+(meter.py holds the live meter that train.py logs; the definition it is tested against is here): how much of
+the logit gradient G the head W destroys, on a checkpoint, a freshly initialized model or a Hugging Face LM:
 
     python measure.py --ckpt=out/spamlang_wide/ckpt.pt          # held-out batches of its training data
     python measure.py --init --vocab_size=32768 --n_embd=256    # fresh model, the baseline
@@ -33,7 +33,7 @@ import options
 import runtime
 import spamlang
 import textdata
-from meter import RANK_RTOL, column_basis
+from meter import RANK_RTOL
 from model import GPT, GPTConfig, check_config
 from options import ConfigError
 
@@ -71,6 +71,26 @@ plot = ''                # --plot=FILE.png: the energy curve (matplotlib)
 json_out = ''            # --json_out=FILE: the results for machines
 # -----------------------------------------------------------------------------
 DEFAULTS = options.defaults_of(globals())
+
+# -----------------------------------------------------------------------------
+# the definition (every faster formula, meter.live_meter's and per_token's, is tested against it)
+
+def column_basis(W, rtol=RANK_RTOL):
+    """(V, D) -> (V, k) orthonormal basis of W's column space in fp64, k = numerical rank (SVD, O(V·D²))."""
+    U, S, _ = torch.linalg.svd(W.detach().double(), full_matrices=False)
+    return U[:, S > rtol * S[0]]
+
+
+def destroyed_ratio(G, W):
+    """The definition, for any G (N, V): r = ‖G − PG‖/‖G‖, c = ⟨G, PG⟩/(‖G‖‖PG‖), P the projector onto
+    col(W)."""
+    G = G.double()
+    Q = column_basis(W).to(G.device)
+    PG = (G @ Q) @ Q.T                                                           # (N, V)
+    r = ((G - PG).norm() / G.norm()).item()
+    c = ((G * PG).sum() / (G.norm() * PG.norm())).item()
+    return {'destroyed_ratio': r, 'visible_cosine': c}
+
 
 # -----------------------------------------------------------------------------
 # the full measurement, chunk by chunk: never N×V at once

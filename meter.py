@@ -1,11 +1,9 @@
 """
 The gradient-bottleneck meter (Godey & Artzi 2026, arXiv 2603.10145). The logit gradient G = softmax(logits)
 − onehot(targets) (N×V) reaches the backbone only through G·W, so the part of G in ker(Wᵀ) is destroyed.
-destroyed_ratio is the definition, r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F; the live meter and measure.per_token
-compute the same quantity by faster formulas, each tested against it:
+The destroyed ratio is r = ‖P_ker(Wᵀ) G‖_F / ‖G‖_F (measure.destroyed_ratio, the definition, by a V×k
+basis of col(W)); the live meter computes it from D×D factors instead, tested against the definition:
 
-    column_basis(W)                   orthonormal basis of col(W), (V, k)
-    destroyed_ratio(G, W)             the definition, for any G: {'destroyed_ratio', 'visible_cosine'}
     head_factor(W)                    D×k factor F with ‖P_col(W) g‖² = ‖Fᵀ Wᵀ g‖², from WᵀW: no V×D QR
     live_meter(logits, targets, W)    r and c of one batch, cheap (train.py: at every evaluation)
     model_meter(model, x, y)          live_meter on the model's own forward pass (--meter_every_step)
@@ -25,24 +23,7 @@ METER_SEQUENCES = 8  # train.py --meter_every_step: sequences of a step's last m
 RANK_RTOL = 1e-5  # ours: a singular value of W (or G) below RANK_RTOL·σ_max counts as zero (W is in fp32)
 
 # -----------------------------------------------------------------------------
-# the core: projections onto col(W)
-
-def column_basis(W, rtol=RANK_RTOL):
-    """(V, D) -> (V, k) orthonormal basis of W's column space in fp64, k = numerical rank (SVD, O(V·D²))."""
-    U, S, _ = torch.linalg.svd(W.detach().double(), full_matrices=False)
-    return U[:, S > rtol * S[0]]
-
-
-def destroyed_ratio(G, W):
-    """The definition, for any G (N, V): r = ‖G − PG‖/‖G‖, c = ⟨G, PG⟩/(‖G‖‖PG‖), P the projector onto
-    col(W)."""
-    G = G.double()
-    Q = column_basis(W).to(G.device)
-    PG = (G @ Q) @ Q.T                                                           # (N, V)
-    r = ((G - PG).norm() / G.norm()).item()
-    c = ((G * PG).sum() / (G.norm() * PG.norm())).item()
-    return {'destroyed_ratio': r, 'visible_cosine': c}
-
+# the core: projections onto col(W), from D×D factors
 
 def head_factor(W, rtol=RANK_RTOL, gram=None):
     """F (D, k) with ‖P_col(W) g‖² = (Wᵀg)ᵀ(WᵀW)⁺(Wᵀg) = ‖Fᵀ Wᵀ g‖²: one O(V·D²) product and a D×D
@@ -115,4 +96,6 @@ def model_meter(model, x, y):
     model.eval()
     logits, _ = model(x)
     model.train(training)
-    return live_meter(logits, y, model.lm_head.effective_weight())
+    with torch.autocast(x.device.type, enabled=False):  # W as trained: B·A in bf16 would read as full rank
+        W = model.lm_head.effective_weight()
+    return live_meter(logits, y, W)

@@ -194,6 +194,9 @@ FACTORIZED = {name for name, cls in HEADS.items() if issubclass(cls, FactorizedH
 
 def check_config(config):
     """Raise ConfigError (a ValueError), a one-line message naming the problem and the fix; else the head."""
+    for key in ('block_size', 'n_layer', 'n_head', 'n_embd'):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
     cls = HEADS.get(config.head)
     if cls is None:
         import remedies
@@ -215,9 +218,6 @@ def check_config(config):
         raise ConfigError(f"head_basis=select picks r ≤ n_embd coordinates, got r = {rank} > {config.n_embd}")
     if config.vocab_size < 2:
         raise ConfigError(f"vocab_size must be at least 2, got {config.vocab_size}")
-    for key in ('block_size', 'n_layer', 'n_head', 'n_embd'):
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
     if config.n_embd % config.n_head:
         raise ConfigError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
     return cls
@@ -324,9 +324,9 @@ class GPT(nn.Module):
 # -----------------------------------------------------------------------------
 # the loss: naive (GPT.forward, the reference) or fused (fused_loss.py). --loss=auto takes fused from the
 # smallest V at which it made a training step ≥ 5% faster (bench.py; None: at no V measured; mps: naive).
-# Measured 2026-12-04 (README, Speed): cpu on 2 cores, torch 2.13 (fused/naive tokens/s at V = 2,048, 8,192,
-# 32,768: eager 1.01, 1.28, 1.75, compiled 1.00, 0.99, 1.62); cuda on one H200, torch 2.11 (V = 16,384: 0.77
-# eager, 0.76 compiled).
+# Measured 2026-12-04 (README, Measured): cpu on 2 cores, torch 2.13 (fused/naive tokens/s at V = 2,048,
+# 8,192, 32,768: eager 1.01, 1.28, 1.75, compiled 1.00, 0.99, 1.62); cuda on one H200, torch 2.11 (V = 16,384:
+# 0.77 eager, 0.76 compiled).
 FUSED_FROM_VOCAB = {('cpu', False): 8192, ('cpu', True): 32768, ('cuda', False): None, ('cuda', True): None}
 
 

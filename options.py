@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 import sys
+import types
 
 import torch
 
@@ -98,7 +99,8 @@ def read_config_file(path):
         exec(compile(open(path).read(), path, 'exec'), {}, namespace)
     except Exception as e:
         raise ConfigError(f"config file {path} does not run ({type(e).__name__}: {e})".splitlines()[0])
-    return {k: v for k, v in namespace.items() if not k.startswith('_')}
+    return {k: v for k, v in namespace.items()  # a module it imports is not an option
+            if not k.startswith('_') and not isinstance(v, types.ModuleType)}
 
 
 def typed(key, val, defaults, types=None):
@@ -134,7 +136,8 @@ def usage(source, defaults, choices=None):
     choices."""
     text = open(source).read()
     doc = ast.get_docstring(ast.parse(text)) or ''
-    comments = {m[1]: m[2] for m in re.finditer(r'^(\w+) *=[^\n#]*#+ *(.*)$', text, re.M)}
+    found = [(m[1], m[2]) for m in re.finditer(r'^(\w+) *=[^\n#]*#+ *(.*)$', text, re.M)]
+    comments = dict(reversed(found))  # an option's first comment: the defaults block, not a later use
     lines = []
     for k, v in defaults.items():
         extra = f" (one of {', '.join(map(str, choices[k]))})" if choices and k in choices else ''
@@ -145,5 +148,6 @@ def usage(source, defaults, choices=None):
 
 def positive(config, *keys):
     for key in keys:
-        if not config[key] > 0:
+        if config[key] is not None and not config[key] > 0:  # None: unset, the script's own default
             raise ConfigError(f"--{key} must be positive, got {config[key]}")
+

@@ -6,7 +6,7 @@ Figures: any training run's log.jsonl, and the figures of reproduce.py's experim
 
 A run's figure: training and validation loss vs step; on SpamLang the accuracy on positions ≥ 1; the meter's
 grad_destroyed (positions ≥ 1 on SpamLang, position 0 dashed) beside the random baseline √(1 − rank(W)/V).
-reproduce.py calls exp1, exp2, exp3, exp4 and exp6 with the numbers of its tables.
+reproduce.py's experiments call exp1, exp2, exp3, exp4, exp6 and exp7 with the numbers of their tables.
 """
 import json
 import math

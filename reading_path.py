@@ -86,10 +86,16 @@ def line_count(name):
 
 
 if __name__ == '__main__':
-    if sys.argv[1:] == ['--graph']:
+    args = sys.argv[1:]
+    if args in (['-h'], ['--help']):
+        print(__doc__.strip())
+        sys.exit(0)
+    if args == ['--graph']:
         print('\n'.join(import_graph()))
         sys.exit(0)
-    entry = sys.argv[1] if len(sys.argv) > 1 else 'train.py'
+    if len(args) > 1 or (args and not os.path.isfile(os.path.join(HERE, args[0]))):
+        sys.exit(f"error: {' '.join(args)}: give one file of this folder (measure.py), --graph or --help")
+    entry = args[0] if args else 'train.py'
     files = reading_path(entry)
     for name in files:
         print(f"{line_count(name):6d}  {name}")

@@ -143,7 +143,7 @@ def cross_entropy_ref(logits, targets):
 
 def qr_ratio(G, basis):
     """Reference r = ‖G − P G‖/‖G‖ with P from a float64 QR of `basis` (full column rank, spanning col(W)),
-    independent of meter.column_basis and head_factor."""
+    independent of measure.column_basis and head_factor."""
     Q, _ = torch.linalg.qr(basis.detach().double())
     G = G.double()
     return ((G - G @ Q @ Q.T).norm() / G.norm()).item()
@@ -477,13 +477,20 @@ def test_parser_rejects(args, msg):
 
 @pytest.mark.slow
 def test_every_script_prints_its_options_with_help():
-    for script in ('train.py', 'measure.py', 'bench.py'):
+    for script in ('train.py', 'measure.py', 'bench.py', 'sample.py', 'plot.py', 'reproduce.py',
+                   'reading_path.py'):
         p = subprocess.run([sys.executable, script, '--help'], cwd=HERE, capture_output=True, text=True,
                            env=CHILD_ENV)
-        assert p.returncode == 0 and 'options (--key=value' in p.stdout, script
+        assert p.returncode == 0 and f'python {script}' in p.stdout, script  # the docstring's commands
+        assert script == 'reading_path.py' or 'options (--key=value' in p.stdout, script
         if script == 'train.py':
             assert '--head=linear' in p.stdout
+            # the defaults block's comment, not that of a later line that sets device
+            assert '--device=auto                    auto (cuda, then mps, then cpu)' in p.stdout
             assert 'linear, tied, narrow, wide; beyond the paper: remedies.HEADS' in p.stdout
+    p = subprocess.run([sys.executable, 'reading_path.py', 'nothing.py'], cwd=HERE, capture_output=True,
+                       text=True)
+    assert p.returncode == 1 and p.stderr.count('\n') == 1 and 'give one file of this folder' in p.stderr
 
 
 def test_peak_flops_matches_whole_names():
@@ -719,19 +726,23 @@ def test_cuda_batches_arrive_from_pinned_memory_and_match_the_cpu_draw():
 
 
 def test_resume_config_keeps_shape_and_asks_for_changes():
-    saved = dict(head='wide', n_embd=32, learning_rate=1e-3, max_iters=10, out_dir='a', seed=1)
-    now = dict(saved, n_embd=64, learning_rate=3e-3, max_iters=20, out_dir='b')
-    run_keys = ('out_dir',)
+    invocation = {k: 'then' for k in checkpoint.INVOCATION_KEYS}
+    saved = dict(invocation, head='wide', n_embd=32, learning_rate=1e-3, max_iters=10, seed=1,
+                 eval_interval=5, keep_checkpoints=True)
+    now = dict(saved, **{k: 'now' for k in invocation}, n_embd=64, learning_rate=3e-3, max_iters=20,
+               eval_interval=500, keep_checkpoints=False)  # the last two: the defaults, not given
     with pytest.raises(ConfigError,
                        match="--n_embd=64 differs from the checkpoint's 32: a resumed model keeps"):
-        checkpoint.resume_config(now, {'n_embd'}, saved, run_keys, allow_changes=True)
+        checkpoint.resume_config(now, {'n_embd'}, saved, allow_changes=True)
     with pytest.raises(ConfigError, match='--learning_rate=0.003 differs.*--allow_changes=True'):
-        checkpoint.resume_config(now, {'learning_rate'}, saved, run_keys, allow_changes=False)
-    given = {'learning_rate', 'max_iters', 'out_dir'}
-    c = checkpoint.resume_config(now, given, saved, run_keys, allow_changes=True)
-    assert c == dict(saved, learning_rate=3e-3, max_iters=20, out_dir='b')
-    # run keys: free
-    assert checkpoint.resume_config(now, set(), saved, run_keys, False) == dict(saved, out_dir='b')
+        checkpoint.resume_config(now, {'learning_rate'}, saved, allow_changes=False)
+    given = {'learning_rate', 'max_iters'}
+    c = checkpoint.resume_config(now, given, saved, allow_changes=True)
+    assert c == dict(saved, **{k: 'now' for k in invocation}, learning_rate=3e-3, max_iters=20)
+    # this invocation's keys are always now's; the run's cadence is the checkpoint's unless given again
+    assert checkpoint.resume_config(now, set(), saved, False) == dict(saved, **{k: 'now' for k in invocation})
+    c = checkpoint.resume_config(now, {'eval_interval'}, saved, False)
+    assert c['eval_interval'] == 500 and c['keep_checkpoints'] is True
 
 # -----------------------------------------------------------------------------
 # train.py as a script: the paper's effect, schedule, meter, evaluation, text, resume, signals, bad input
@@ -1078,6 +1089,11 @@ def test_bad_input_is_one_clear_line(tmp_path):
         f.truncate(os.path.getsize(truncated) - 3)
     raw = tmp_path / 'raw.bin'
     raw.write_bytes(np.arange(100, dtype=np.uint16).tobytes())
+    afile, logged, config = tmp_path / 'afile', tmp_path / 'logged', tmp_path / 'cfg.py'
+    afile.write_text('')
+    logged.mkdir()
+    (logged / 'log.jsonl').write_text('{"type": "config"}\n')
+    config.write_text("import math\nhed = 'wide'\n")
     cases = [(['--head=mlpx'], "unknown head 'mlpx': choose one of linear, tied, narrow, wide or remedies"),
              (['--head=narrow', '--head_rank=0'], 'head_rank must be a positive integer'),
              (['--head=wide', '--head_rank=-2'], 'head_rank must be a positive integer'),
@@ -1090,13 +1106,24 @@ def test_bad_input_is_one_clear_line(tmp_path):
              ([f'--data={truncated}'], 'truncated'),
              ([f'--data={raw}'], 'no GBTOKENS header'),
              (['--max_iters=ten'], 'expects int'),
-             (['--init_from=resume'], 'not found: start with --init_from=scratch')]
+             (['--init_from=resume'], 'not found: start with --init_from=scratch'),
+             (['--block_size=1'], 'SpamLang needs --block_size ≥ 2'),  # no position to measure
+             (['--gradient_accumulation_steps=-3'], '--gradient_accumulation_steps must be positive'),
+             (['--beta1=1.5'], 'need 0 ≤ --dropout, --beta1, --beta2 < 1'),
+             (['--warmup_iters=-5'], '--warmup_iters must be ≥ 0'),
+             (['--eval_iters=-1'], '--eval_iters must be ≥ 0'),
+             ([f'--out_dir={tmp_path}/{{head.x}}'], 'bad {field}'),
+             ([f'--out_dir={afile}'], 'cannot be made'),
+             ([f'--out_dir={logged}'], 'already holds a run'),  # a run that saved no checkpoint
+             ([str(config)], "unknown option --hed in")]  # not --math: an import is no option
     for args, msg in cases:
-        code, out, err = run_train(*args, f'--out_dir={tmp_path}/run', '--max_iters=1')
+        out_dir = [] if any(a.startswith('--out_dir') for a in args) else [f'--out_dir={tmp_path}/run']
+        code, out, err = run_train(*args, *out_dir, '--max_iters=1')
         assert code != 0, args
         lines = err.strip().splitlines()
         assert len(lines) == 1 and 'Traceback' not in err and msg in lines[0], (args, err)
     assert not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
+    assert (logged / 'log.jsonl').read_text() == '{"type": "config"}\n'  # untouched
     # no cache left
     assert not [f for f in os.listdir(tmp_path) if '.tok' in f and f not in ('bad.tok', 'trunc.tok')]
 
@@ -1202,6 +1229,7 @@ def test_resume_refuses_other_data_and_other_shapes(tmp_path):
     assert checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))['iter_num'] == 4
 
 
+@pytest.mark.slow
 def test_hmm_data_logs_its_floor_and_resumes_its_stream(tmp_path):
     args = [*TINY_RUN, '--data=hmm:4', '--eval_interval=3']
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
@@ -1238,6 +1266,10 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt['model'].values())
     assert f"(iter {ckpt['iter_num']})" in err
     assert set(torch.load(out / 'nonfinite_batch.pt')) == {'x', 'y'}
+    code, _, err = run_train(*TINY_RUN, '--learning_rate=1e30', '--warmup_iters=0', '--grad_clip=0',
+                             '--max_iters=50', '--eval_interval=1000', '--save_checkpoints=False',
+                             f'--out_dir={tmp_path}/unsaved')
+    assert code == 1 and 'no checkpoint was saved' in err and 'resume' not in err, err
 
 
 @pytest.mark.slow
@@ -1264,6 +1296,23 @@ def test_save_checkpoints_false_writes_no_checkpoint(tmp_path):
                      save_checkpoints=False)
     assert last['iter'] == 4 and read_log(tmp_path / 'run')[-1]['iter'] == 4
     assert not [f for f in os.listdir(tmp_path / 'run') if f.endswith('.pt')]
+    # stopped by SIGTERM, it says nothing was saved and exits 1: a requeue (75) would find nothing to resume
+    args = [*TINY_RUN, '--max_iters=100000', '--save_checkpoints=False']
+    code, out, err = sigterm_after_rows(args, str(tmp_path / 'stopped'), 5, CHILD_ENV)
+    assert code == 1 and 'nothing saved (--save_checkpoints=False)' in err, (out, err)
+    assert 'saved /' not in out
+
+
+def test_a_resumed_log_drops_the_rows_after_its_checkpoint(tmp_path):
+    """A run stopped between checkpoints (a crash, a second signal) logged rows past its checkpoint; the
+    resumed run logs them again, so open_log drops them, and a line cut short by the crash."""
+    path = tmp_path / 'log.jsonl'
+    rows = [{'type': 'config'}, {'type': 'eval', 'iter': 0}, {'type': 'train', 'iter': 100},
+            {'type': 'eval', 'iter': 100}, {'type': 'train', 'iter': 120}]
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"type": "tra')
+    with checkpoint.open_log(str(path), 100) as f:
+        f.write(json.dumps({'type': 'train', 'iter': 120}) + '\n')
+    assert read_log(tmp_path) == rows  # the resumed run's row 120 replaces the first one
 
 # -----------------------------------------------------------------------------
 # measure.py: r and c against a float64 QR, the live meter, the spectrum, the direction test, the sources
@@ -1282,7 +1331,7 @@ def test_measure_cosine_is_sqrt_one_minus_r_squared():
     for V, D, N in [(50, 5, 30), (200, 40, 7), (64, 63, 100), (30, 29, 1)]:
         W = torch.randn(V, D, generator=g)
         G = torch.randn(N, V, generator=g) * torch.rand(N, 1, generator=g)  # any G, not only softmax − onehot
-        m = meter.destroyed_ratio(G, W)
+        m = measure.destroyed_ratio(G, W)
         assert 0 < m['destroyed_ratio'] < 1
         assert abs(m['visible_cosine'] - math.sqrt(1 - m['destroyed_ratio'] ** 2)) < 1e-10
         assert abs(m['destroyed_ratio'] - qr_ratio(G, W)) < 1e-10
@@ -1292,7 +1341,7 @@ def test_measure_zero_when_G_lies_in_col_W():
     g = torch.Generator().manual_seed(1)
     W = torch.randn(300, 16, generator=g)
     G = torch.randn(50, 16, generator=g, dtype=torch.float64) @ W.double().T  # rows in col(W)
-    assert meter.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
+    assert measure.destroyed_ratio(G, W)['destroyed_ratio'] < 1e-7
     live = meter.live_ratio(G @ W.double(), G.pow(2).sum(1), meter.head_factor(W), W.size(0))
     assert live['grad_destroyed'] < 1e-5 and abs(live['grad_cosine'] - 1) < 1e-10
     # all of it visible: V/rank × chance
@@ -1306,7 +1355,7 @@ def test_measure_random_subspace_baseline(V, D, N):
     for seed in range(3):
         g = torch.Generator().manual_seed(seed)
         W, G = torch.randn(V, D, generator=g), torch.randn(N, V, generator=g)
-        r = meter.destroyed_ratio(G, W)['destroyed_ratio']
+        r = measure.destroyed_ratio(G, W)['destroyed_ratio']
         assert abs(r ** 2 - (1 - D / V)) < 5 * std, (r ** 2, 1 - D / V, std)
 
 
@@ -1347,7 +1396,7 @@ def test_measure_live_formula_equals_qr_projection(head, rank):
     logits, loss = model(idx, y)
     G = softmax_minus_onehot(logits, y)
     ref = qr_ratio(G, basis)
-    assert abs(meter.destroyed_ratio(G, W)['destroyed_ratio'] / ref - 1) < 1e-9
+    assert abs(measure.destroyed_ratio(G, W)['destroyed_ratio'] / ref - 1) < 1e-9
     live = meter.live_meter(logits, y, W)  # the eval path: Σp² − 2p_y + 1 and P·W − W[y]
     assert abs(live['grad_destroyed'] / ref - 1) < 1e-5
     assert abs(live['grad_cosine'] / math.sqrt(1 - ref ** 2) - 1) < 1e-5
@@ -1381,6 +1430,21 @@ def test_measure_meters_ignore_targets_of_minus_one():
     gsq, gW = meter.logit_grad_stats(logits, y, W)
     assert gsq[~keep].abs().max() == 0 and gW[~keep].abs().max() == 0  # their rows are 0: in neither sum
     assert abs(meter.model_meter(model, idx, y)['grad_destroyed'] / ref - 1) < 1e-5
+
+
+def test_model_meter_under_autocast_reads_w_in_its_own_dtype():
+    """train.py runs --meter_every_step inside its autocast context: a factorized head's B·A formed in bf16
+    there carries rounding far above the rank tolerance, and a rank-4 head read as rank 64 (r 0.96, not
+    0.998)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1024, n_embd=64, n_layer=1, n_head=2, block_size=16, head='narrow',
+                          head_rank=4))
+    x, y = torch.randint(1, 1024, (8, 16)), torch.randint(1, 1024, (8, 16))
+    ref = meter.model_meter(model, x, y)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = meter.model_meter(model, x, y)
+    assert low['grad_destroyed'] == pytest.approx(ref['grad_destroyed'], abs=1e-3)
+    assert low['visible_over_chance'] == pytest.approx(ref['visible_over_chance'], rel=0.05)
 
 
 def test_measure_live_meter_on_positions_after_the_first():
@@ -1628,7 +1692,7 @@ def test_row_permuted_null_is_chance_on_random_heads_and_below_an_aligned_one():
     aligned[y] += 5 * H
     got = measure.realizable(H, y, aligned, null_perms=16)
     G = measure.logit_grad(H @ aligned.T, y)
-    visible = meter.destroyed_ratio(G, aligned)['visible_cosine'] ** 2
+    visible = measure.destroyed_ratio(G, aligned)['visible_cosine'] ** 2
     null = got['visible_over_chance_null']
     assert visible * V / D > null['mean'] + 5 * null['sd'] and null['mean'] < 2
 
@@ -2105,6 +2169,7 @@ def run_on_gpu(*args, timeout=600):
     return p.returncode, p.stdout, p.stderr
 
 
+@pytest.mark.slow
 @cuda_only
 def test_cuda_train_wide_then_measure_its_checkpoint(tmp_path):
     """The headline command on one GPU (its defaults: bf16 autocast, compiled, --loss=auto), then
@@ -2127,6 +2192,7 @@ def test_cuda_train_wide_then_measure_its_checkpoint(tmp_path):
         math.sqrt(1 - m['destroyed_ratio'] ** 2), rel=1e-6)
 
 
+@pytest.mark.slow
 @cuda_only
 def test_cuda_resume_after_sigterm_follows_the_uninterrupted_run(tmp_path):
     """On CUDA a resumed run restores the weights, the optimizer, the data stream and every RNG, as on the
@@ -2444,6 +2510,7 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
     assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 3
 
 
+@pytest.mark.slow
 def test_say_keeps_lines_whole_when_threads_print_to_a_pipe():
     # print() writes a line and its newline apart: parallel runs' progress lines merged in a pipe
     code = ("import sys, threading, reproduce_runs\n"
@@ -2568,6 +2635,7 @@ def test_bad_flags_are_refused(args, msg):
         reproduce.plan(reproduce.parse_options(args + ['--device=cpu']))
 
 
+@pytest.mark.slow
 def test_bad_flag_is_one_line_exit_1():
     p = repro('--quick', '--e1_lrs=1e-3,fast')
     assert (p.returncode == 1 and p.stderr.count('\n') == 1 and
@@ -2659,6 +2727,7 @@ def test_head_lr_is_bracketed_at_the_best_lr_and_never_moves_it():
     assert [row['lr'] for row in reproduce_runs.lr_table(runs['k'])['rows']] == [1e-3, 3e-3, 1e-2]
 
 
+@pytest.mark.slow
 def test_exp7_on_text_reads_its_tokens_and_gates_on_the_baselines(tmp_path):
     text = write_text(tmp_path / 't.txt', 5)
     p = repro('--preset=tiny', '--experiments=7', '--e7_data=text', '--e7_heads=linear',
@@ -2675,6 +2744,7 @@ def test_exp7_on_text_reads_its_tokens_and_gates_on_the_baselines(tmp_path):
     assert os.path.isfile(tmp_path / 'out' / 'exp7_remedies_text.png')
 
 
+@pytest.mark.slow
 def test_dry_run_estimates_the_gpu_preset_within_8_minutes_an_experiment(tmp_path):
     text = write_text(tmp_path / 't.txt', 5)
     c = reproduce.parse_options(['--preset=gpu', '--dry_run', f'--text={text}'])  # no GPU needed

@@ -254,6 +254,7 @@ def test_rank_of_the_first_order_logit_change(name, bound):
         assert rank == bound
 
 
+@pytest.mark.slow
 def test_train_py_runs_a_remedy_head_and_logs_the_meter(tmp_path):
     out = tmp_path / 'run'
     cmd = [sys.executable, os.path.join(HERE, 'train.py'), '--head=mlp', '--max_iters=4', '--eval_interval=2',

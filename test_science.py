@@ -366,5 +366,7 @@ def test_hmm_batches_follow_the_generator_and_bad_specs_are_refused():
         hmm.corpus('hmm:8', 1024)['fingerprint'])
     with pytest.raises(ConfigError, match='write hmm or hmm:S'):
         hmm.corpus('hmm:x', 256)
-    with pytest.raises(ConfigError, match='raise --vocab_size or lower S'):
+    with pytest.raises(ConfigError, match='raise --vocab_size, or choose S from 2 to 127'):
         hmm.corpus('hmm:200', 256)
+    with pytest.raises(ConfigError, match='choose S from 2 to 127'):  # too few states: raise S, not lower it
+        hmm.corpus('hmm:1', 256)

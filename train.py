@@ -32,9 +32,9 @@ from options import ConfigError, TrainingError
 # -----------------------------------------------------------------------------
 # defaults: the CPU preset, `python train.py --head=wide` learns SpamLang in a minute on 2 cores
 # I/O
-out_dir = 'out/{dataset}_{head}'  # {key}: a config value; {dataset}: spamlang or the data file's name
+out_dir = 'out/{dataset}_{head}'  # {key}: a config value; {dataset}: spamlang, hmm[S] or the data file's name
 init_from = 'scratch'      # scratch | resume (from out_dir/ckpt.pt)
-overwrite = False          # let a scratch run replace an existing out_dir/ckpt.pt
+overwrite = False          # let a scratch run replace a run in out_dir (its ckpt.pt, log.jsonl)
 allow_changes = False      # let a resumed run change its data or training knobs (never the model's shape)
 resume_fallback = False    # resume from out_dir/prev_ckpt.pt when ckpt.pt is corrupt
 save_checkpoints = True    # False: never write ckpt.pt (sweeps that never resume; log.jsonl is kept)
@@ -77,14 +77,11 @@ device = 'auto'            # auto (cuda, then mps, then cpu) | cpu | cuda | cuda
 dtype = 'auto'             # auto (bfloat16 autocast on CUDA, else float32) | float32 | bfloat16 | float16
 compile = None             # torch.compile the training step; None = on for CUDA, off elsewhere
 loss = 'auto'              # naive (N×V logits, the reference) | fused (no logits) | auto: model.default_loss
-peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (runtime.PEAK_FLOPS)
+peak_flops = 0.0           # the GPU's peak FLOP/s for MFU; 0 = from its name (mfu.PEAK_FLOPS)
 seed = 1337
 # -----------------------------------------------------------------------------
 STOP_EVERY = 10  # under torchrun, steps between the processes' exchanges of the stop flag (a read each)
 MAX_PENDING = 1000  # micro-steps whose losses wait for check_finite at most, whatever log_interval is
-RUN_KEYS = ('out_dir', 'init_from', 'overwrite', 'allow_changes', 'resume_fallback', 'save_checkpoints',
-            'keep_checkpoints', 'device', 'dtype', 'compile', 'loss', 'log_interval', 'eval_interval',
-            'eval_iters', 'meter_every_step', 'peak_flops')  # may differ when resuming
 options.one_line_errors()
 types = dict(head_rank=int, compile=bool, gradient_accumulation_steps=int)  # options whose default is None
 choices = dict(init_from=('scratch', 'resume'), dtype=('auto', *runtime.DTYPES),
@@ -101,17 +98,19 @@ device_type = device.split(':')[0]
 dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' else dtype
 compile = device_type == 'cuda' if compile is None else compile
 options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval',
-                 'learning_rate', 'head_lr_mult')
+                 'learning_rate', 'head_lr_mult', 'gradient_accumulation_steps')
+for key in ('eval_iters', 'min_lr', 'cooldown_iters', 'warmup_iters', 'weight_decay', 'peak_flops'):
+    if globals()[key] < 0:
+        raise ConfigError(f"--{key} must be ≥ 0, got {globals()[key]}")
+if not (0 <= dropout < 1 and 0 <= beta1 < 1 and 0 <= beta2 < 1):
+    raise ConfigError(f"need 0 ≤ --dropout, --beta1, --beta2 < 1: got {dropout}, {beta1}, {beta2}")
+if data == 'spamlang' and block_size < 2:
+    raise ConfigError("SpamLang needs --block_size ≥ 2: position 0 is a guess, the later ones are its test")
 synthetic = data == 'spamlang' or data.split(':')[0] == 'hmm'  # drawn on the fly: no splits, no windows
-if eval_iters < 0 or (eval_iters == 0 and synthetic):
-    raise ConfigError(f"--eval_iters must be positive (0, every window, is for text data), got {eval_iters}")
-if not 0 <= dropout < 1 or min(min_lr, cooldown_iters) < 0:
-    raise ConfigError(f"need 0 ≤ --dropout < 1, --min_lr ≥ 0, --cooldown_iters ≥ 0: got {dropout}, {min_lr}, "
-                      f"{cooldown_iters}")
 data_name = data.replace(':', '') if synthetic else os.path.splitext(os.path.basename(data))[0].split('.')[0]
 try:
     out_dir = out_dir.format(**{k: globals()[k] for k in config}, dataset=data_name)
-except (KeyError, IndexError, ValueError) as e:
+except (KeyError, IndexError, ValueError, AttributeError) as e:
     raise ConfigError(f"--out_dir={out_dir!r}: bad {{field}} ({e}); fields are config keys such as {{head}}")
 
 # the checkpoint, the data and the model are checked before any file is written
@@ -122,9 +121,9 @@ if init_from == 'resume':
     ckpt = checkpoint.load_checkpoint(ckpt_path, resume_fallback, 'start with --init_from=scratch, or point '
                                       '--out_dir at a run')
     now = {k: globals()[k] for k in config}
-    globals().update(checkpoint.resume_config(now, given, ckpt['config'], RUN_KEYS, allow_changes))
-elif os.path.exists(ckpt_path) and not overwrite:
-    raise ConfigError(f"{ckpt_path} already exists: continue it with --init_from=resume, replace it with "
+    globals().update(checkpoint.resume_config(now, given, ckpt['config'], allow_changes))
+elif (os.path.exists(ckpt_path) or os.path.exists(log_path)) and not overwrite:
+    raise ConfigError(f"{out_dir} already holds a run: continue it with --init_from=resume, replace it with "
                       f"--overwrite=True, or choose another --out_dir")
 if data == 'spamlang':
     corpus = dict(kind='spamlang', vocab_size=vocab_size, fingerprint=f"spamlang-V{vocab_size}")
@@ -135,6 +134,8 @@ else:  # data as resumed: a checkpoint may name another source
         vocab_size, encoding = textdata.check_vocab(corpus, given, vocab_size, encoding)  # V: the tokenizer's
 if ckpt is not None:  # a resumed run keeps its data
     checkpoint.check_data(corpus, vocab_size, encoding, allow_changes, ckpt['config'])
+if eval_iters == 0 and corpus['kind'] != 'text':  # the source as resumed
+    raise ConfigError("--eval_iters=0 (every window of the validation split) is for text data: give a count")
 data_fingerprint, code_version = corpus['fingerprint'], runtime.code_version()
 if ckpt is not None and ckpt['iter_num'] >= max_iters:
     print(f"{ckpt_path} is already at max_iters = {max_iters}: nothing to do; to train further, resume "
@@ -156,7 +157,10 @@ if ddp:
 master = rank == 0  # only rank 0 prints, logs, evaluates and saves
 accum = gradient_accumulation_steps // world  # micro-steps per process
 tokens_per_iter = batch_size * block_size * gradient_accumulation_steps  # over all processes
-os.makedirs(out_dir, exist_ok=True)
+try:
+    os.makedirs(out_dir or '.', exist_ok=True)
+except OSError as e:
+    raise ConfigError(f"--out_dir={out_dir} cannot be made ({e.strerror}): choose another --out_dir")
 
 # model, optimizer, data streams (training and evaluation have separate generators, so evaluating never shifts
 # the training data; all are on the CPU, so a checkpoint resumes on any device)
@@ -197,7 +201,7 @@ if master:
           f"{', compiled' if compile else ''}{f', {world} processes' if ddp else ''})")
     if device_type == 'cuda' and not peak:
         print(f"MFU not reported: {gpu_name} is not in mfu.PEAK_FLOPS; set --peak_flops")
-    log_file = open(log_path, 'a' if ckpt is not None else 'w')
+    log_file = checkpoint.open_log(log_path, iter_num) if ckpt is not None else open(log_path, 'w')
     if ckpt is None:
         log_file.write(json.dumps({'type': 'config', **config}) + '\n')
 
@@ -266,6 +270,8 @@ def save():
     global saved_iter
     if not save_checkpoints:
         return
+    if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a diverged model
+        raise diverged("the weights are not finite", "the last step diverged")
     import checkpoint  # atomic and verified: a temp file, fsynced, renamed into place
     rng = checkpoint.get_rng_state(train_gen, device_type)
     rng['train_gen'] = unread_state  # the stream from the fetched batch that no step has used yet
@@ -277,9 +283,11 @@ def save():
 
 
 def diverged(what, where, at=None):
-    it = iter_num if at is None else at
-    return TrainingError(f"{what} at iter {it}: {where}; the last good checkpoint, {ckpt_path} "
-                         f"(iter {saved_iter}), is untouched; lower --learning_rate and resume")
+    fix = "no checkpoint was saved: lower --learning_rate"
+    if os.path.exists(ckpt_path):
+        kept = f"{ckpt_path} (iter {saved_iter})" if master else ckpt_path  # rank 0 saves: it knows the iter
+        fix = f"the last good checkpoint, {kept}, is untouched: lower --learning_rate and resume"
+    return TrainingError(f"{what} at iter {iter_num if at is None else at}: {where}; {fix}")
 
 
 def check_finite():
@@ -310,8 +318,6 @@ def next_batch():
 
 def eval_and_save():
     check_finite()
-    if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a diverged model
-        raise diverged("the weights are not finite", "the last step diverged")
     m = evaluate()
     if not math.isfinite(m['loss']):
         raise diverged(f"loss is {m['loss']}", "on the held-out batches")
@@ -408,7 +414,7 @@ while iter_num < max_iters:
     elif ddp:
         stop = False
     if stop and iter_num < max_iters:
-        if master:
+        if master and save_checkpoints:
             check_finite()
             save()
             print(f"saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume --out_dir={out_dir}")
@@ -419,4 +425,6 @@ if ddp:  # every process arrives before any tears its connections down (gloo can
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 if preemption.requested and iter_num < max_iters:
+    if not save_checkpoints:  # a requeued run would have nothing to resume from
+        sys.exit(f"stopped at iter {iter_num}, nothing saved (--save_checkpoints=False)")
     sys.exit(runtime.REQUEUE_EXIT)
