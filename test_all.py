@@ -958,8 +958,12 @@ def test_text_run_and_tokenization_cache(tmp_path):
     train_run(tmp_path, 'text3', **one_step)
     assert cache.stat().st_mtime_ns != mtime  # the text changed, so the cache was rebuilt
     # a token file is used directly
-    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache)})
+    last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache), 'eval_iters': 0})
     assert math.isfinite(last_tok['val_loss'])
+    # resumed with --eval_iters=0 (every window) and no --data: the checkpoint's source is text, so it is allowed
+    code, _, err = run_train(f'--out_dir={tmp_path}/text4', '--init_from=resume', '--max_iters=2',
+                             '--eval_iters=0', '--allow_changes=True')
+    assert code == 0, err
 
 
 def sigterm_after_rows(args, out_dir, rows, env, wait=120):
