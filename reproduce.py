@@ -40,11 +40,12 @@ import plot
 from options import ConfigError
 from model import GPTConfig, check_config
 from reproduce_runs import (
-    FIGURES, HERE, Tally, clock, grid_extensions, head_lr_runs, in_parallel, named, numbers, run_one, say,
+    FIGURES, HERE, Tally, grid_extensions, head_lr_runs, in_parallel, named, numbers, run_one, say,
     sweep_choice)
 from reproduce_spamlang import plan_exp2, plan_heads, summary_exp1, summary_exp2
 from reproduce_text import plan_text, summary_exp3, summary_exp4, summary_exp5, summary_exp6, wsd_schedule
 from reproduce_remedies import e7_corpus, e7_fresh_seeds, plan_exp7, summary_exp7
+
 
 # -----------------------------------------------------------------------------
 # defaults: the CPU preset (experiments 1–6 in ≈ 2 h on 2 cores); --preset=NAME takes the keys that
@@ -198,7 +199,7 @@ def parse_options(argv):
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:
         raise ConfigError(f"--{', --'.join(zero_ok)} must be ≥ 0 and --warmup < 1")
     chosen_experiments(c)  # refuses a bad --experiments before the checks below
-    wsd_schedule(c)  # experiments 3 and 5's schedule, checked even when no text is given
+    wsd_schedule(c)  # experiments 3, 5 and 6's schedule, checked even when no text is given
     if c['text'] and not os.path.isfile(c['text']):
         raise ConfigError(f"--text={c['text']!r} is not a file: give a UTF-8 .txt file, or drop --text")
     if c['e7_other_seeds'] > c['e7_seeds']:
@@ -312,6 +313,10 @@ def prepare_out(c):
 # the runs, experiment by experiment, and the summary
 
 
+def clock(s):
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
 def progress(i, specs, run, tally, t0):
     """The line before run i of specs: its count, the time since t0, and the time left from the mean time
     per trained run so far (of the same experiment when it has one)."""
@@ -363,8 +368,9 @@ def run_experiment(c, e, specs, tally, t0):
 
 
 def summarise(c, e, runs, tokens, done):
-    """Experiment e's summary from its runs (by configuration key); experiment 4 reads the summaries done
-    so far."""
+    """Experiment e's summary from its runs (by configuration key): each experiment writes its tables and
+    figures to --out and returns controls, a markdown table and notes (1 and 3 also heads, the best lr's runs
+    of each head); experiment 4 reads the summaries done so far."""
     if e == '1':
         return summary_exp1(c, runs)
     if e == '2':

@@ -6,6 +6,7 @@ on the fresh runs' checkpoints) and the frozen-trunk fits that separate the head
 import glob
 import math
 import os
+import threading
 
 import numpy as np
 import torch
@@ -21,13 +22,21 @@ import spamlang
 from options import ConfigError
 from model import GPT, GPTConfig
 from reproduce_runs import (
-    EDGE, FORWARD_AD, GLOBAL_RNG, OURS, Tally, ci, cosine, final_score, head_of, head_specs, in_parallel,
-    lr_table, md, numbers, paired_by_seed, pm, read_log, run_dir, save_run, say, spread, sweep_choice,
-    write_table)
+    EDGE, OURS, Tally, ci, cosine, final_score, head_of, head_specs, in_parallel, lr_table, md, numbers,
+    paired_by_seed, pm, read_log, run_dir, save_run, say, spread, sweep_choice, write_table)
 from reproduce_text import baselines
+
 
 # -----------------------------------------------------------------------------
 # experiment 7: heads beyond the paper (remedies.py); its analysis reads the fresh runs' checkpoints
+
+E7_PAIRS = (('whiten', 'linear'), ('overparam', 'linear'), ('blocks', 'wide:{2D}/random'),
+            ('blocks', 'blocksum'), ('blocks', 'blocks_sg'), ('mlp', 'wide:{4D}/random'), ('mlp', 'prehead'),
+            ('mos', 'mos1'), ('sigsoftmax', 'linear'))  # candidate, its matched control or twin
+FITS = ('frozen_init', 'linear_on_its_trunk', 'it_on_linear_trunk')  # the frozen-trunk fits, by name
+REUSED_FITS = ('frozen_init', 'it_on_linear_trunk')  # a remedies.SAME_FORWARD head's: its twin's, as fitted
+FORWARD_AD = threading.Lock()  # torch's forward-mode autodiff levels are global: one thread at a time
+GLOBAL_RNG = threading.Lock()  # ... and so is its default generator, which a model's init draws from
 
 
 def plan_exp7(c):
@@ -44,15 +53,6 @@ def plan_exp7(c):
     heads = [head_of(spec, D) for spec in head_specs(c, 'e7_heads')]
     return [dict(key=h['key'], label=h['spec'], info=dict(head=h['spec']), args={**base, **h['args']})
             for h in heads]
-
-
-E7_PAIRS = (('whiten', 'linear'), ('overparam', 'linear'), ('blocks', 'wide:{2D}/random'),
-            ('blocks', 'blocksum'), ('blocks', 'blocks_sg'), ('mlp', 'wide:{4D}/random'), ('mlp', 'prehead'),
-            ('mos', 'mos1'), ('sigsoftmax', 'linear'))  # candidate, its matched control or twin
-
-
-FITS = ('frozen_init', 'linear_on_its_trunk', 'it_on_linear_trunk')  # the frozen-trunk fits, by name
-REUSED_FITS = ('frozen_init', 'it_on_linear_trunk')  # a remedies.SAME_FORWARD head's: its twin's, as fitted
 
 
 def e7_fresh_seeds(c, spec=None):

@@ -1,7 +1,10 @@
 """
-The machinery of reproduce.py: each run is `python train.py --key=value ...`, forked from a process that has
-imported torch, several at once; a run already done is reused; learning rates are chosen on the sweep seeds;
-and the tables every experiment writes (JSON, CSV, markdown). No experiment is defined here.
+The machinery of reproduce.py's experiments: list options and heads as the options name them
+(head[:rank][/basis]); runs, each `python train.py --key=value ...` forked from a process that has imported
+torch, several at once, a run already done reused; the lr choice on the sweep seeds (final loss, or steps to
+a target for experiment 2) and its grid extensions (the head lr's too, for experiment 7); the tables every
+experiment writes (JSON, CSV, markdown); two helpers of the head fits. No experiment's plan or summary is
+here.
 """
 import concurrent.futures
 import csv
@@ -48,8 +51,6 @@ OURS = ["AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then cosine to 
 HEAD_SPEC = re.compile(rf"({'|'.join(HEADS)})|({'|'.join(FACTORIZED)})(:[1-9][0-9]*)?"
                        r"(/(trained|random|select))?|" + '|'.join(remedies.HEADS) + "|overparam:[1-9][0-9]*")
 SAY_LOCK = threading.Lock()
-FORWARD_AD = threading.Lock()  # torch's forward-mode autodiff levels are global: one thread at a time
-GLOBAL_RNG = threading.Lock()  # ... and so is its default generator, which a model's init draws from
 
 
 def say(line):
@@ -58,8 +59,9 @@ def say(line):
         sys.stdout.write(line + '\n')
         sys.stdout.flush()
 
+
 # -----------------------------------------------------------------------------
-# heads as the options name them: head[:rank][/basis], remedies.py's by name
+# list options, and heads as the options name them: head[:rank][/basis], remedies.py's by name
 
 
 def numbers(c, key, kind=float):
@@ -120,10 +122,6 @@ def heads_of(c, e):
     return heads
 
 
-def exp2_key(head, D, V):
-    """The configuration key of a cell of experiment 2, e.g. linear_D16_V256."""
-    return f"{head['key']}_D{D}_V{V}"
-
 # -----------------------------------------------------------------------------
 # the runs
 
@@ -176,10 +174,6 @@ def in_parallel(c, tally, work, items):
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def clock(s):
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def named(run):
@@ -472,6 +466,7 @@ def best_of(groups, score):
     if len(values) == 1:
         return best, 'one lr'
     return best, {values[0]: 'low edge', values[-1]: 'high edge'}.get(best, '')
+
 
 # -----------------------------------------------------------------------------
 # tables: JSON and CSV in --out, markdown in summary.md

@@ -14,9 +14,10 @@ import spamlang
 import stats
 from options import ConfigError
 from reproduce_runs import (
-    EDGE, FIGURES, OURS, Tally, by_seed, ci, cosine, exp2_key, head_of, head_specs, heads_of, hidden_states,
+    EDGE, FIGURES, OURS, Tally, by_seed, ci, cosine, head_of, head_specs, heads_of, hidden_states,
     in_parallel, lr_score, lr_table, md, numbers, paired_by_seed, pm, run_dir, save_run, say, spread,
     to_target, write_table)
+
 
 # -----------------------------------------------------------------------------
 # the plans: every run, before any starts
@@ -32,6 +33,11 @@ def plan_heads(c):
                 eval_iters=c['e1_eval_iters'], log_interval=interval, save_checkpoints=False)
     return [dict(key=h['key'], label=h['label'], info=dict(head=h['spec']), args={**base, **h['args']})
             for h in heads_of(c, '1')]
+
+
+def exp2_key(head, D, V):
+    """The configuration key of a cell of experiment 2, e.g. linear_D16_V256."""
+    return f"{head['key']}_D{D}_V{V}"
 
 
 def plan_exp2(c):
@@ -57,8 +63,8 @@ def plan_exp2(c):
 
 
 # -----------------------------------------------------------------------------
-# the experiments: each writes its tables and figures to --out and returns its summary (controls, a markdown
-# table, notes); 1 and 3 also return the best lr's runs of each head (heads), which experiment 4 reads
+# the summaries of experiments 1 and 2; 1 also returns the best lr's runs of each head (heads), which
+# experiment 4 (reproduce_text.summary_exp4) reads
 
 
 def summary_exp1(c, runs):

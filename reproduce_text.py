@@ -23,12 +23,13 @@ from reproduce_runs import (
     EDGE, FIGURES, OURS, Tally, by_seed, ci, head_of, heads_of, hidden_states, in_parallel, lr_table, md,
     numbers, paired_by_seed, pm, run_dir, save_run, say, spread, write_table)
 
+
 # -----------------------------------------------------------------------------
-# the plan of experiments 3, 5 and 6: a warmup–stable–decay backbone with cooldown branches
+# the plan of experiments 3, 5 and 6: warmup–stable–decay (3 and 6 with cooldown branches)
 
 
 def wsd_schedule(c):
-    """Experiments 3 and 5: warmup–stable–decay over e3_max_iters steps. The stable phase (stable steps) is
+    """Experiments 3, 5 and 6: warmup–stable–decay over e3_max_iters steps. The stable phase (stable steps) is
     cut into e3_budgets equal parts; the cooldown branch of budget k resumes the stable phase at its k-th
     checkpoint and decays over the last e3_cooldown of the budget. Returns stable, the stable phase's eval
     interval, and the branches as (stable steps, cooldown steps), the last ending at e3_max_iters."""
@@ -77,7 +78,8 @@ def plan_text(c, e):
 
 
 # -----------------------------------------------------------------------------
-# experiment 3: the baselines, the frozen-trunk analysis (probes, ceilings, frequency bins), the summary
+# experiment 3: the baselines (experiment 7's text gate too), the frozen-trunk analysis (probes, ceilings,
+# frequency bins), the summary
 
 
 def baselines(train, x, y, V):
@@ -464,6 +466,7 @@ def summary_exp4(c, heads):
     write_table(c, 'exp4_meter', rows, controls)
     plot.exp4(os.path.join(c['out'], FIGURES['4'][0]), panels)
     return dict(controls=controls, table=md(list(rows[0]), [list(r.values()) for r in rows]), notes=[])
+
 
 # -----------------------------------------------------------------------------
 # experiment 5: the wide head on text, its basis × its head lr
