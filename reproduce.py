@@ -24,6 +24,7 @@ all on the machinery of reproduce_runs.py (forked runs, reuse, lr choice, tables
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -193,7 +194,7 @@ def parse_options(argv):
     c = apply_preset(c, given, 'reproduce', c['preset'])
     if not c['dry_run']:  # a plan for a GPU can be estimated anywhere
         c['device'] = str(runtime.pick_device(c['device']))
-    zero_ok = ('threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram', 'e2_lr_extensions',
+    zero_ok = ('seed', 'threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram', 'e2_lr_extensions',
                'e7_lr_extensions')
     options.positive(c, *[k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok])
     if min(c[k] for k in zero_ok) < 0 or c['warmup'] >= 1:
@@ -202,6 +203,11 @@ def parse_options(argv):
     wsd_schedule(c)  # experiments 3, 5 and 6's schedule, checked even when no text is given
     if c['text'] and not os.path.isfile(c['text']):
         raise ConfigError(f"--text={c['text']!r} is not a file: give a UTF-8 .txt file, or drop --text")
+    if c['text']:
+        textdata.read_text(c['text'])  # a binary or non-UTF-8 file is refused now, before --overwrite deletes
+    sizes = [c['e1_vocab_size'], c['e6_vocab_size'], c['e7_vocab_size'], *numbers(c, 'e2_vocab_sizes', int)]
+    if min(sizes) < 2:
+        raise ConfigError("every vocabulary size needs V ≥ 2 (a BOS token and at least one symbol)")
     if c['e7_other_seeds'] > c['e7_seeds']:
         raise ConfigError(f"--e7_other_seeds={c['e7_other_seeds']} exceeds --e7_seeds={c['e7_seeds']}: the "
                           "other heads run the first of the decisive heads' seeds; lower it or raise "
@@ -396,12 +402,24 @@ def section(e, summary, seconds):
             f"Controls:\n{controls}")
 
 
-def write_summary(c, meta, sections, notes):
-    """meta.json, and summary.md: every experiment's section, or its note."""
+def earlier_results(c):
+    """With --reuse, what an earlier invocation wrote to --out: its summary.md's sections by experiment, and
+    its meta.json (kept inside the new one), so that adding experiments to a folder loses neither."""
+    summary, meta_path = os.path.join(c['out'], 'summary.md'), os.path.join(c['out'], 'meta.json')
+    sections = {}
+    if c['reuse'] and os.path.exists(summary):
+        for part in re.split(r'^(?=## Experiment )', open(summary).read(), flags=re.M)[1:]:
+            sections[part.split()[2].rstrip(':')] = part.rstrip('\n') + '\n'
+    meta = json.load(open(meta_path)) if c['reuse'] and os.path.exists(meta_path) else None
+    return sections, meta
+
+
+def write_summary(c, meta, sections, notes, kept):
+    """meta.json, and summary.md: every experiment's section, or its note, or (kept) an earlier one's."""
     with open(os.path.join(c['out'], 'meta.json'), 'w') as f:
         json.dump(meta, f, indent=1)
-    parts = [sections.get(e) or f"## Experiment {e}: {TITLES[e]}\n\n{notes[e]}\n"
-             for e in sorted({*sections, *notes})]
+    parts = [sections.get(e) or (f"## Experiment {e}: {TITLES[e]}\n\n{notes[e]}\n" if e in notes else kept[e])
+             for e in sorted({*sections, *notes, *kept})]
     with open(os.path.join(c['out'], 'summary.md'), 'w') as f:
         f.write(f"# {meta['command']}\n\n{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, "
                 f"device {meta['gpu'] or meta['device']}, {meta['cpu_count']} CPUs; "
@@ -435,6 +453,7 @@ def main(argv):
             say(line)
         return
     prepare_out(c)
+    kept, previous = earlier_results(c)
     tokens = None
     if {'3', '5'} & set(chosen['run']):
         folder = os.path.join(c['out'], 'exp3')
@@ -456,6 +475,8 @@ def main(argv):
                 cpu_count=os.cpu_count(), threads=c['threads'] or os.environ.get('OMP_NUM_THREADS'),
                 torch=torch.__version__, wall_s={}, runs=tally.counts(), runs_by_experiment={},
                 config=dict(c, exps=chosen['run'], notes=notes))  # notes: the same dict, filled in as we go
+    if previous:
+        meta['previous'] = previous
     fresh = c['seed'] + c['sweep_seeds']
     seeds7 = f" (experiment 7: {fresh}…{e7_fresh_seeds(c)[-1]})" if '7' in chosen['run'] else ''
     say(f"reproduce.py: preset {c['preset']}, experiments {','.join(chosen['run'])}, {len(specs)} runs, "
@@ -481,9 +502,9 @@ def main(argv):
             sections[e] = section(e, summary, meta['wall_s'][e])
             say(sections[e])
         meta['runs'] = tally.counts()
-        write_summary(c, meta, sections, notes)
+        write_summary(c, meta, sections, notes, kept)
     meta['wall_s']['total'] = round(time.time() - t0, 1)
-    write_summary(c, meta, sections, notes)
+    write_summary(c, meta, sections, notes, kept)
     skipped = ''.join(f"experiment {e}: {note}\n" for e, note in notes.items())
     say(f"{skipped}done in {clock(meta['wall_s']['total'])} ({tally.trained} runs trained, {tally.reused} "
         f"reused): summary.md, tables, figures in {c['out']}")

@@ -87,6 +87,8 @@ def e7_corpus(c, load=True):
         return textdata.load_data(dict(data=path, block_size=c['e7_block_size']))
     if c['e7_data'] == 'spamlang':
         return textdata.load_data(dict(data='spamlang', vocab_size=c['e7_vocab_size']))
+    if c['e7_data'].split(':')[0] != 'hmm':
+        raise ConfigError(f"--e7_data={c['e7_data']}: give spamlang, text (with --text) or hmm[:S]")
     return hmm.corpus(c['e7_data'], c['e7_vocab_size'])
 
 

@@ -77,6 +77,8 @@ def numbers(c, key, kind=float):
             raise ConfigError(f"--{key}={c[key]}: bad item {item!r}; give positive {kind.__name__}s, "
                               f"comma-separated")
         values.append(value)
+    if len(set(values)) < len(values):  # two runs of one configuration would share a folder
+        raise ConfigError(f"--{key}={c[key]}: an item is given twice; give each once")
     return values
 
 
@@ -92,6 +94,8 @@ def head_specs(c, key):
             raise ConfigError(f"--{key}={c[key]}: bad item {spec!r}; give heads ({', '.join(HEADS)}; "
                               f"narrow:8 sets the rank, /select, /random or /trained the basis of a "
                               f"factorized head), comma-separated")
+    if len(set(specs)) < len(specs):
+        raise ConfigError(f"--{key}={c[key]}: a head is given twice; give each once")
     return specs
 
 

@@ -2511,7 +2511,29 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
     p = repro('--preset=tiny', '--experiments=1', '--seeds=3', f'--out={copy}', '--device=cpu', '--reuse')
     assert p.returncode == 0, p.stderr
     assert p.stdout.count('reused:') == 9 and '3 runs trained, 9 reused' in p.stdout  # seed 1340 is new
-    assert json.load(open(os.path.join(copy, 'meta.json')))['runs']['trained'] == 3
+    meta = json.load(open(os.path.join(copy, 'meta.json')))
+    assert meta['runs']['trained'] == 3 and '--experiments=1' not in meta['previous']['command']
+    # the experiments it did not run keep their sections; experiment 1's is this run's
+    sections = open(os.path.join(copy, 'summary.md')).read().split('\n## Experiment ')[1:]
+    assert [s.split(':')[0] for s in sections] == sorted(s.split(':')[0] for s in sections)
+    assert len(sections) == len([line for line in open(os.path.join(out, 'summary.md'))
+                                 if line.startswith('## Experiment ')])
+
+
+def test_reproduce_refuses_repeated_items_bad_sizes_and_binary_text(tmp_path):
+    """Each refused at parse time, before --overwrite could delete anything: a repeated lr or head (two runs
+    would share a folder), V < 2, an --e7_data that is no source, a --text that is not text."""
+    binary = tmp_path / 'bin.txt'
+    binary.write_bytes(b'a\x00b' * 100)
+    for args, msg in [(['--e1_lrs=3e-3,3e-3'], 'an item is given twice'),
+                      (['--e1_heads=narrow:2,narrow:2'], 'a head is given twice'),
+                      (['--e2_vocab_sizes=1,256'], 'needs V ≥ 2'),
+                      ([f'--text={binary}'], 'binary, not text')]:
+        with pytest.raises(ConfigError, match=msg):
+            reproduce.plan(reproduce.parse_options([*args, '--device=cpu']))
+    with pytest.raises(ConfigError, match='--e7_data=bogus: give spamlang, text'):
+        reproduce.plan(reproduce.parse_options(['--experiments=7', '--e7_data=bogus', '--device=cpu']))
+    assert reproduce.parse_options(['--seed=0', '--device=cpu'])['seed'] == 0  # as train.py takes it
 
 
 @pytest.mark.slow
