@@ -374,10 +374,10 @@ def print_row(r):
 sections = '1234'        # which to run: any of 1 (head + loss), 2 (training step), 3 (meter, measure.py),
                          # 4 (the heads beyond the paper, remedies.py)
 quick = False            # small shapes only: a smoke test (2 CPU cores: about a minute)
-reps = 2                 # timed calls per row; the best is reported
+reps = 2                 # timed calls per row of sections 1 and 4 (2 and 3 time steps); the best is reported
 device = 'auto'          # auto (cuda if available, else cpu) | cpu | cuda
 json_out = ''            # --json_out=FILE: the rows for machines (gpu_check: default gpu_check.json)
-gpu_check = False        # verify the GPU path in ≤ 8 min (one CUDA GPU): training, measure.py, head + loss
+gpu_check = False        # verify the GPU path in ≤ 8 min (one CUDA GPU): 4 training runs and measure.py only
 gpu_check_iters = 200    # training steps of each gpu_check run
 # -----------------------------------------------------------------------------
 
@@ -491,6 +491,8 @@ def main(argv):
         raise options.ConfigError(f"--sections={opts['sections']}: give digits among 1, 2, 3, 4 "
                                   f"(e.g. --sections=13)")
     options.positive(opts, 'reps', 'gpu_check_iters')
+    if opts['json_out'] or opts['gpu_check']:  # checked before the benchmark, not after it
+        options.writable('json_out', opts['json_out'] or 'gpu_check.json', 'bench.json')
     if opts['gpu_check'] and not torch.cuda.is_available():
         raise options.ConfigError("--gpu_check needs a CUDA GPU and torch sees none; "
                                   "on a CPU run `python bench.py`")

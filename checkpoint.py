@@ -121,7 +121,8 @@ def _fallback(path, fallback, e):
     if fallback and os.path.isfile(prev):
         print(f"warning: {path} is corrupt ({type(e).__name__}); resuming from the previous one, {prev}")
         return load_checkpoint(prev)
-    hint = f"; --resume_fallback=True resumes from {prev}" if os.path.isfile(prev) else ''
+    hint = f"; the previous one, {prev}, is there (train.py resumes it with --resume_fallback=True)"
+    hint = hint if os.path.isfile(prev) else ''
     raise ConfigError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:60]}){hint}")
 
 

@@ -469,6 +469,8 @@ def source_hf(c, device):
     V = W.size(0)
     ctx = getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', 1024)
     block = c['block_size'] or min(1024, ctx)
+    if block > ctx:
+        raise ConfigError(f"--block_size={block} exceeds {c['hf']}'s context, {ctx} positions: give ≤ {ctx}")
     n_seq = -(-c['n_tokens'] // block)
     if c['data'] in ('', 'spamlang'):
         gen = spamlang.make_generator(c['seed'] + 12345)
@@ -477,8 +479,8 @@ def source_hf(c, device):
     else:
         if not os.path.isfile(c['data']):
             raise ConfigError(f"data file {c['data']!r} not found: pass a .txt file or --data=spamlang")
-        with open(c['data'], encoding='utf-8', errors='replace') as f:
-            ids = tok(f.read(), return_tensors='pt', verbose=False)['input_ids'][0]
+        text = textdata.read_text(c['data'])  # --hf tokenizes text itself: a token file is refused as binary
+        ids = tok(text, return_tensors='pt', verbose=False)['input_ids'][0]
         if len(ids) < block + 1:
             raise ConfigError(f"{c['data']} has {len(ids):,} tokens, fewer than block_size + 1 = {block + 1}")
         n_seq = min(n_seq, (len(ids) - 1) // block)  # consecutive windows from the start of the text
@@ -501,23 +503,32 @@ def source_hf(c, device):
 # command line
 
 def parse_args(argv):
-    c, _ = options.parse_args(argv, DEFAULTS, __file__, types=dict(head_rank=int),
-                             choices=dict(dtype=('float64', 'float32')))
+    c, given = options.parse_args(argv, DEFAULTS, __file__, types=dict(head_rank=int),
+                                  choices=dict(dtype=('float64', 'float32')))
     if sum(map(bool, (c['ckpt'], c['hf'], c['init']))) != 1:
         raise ConfigError("say what to measure: exactly one of --ckpt=PATH, --hf=NAME or --init")
+    model_flags = sorted(given & {'vocab_size', 'n_embd', 'n_layer', 'n_head', 'head', 'head_rank'})
+    if model_flags and not c['init']:  # a checkpoint or a HF model brings its own shape
+        raise ConfigError(f"--{model_flags[0]} builds the model of --init only: drop it")
+    if c['init'] and c['vocab_size'] < 2:
+        raise ConfigError(f"--vocab_size must be at least 2, got {c['vocab_size']}")
     options.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
-    if c['step_tokens'] < 0:
-        raise ConfigError(f"--step_tokens must be ≥ 0 (0: a training step's tokens), got {c['step_tokens']}")
-    for key, ext in (('json_out', '.json'), ('plot', '.png')):  # checked before the work, not after it
-        folder = os.path.dirname(os.path.abspath(c[key])) if c[key] else None
-        if folder and (os.path.isdir(c[key]) or not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
-            raise ConfigError(f"--{key}={c[key]}: not a writable file path (is its folder there?); give e.g. "
-                              f"--{key}=out/m{ext}")
+    for key in ('step_tokens', 'block_size', 'spectrum_tokens', 'direction_tokens'):
+        if c[key] < 0:
+            raise ConfigError(f"--{key} must be ≥ 0 (0: its default or, for a section, off), got {c[key]}")
+    if c['plot'] and not c['spectrum_tokens']:
+        raise ConfigError("--plot draws G's spectrum: give --spectrum_tokens > 0, or drop --plot")
+    if c['plot'] and c['plot'] == c['json_out']:
+        raise ConfigError("--plot and --json_out name the same file: give each its own")
+    if c['json_out']:  # output paths are checked before the work, not after it
+        options.writable('json_out', c['json_out'], 'out/m.json')
     if c['plot']:
         try:
             import matplotlib  # noqa: F401  (optional: only --plot needs it)
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib")
+        import plot
+        plot.figure_path('plot', c['plot'], 'out/m.png')
     c['device'] = str(runtime.pick_device(c['device'], auto=('cuda', 'cpu')))
     return c
 

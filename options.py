@@ -146,6 +146,18 @@ def usage(source, defaults, choices=None):
     return f"{doc}\n\n{head}\n" + '\n'.join(lines)
 
 
+def writable(key, path, example):
+    """An output path, checked before the work it would hold: a file that can be made in its folder."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, 'a'):  # 'a' leaves an existing file as it is
+            pass
+    except OSError as e:
+        raise ConfigError(f"--{key}={path}: cannot write it ({e.strerror}); give e.g. --{key}={example}")
+    if not existed:
+        os.remove(path)
+
+
 def positive(config, *keys):
     for key in keys:
         if config[key] is not None and not config[key] > 0:  # None: unset, the script's own default

@@ -59,6 +59,15 @@ def minmax_err(ys):
     return [[ys.mean() - ys.min()], [ys.max() - ys.mean()]] if len(ys) > 1 else None
 
 
+def figure_path(key, path, example):
+    """An option's figure file, checked before the work: writable, in a format matplotlib writes."""
+    options.writable(key, path, example)
+    from matplotlib.figure import Figure
+    kinds = Figure().canvas.get_supported_filetypes()
+    if os.path.splitext(path)[1][1:].lower() not in kinds:
+        raise options.ConfigError(f"--{key}={path}: give a file ending in .{', .'.join(sorted(kinds))}")
+
+
 def save(fig, path):
     fig.savefig(path, dpi=110, bbox_inches='tight')
     pyplot().close(fig)
@@ -74,14 +83,20 @@ def rank_of(cfg):
 
 
 def log(path, png=''):
-    try:
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except ValueError:  # not JSON lines
-        rows = []
-    if not rows or not isinstance(rows[0], dict) or rows[0].get('type') != 'config':
+    rows, skipped = [], []
+    with open(path, errors='replace') as f:
+        for i, line in enumerate(f, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a crash, or not JSON at all
+                skipped.append(i)
+    rows = [r for r in rows if isinstance(r, dict)]
+    if not rows or rows[0].get('type') != 'config':
         raise options.ConfigError(f"{path} is not a train.py log.jsonl "
-                                  f"(its first line is not the config row)")
+                                  f"(its first readable line is not the config row)")
+    if skipped:
+        print(f"warning: {path}: {len(skipped)} unreadable line(s) skipped, the first is line {skipped[0]}",
+              file=sys.stderr)
     cfg, evals = rows[0], [r for r in rows if r.get('type') == 'eval']
     train = [r for r in rows if r.get('type') == 'train']
     spam = any('val_acc' in r for r in evals)
@@ -357,6 +372,8 @@ def main(argv):
     if len(logs) != 1 or not os.path.isfile(logs[0]):
         raise options.ConfigError(f"give one log.jsonl written by train.py (got {' '.join(logs) or 'none'}): "
                                  f"python plot.py out/RUN/log.jsonl [--out=FILE.png]")
+    if c['out']:  # checked before the figure is drawn
+        figure_path('out', c['out'], 'wide.png')
     print(log(logs[0], c['out']))
 
 

@@ -93,7 +93,8 @@ if __name__ == '__main__':
     if args == ['--graph']:
         print('\n'.join(import_graph()))
         sys.exit(0)
-    if len(args) > 1 or (args and not os.path.isfile(os.path.join(HERE, args[0]))):
+    one_file = len(args) == 1 and args[0].endswith('.py') and os.path.isfile(os.path.join(HERE, args[0]))
+    if args and not one_file:
         sys.exit(f"error: {' '.join(args)}: give one file of this folder (measure.py), --graph or --help")
     entry = args[0] if args else 'train.py'
     files = reading_path(entry)

@@ -299,6 +299,8 @@ def prepare_out(c):
     """Refuse an --out that holds results unless --reuse or --overwrite; --overwrite deletes what reproduce
     wrote."""
     out = c['out']
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out={out} is a file: give a folder for the results")
     there = os.listdir(out) if os.path.isdir(out) else []
     mine = sorted(f for f in there if written_by_reproduce(f))
     if mine and not (c['reuse'] or c['overwrite']):
@@ -312,7 +314,10 @@ def prepare_out(c):
                 shutil.rmtree(path)
             else:
                 os.remove(path)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out={out} cannot be made ({e.strerror}): choose another --out")
 
 
 # -----------------------------------------------------------------------------

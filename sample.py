@@ -29,7 +29,7 @@ seed = 1337                # the same seed gives the same samples
 device = 'auto'            # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
 # -----------------------------------------------------------------------------
 options.one_line_errors()
-c, _ = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__)
+c, given = options.parse_args(sys.argv[1:], options.defaults_of(globals()), __file__)
 options.positive(c, 'num_samples', 'max_new_tokens')
 if c['temperature'] < 0 or c['top_k'] < 0:
     raise ConfigError(f"--temperature and --top_k must be ≥ 0, got {c['temperature']} and {c['top_k']}")
@@ -40,6 +40,9 @@ model = checkpoint.model_from_checkpoint(state).to(device).eval()
 
 # the tokenizer: none for SpamLang; tiktoken for text, with the map of a compacted vocabulary if there is one
 text = cfg['data'] != 'spamlang' and cfg['data'].split(':')[0] != 'hmm'
+if 'start' in given and (not text or c['start_ids']):  # else it would be ignored
+    why = '--start_ids is given' if text else 'this is not a text run'
+    raise ConfigError(f"--start is a text prompt: drop it ({why})")
 enc = textdata.get_encoding(cfg['encoding']) if text else None
 id_map = state.get('id_map')  # compact id -> the tokenizer's id, or None
 if c['start_ids']:
@@ -60,7 +63,9 @@ elif text:
         ids = pos.tolist()
 else:
     ids = [0]  # SpamLang's BOS
-if not ids or min(ids) < 0 or max(ids) >= cfg['vocab_size']:
+if not ids:
+    raise ConfigError("the prompt is empty: give some text with --start, or --start_ids")
+if min(ids) < 0 or max(ids) >= cfg['vocab_size']:
     raise ConfigError(f"the prompt's token ids must lie in 0..{cfg['vocab_size'] - 1}, got {ids}")
 
 gen = torch.Generator(device=device).manual_seed(c['seed'])

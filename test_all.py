@@ -488,9 +488,9 @@ def test_every_script_prints_its_options_with_help():
             # the defaults block's comment, not that of a later line that sets device
             assert '--device=auto                    auto (cuda, then mps, then cpu)' in p.stdout
             assert 'linear, tied, narrow, wide; beyond the paper: remedies.HEADS' in p.stdout
-    p = subprocess.run([sys.executable, 'reading_path.py', 'nothing.py'], cwd=HERE, capture_output=True,
-                       text=True)
-    assert p.returncode == 1 and p.stderr.count('\n') == 1 and 'give one file of this folder' in p.stderr
+    for bad in ('nothing.py', 'README.md'):  # a file that is not there, one that is not Python
+        p = subprocess.run([sys.executable, 'reading_path.py', bad], cwd=HERE, capture_output=True, text=True)
+        assert p.returncode == 1 and p.stderr.count('\n') == 1 and 'give one file of this folder' in p.stderr
 
 
 def test_peak_flops_matches_whole_names():
@@ -960,7 +960,7 @@ def test_text_run_and_tokenization_cache(tmp_path):
     # a token file is used directly
     last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache), 'eval_iters': 0})
     assert math.isfinite(last_tok['val_loss'])
-    # resumed with --eval_iters=0 (every window) and no --data: the checkpoint's source is text, so it is allowed
+    # resumed with --eval_iters=0 (every window) and no --data: the checkpoint's source is text: allowed
     code, _, err = run_train(f'--out_dir={tmp_path}/text4', '--init_from=resume', '--max_iters=2',
                              '--eval_iters=0', '--allow_changes=True')
     assert code == 0, err
@@ -1804,9 +1804,18 @@ def test_measure_bad_input_in_process(tmp_path):
                       (['--init', '--hf=gpt2'], 'exactly one of'),
                       (['--init', '--head=mlpx'], 'unknown head'),
                       (['--init', '--n_tokens=lots'], 'expects int'),
-                      (['--init', '--data=/nonexistent.txt'], 'not found')]:
+                      (['--init', '--data=/nonexistent.txt'], 'not found'),
+                      ([f'--ckpt={garbage}', '--vocab_size=100'], '--vocab_size builds the model of --init'),
+                      (['--init', '--vocab_size=1'], 'vocab_size must be at least 2'),
+                      (['--init', '--block_size=-1'], '--block_size must be ≥ 0'),
+                      (['--init', f'--plot={tmp_path}/m.xyz'], 'give a file ending in'),
+                      (['--init', f'--plot={garbage}/m.png'], 'cannot write it'),  # a file as its folder
+                      (['--init', f'--json_out={tmp_path}'], 'cannot write it'),  # a folder
+                      (['--init', f'--plot={tmp_path}/m.png', f'--json_out={tmp_path}/m.png'], 'same file'),
+                      (['--init', f'--plot={tmp_path}/m.png', '--spectrum_tokens=0'], '--spectrum_tokens >')]:
         with pytest.raises(ConfigError, match=msg):
             measure_main(args)
+    assert garbage.read_bytes() == b'not a checkpoint' and not os.path.exists(tmp_path / 'm.png')
 
 
 @pytest.mark.slow
@@ -2280,7 +2289,8 @@ def test_bench_workers_measure_what_they_name():
 
 def test_bench_refuses_bad_options():
     for args, msg in [(['--sections=5'], 'give digits among 1, 2, 3, 4'), (['--sections='], 'give digits'),
-                      (['--reps=0'], 'must be positive'), (['--quick=yes'], 'expects bool')]:
+                      (['--reps=0'], 'must be positive'), (['--quick=yes'], 'expects bool'),
+                      (['--quick', '--json_out=/nonexistent/b.json'], 'cannot write it')]:  # before the work
         with pytest.raises(ConfigError, match=msg):
             bench.main(args)
     if not torch.cuda.is_available():
@@ -2334,8 +2344,10 @@ def test_sample_script_decodes_through_a_compacted_vocabulary(tmp_path):
     assert len(samples) == 3 and all(s.strip().startswith('the head') for s in samples)
     # its tokens, decoded
     assert set(''.join(samples)) <= set('the head passes back only part of the gradient\n')
-    bad = run('--start=zebra')
-    assert bad.returncode == 1 and 'never saw' in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    for args, msg in (['--start=zebra'], 'never saw'), (['--start='], 'the prompt is empty'), (
+            ['--start=the', '--start_ids=1'], '--start is a text prompt: drop it'):
+        bad = run(*args)
+        assert bad.returncode == 1 and msg in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, args
 
 # -----------------------------------------------------------------------------
 # reproduce.py and plot.py
@@ -2534,6 +2546,8 @@ def test_reproduce_refuses_repeated_items_bad_sizes_and_binary_text(tmp_path):
     with pytest.raises(ConfigError, match='--e7_data=bogus: give spamlang, text'):
         reproduce.plan(reproduce.parse_options(['--experiments=7', '--e7_data=bogus', '--device=cpu']))
     assert reproduce.parse_options(['--seed=0', '--device=cpu'])['seed'] == 0  # as train.py takes it
+    with pytest.raises(ConfigError, match='is a file: give a folder'):
+        reproduce.prepare_out(dict(out=str(binary), reuse=False, overwrite=True))
 
 
 @pytest.mark.slow
@@ -2831,6 +2845,16 @@ def test_plot_py_draws_a_real_log(tiny_repro, tmp_path):
     p = subprocess.run([sys.executable, os.path.join(HERE, 'plot.py'), os.path.join(out, 'meta.json')],
                        capture_output=True, text=True, env=CHILD_ENV, timeout=120)
     assert p.returncode == 1 and p.stderr.startswith('error:') and p.stderr.count('\n') == 1
+    # a log whose last line a crash cut short is drawn, with a warning; a figure path it cannot write, refused
+    cut = tmp_path / 'log.jsonl'
+    cut.write_text(open(log).read() + '{"type": "tra')
+    p = subprocess.run([sys.executable, os.path.join(HERE, 'plot.py'), str(cut)], capture_output=True,
+                       text=True, env=CHILD_ENV, timeout=120)
+    assert p.returncode == 0 and '1 unreadable line(s) skipped' in p.stderr, p.stderr
+    for bad in (tmp_path / 'x.xyz', tmp_path):
+        p = subprocess.run([sys.executable, os.path.join(HERE, 'plot.py'), str(cut), f'--out={bad}'],
+                           capture_output=True, text=True, env=CHILD_ENV, timeout=120)
+        assert p.returncode == 1 and p.stderr.count('\n') == 1 and '--out=' in p.stderr, p.stderr
 
 
 def test_baselines_match_a_hand_computed_example():
