@@ -512,6 +512,8 @@ def parse_args(argv):
         raise ConfigError(f"--{model_flags[0]} builds the model of --init only: drop it")
     if c['init'] and c['vocab_size'] < 2:
         raise ConfigError(f"--vocab_size must be at least 2, got {c['vocab_size']}")
+    if 'vocab_size' in given and c['data'] not in ('', 'spamlang') and c['data'].split(':')[0] != 'hmm':
+        raise ConfigError("--vocab_size: text takes V from its tokenizer (cl100k_base); drop --vocab_size")
     options.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
     for key in ('step_tokens', 'block_size', 'spectrum_tokens', 'direction_tokens'):
         if c[key] < 0:

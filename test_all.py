@@ -1807,6 +1807,7 @@ def test_measure_bad_input_in_process(tmp_path):
                       (['--init', '--data=/nonexistent.txt'], 'not found'),
                       ([f'--ckpt={garbage}', '--vocab_size=100'], '--vocab_size builds the model of --init'),
                       (['--init', '--vocab_size=1'], 'vocab_size must be at least 2'),
+                      (['--init', '--vocab_size=500', f'--data={garbage}'], 'text takes V from its tokenizer'),
                       (['--init', '--block_size=-1'], '--block_size must be ≥ 0'),
                       (['--init', f'--plot={tmp_path}/m.xyz'], 'give a file ending in'),
                       (['--init', f'--plot={garbage}/m.png'], 'cannot write it'),  # a file as its folder
