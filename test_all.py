@@ -1765,8 +1765,8 @@ def test_measure_checkpoint_in_process_and_its_refusals(tmp_path):
     textdata.write_tokens(str(other), np.arange(500) % 50, vocab_size=50, encoding='enc')
     for args, msg in [([f'--ckpt={ckpt}', '--block_size=64'], 'exceeds the checkpoint'),
                       ([f'--ckpt={ckpt}', f'--data={other}'], 'V = 50 but the checkpoint'),
-                      ([f'--ckpt={ckpt}', f'--json_out={tmp_path}/no/m.json'], 'not a writable file path'),
-                      ([f'--ckpt={ckpt}', f'--plot={tmp_path}'], 'not a writable file path'),
+                      ([f'--ckpt={ckpt}', f'--json_out={tmp_path}/no/m.json'], 'cannot write it'),
+                      ([f'--ckpt={ckpt}', f'--plot={tmp_path}'], 'cannot write it'),
                       ([f'--ckpt={ckpt}', '--n_tokens=0'], 'must be positive'),
                       ([f'--ckpt={ckpt}', '--dtype=float16'], 'must be one of float64, float32')]:
         with pytest.raises(ConfigError, match=msg):
@@ -2660,7 +2660,7 @@ def test_overwrite_deletes_only_what_reproduce_wrote(tmp_path):
     (['--e1_heads=linear:4'], "bad item 'linear:4'"),
     (['--e2_lrs=1e-3,x'], "bad item 'x'"),
     (['--experiments=1,8'], 'subset of 1,2,3,4,5,6,7'),
-    (['--experiments=7', '--e7_data=foo'], 'write hmm or hmm:S'),
+    (['--experiments=7', '--e7_data=foo'], 'give spamlang, text (with --text) or hmm[:S]'),
     (['--experiments=7', '--e7_data=text'], '--e7_data=text reads --text'),
     (['--experiments=7', '--e7_data=hmm:4', '--e7_vocab_size=6'], 'S ≥ 2 states of ≥ 2 symbols'),
     (['--e1_heads=linear/select'], "bad item 'linear/select'"),
