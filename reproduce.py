@@ -194,6 +194,8 @@ def parse_options(argv):
     c = apply_preset(c, given, 'reproduce', c['preset'])
     if not c['dry_run']:  # a plan for a GPU can be estimated anywhere
         c['device'] = str(runtime.pick_device(c['device']))
+    elif not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', c['device']):  # but only for a device train.py takes
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {c['device']!r}")
     zero_ok = ('seed', 'threads', 'e3_eval_iters', 'e3_gate_unigram', 'e3_gate_bigram', 'e2_lr_extensions',
                'e7_lr_extensions')
     options.positive(c, *[k for k, v in DEFAULTS.items() if type(v) in (int, float) and k not in zero_ok])
@@ -456,6 +458,8 @@ def main(argv):
         compiled = c['compile'] if c['compile'] is not None else c['device'].startswith('cuda')
         for line in estimate.report(estimate.estimate(specs, c['jobs'], compiled), c['jobs'], compiled):
             say(line)
+        for e, note in notes.items():
+            say(f"experiment {e}: {note}")
         return
     prepare_out(c)
     kept, previous = earlier_results(c)

@@ -2533,7 +2533,7 @@ def test_existing_out_is_refused_and_reuse_skips_finished_runs(tiny_repro, tmp_p
                                  if line.startswith('## Experiment ')])
 
 
-def test_reproduce_refuses_repeated_items_bad_sizes_and_binary_text(tmp_path):
+def test_reproduce_refuses_repeated_items_bad_sizes_and_binary_text(tmp_path, capsys):
     """Each refused at parse time, before --overwrite could delete anything: a repeated lr or head (two runs
     would share a folder), V < 2, an --e7_data that is no source, a --text that is not text."""
     binary = tmp_path / 'bin.txt'
@@ -2549,6 +2549,10 @@ def test_reproduce_refuses_repeated_items_bad_sizes_and_binary_text(tmp_path):
     assert reproduce.parse_options(['--seed=0', '--device=cpu'])['seed'] == 0  # as train.py takes it
     with pytest.raises(ConfigError, match='is a file: give a folder'):
         reproduce.prepare_out(dict(out=str(binary), reuse=False, overwrite=True))
+    with pytest.raises(ConfigError, match='--device must be auto, cpu, cuda'):  # a dry run names a device too
+        reproduce.parse_options(['--dry_run', '--device=tpu'])
+    reproduce.main(['--dry_run', '--experiments=1,3'])  # the plan says what it leaves out
+    assert 'experiment 3: skipped: no text given' in capsys.readouterr().out
 
 
 @pytest.mark.slow
