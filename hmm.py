@@ -115,7 +115,7 @@ def corpus(data, vocab_size):
     language; a bad S or V is a one-line ConfigError."""
     states = STATES
     if data != 'hmm':
-        if not data.startswith('hmm:') or not data[4:].isdigit():
+        if not data.startswith('hmm:') or not (data[4:].isascii() and data[4:].isdigit()):
             raise ConfigError(f"--data={data}: write hmm or hmm:S, S a whole number of states, e.g. hmm:16")
         states = int(data[4:])
     try:

@@ -557,6 +557,12 @@ def test_token_file_round_trip_and_checks(tmp_path):
     textdata.write_tokens(path, np.array([1, 2, 100]), vocab_size=100, encoding='enc')  # an id equal to V
     with pytest.raises(ConfigError, match='token id 100 ≥ vocab_size 100'):
         textdata.load_tokens(path)
+    for bad in (np.array([70_000, 1]), np.array([-1, 1]), np.array([1.5])):  # would wrap in uint16: refused
+        with pytest.raises(ConfigError, match='must be integers that fit uint16'):
+            textdata.write_tokens(str(tmp_path / 'w.tok'), bad, vocab_size=65_536, encoding='enc')
+    with pytest.raises(ConfigError, match='one entry per id'):
+        textdata.write_tokens(str(tmp_path / 'm.tok'), ids, vocab_size=100, encoding='enc',
+                              id_map=np.arange(5))
     (tmp_path / 'raw.bin').write_bytes(b'\x00\x01' * 600)
     with pytest.raises(ConfigError, match='no GBTOKENS header'):
         textdata.load_tokens(str(tmp_path / 'raw.bin'))
@@ -957,6 +963,11 @@ def test_text_run_and_tokenization_cache(tmp_path):
     path.write_text(text + '\nmore')
     train_run(tmp_path, 'text3', **one_step)
     assert cache.stat().st_mtime_ns != mtime  # the text changed, so the cache was rebuilt
+    # replaced by a text of the same size with its mtime put back (cp -p, rsync -t): rebuilt all the same
+    before, st = textdata.load_tokens(str(cache))[1]['fingerprint'], path.stat()
+    path.write_text((text + '\nmore').replace('head', 'hand'))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert textdata.load_tokens(textdata.tokenize_text(str(path), 'cl100k_base'))[1]['fingerprint'] != before
     # a token file is used directly
     last_tok = train_run(tmp_path, 'text4', **{**one_step, 'data': str(cache), 'eval_iters': 0})
     assert math.isfinite(last_tok['val_loss'])
@@ -1807,7 +1818,7 @@ def test_measure_bad_input_in_process(tmp_path):
                       (['--init', '--data=/nonexistent.txt'], 'not found'),
                       ([f'--ckpt={garbage}', '--vocab_size=100'], '--vocab_size builds the model of --init'),
                       (['--init', '--vocab_size=1'], 'vocab_size must be at least 2'),
-                      (['--init', '--vocab_size=500', f'--data={garbage}'], 'text takes V from its tokenizer'),
+                      (['--init', '--vocab_size=500', f'--data={garbage}'], 'text takes V from its'),
                       (['--init', '--block_size=-1'], '--block_size must be ≥ 0'),
                       (['--init', f'--plot={tmp_path}/m.xyz'], 'give a file ending in'),
                       (['--init', f'--plot={garbage}/m.png'], 'cannot write it'),  # a file as its folder

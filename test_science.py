@@ -364,8 +364,9 @@ def test_hmm_batches_follow_the_generator_and_bad_specs_are_refused():
     assert torch.equal(hmm.Language(1024).P, lang.P) and torch.equal(hmm.Language(1024).group, lang.group)
     assert hmm.corpus('hmm:8', 256)['language'].states == 8 and hmm.corpus('hmm', 1024)['fingerprint'] != (
         hmm.corpus('hmm:8', 1024)['fingerprint'])
-    with pytest.raises(ConfigError, match='write hmm or hmm:S'):
-        hmm.corpus('hmm:x', 256)
+    for bad in ('hmm:x', 'hmm:²'):  # '²'.isdigit() is True, and int('²') fails
+        with pytest.raises(ConfigError, match='write hmm or hmm:S'):
+            hmm.corpus(bad, 256)
     with pytest.raises(ConfigError, match='raise --vocab_size, or choose S from 2 to 127'):
         hmm.corpus('hmm:200', 256)
     with pytest.raises(ConfigError, match='choose S from 2 to 127'):  # too few states: raise S, not lower it

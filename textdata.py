@@ -29,7 +29,12 @@ def write_tokens(path, ids, vocab_size, encoding, source=None, id_map=None):
     """Atomic: a temp file, fsynced, renamed into place. id_map: the tokenizer's id of each id (compacted)."""
     ids = np.asarray(ids)
     id_map = np.asarray([] if id_map is None else id_map, dtype=np.uint32)
+    if id_map.size not in (0, vocab_size):
+        raise ConfigError(f"{path}: a compacted vocabulary's map has one entry per id: {id_map.size} ≠ V")
     dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    if ids.size and (ids.dtype.kind not in 'iu' or ids.min() < 0 or ids.max() > np.iinfo(dtype).max):
+        raise ConfigError(f"{path}: token ids must be integers that fit {np.dtype(dtype).name} "
+                          f"(V = {vocab_size}); others would wrap silently, past the load's check against V")
     fields = dict(version=TOKEN_VERSION, dtype=np.dtype(dtype).name, vocab_size=vocab_size,
                   n_tokens=int(ids.size), encoding=encoding, source=source, n_map=int(id_map.size))
     header = json.dumps(fields).encode()
@@ -68,6 +73,9 @@ def load_tokens(path):
     meta = read_token_header(path)
     itemsize = np.dtype(meta['dtype']).itemsize
     n_map = meta.get('n_map', 0)
+    if n_map not in (0, meta['vocab_size']):
+        raise ConfigError(f"{path}: its id map has {n_map} entries for V = {meta['vocab_size']}: corrupt; "
+                          f"tokenize the text again")
     size = os.path.getsize(path) - TOKEN_HEADER_BYTES - 4 * n_map
     if size != meta['n_tokens'] * itemsize:
         raise ConfigError(f"{path}: header says {meta['n_tokens']:,} tokens but the file holds "
@@ -117,8 +125,9 @@ def tokenize_text(path, encoding, cache_dir=None, compact=False):
     """Tokenize a .txt once into `<name>.<encoding>.tok` beside it (or in cache_dir); reused while the text
     is unchanged. Returns the token file's path. compact: the ids that occur, renumbered 0..K−1 in the
     tokenizer's order (V = K, `<name>.<encoding>.compact.tok`), with the map back stored in the file."""
-    st = os.stat(path)
-    source = dict(path=os.path.basename(path), bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    with open(path, 'rb') as f:  # the text's own digest: a copy that keeps size and mtime still counts as new
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    source = dict(path=os.path.basename(path), bytes=os.path.getsize(path), sha256=digest)
     stem = os.path.splitext(os.path.basename(path))[0]
     cache = os.path.join(cache_dir or os.path.dirname(path), f"{stem}.{encoding}{'.compact' * compact}.tok")
     if os.path.exists(cache):
