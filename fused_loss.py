@@ -40,7 +40,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         valid = targets >= 0                                          # (N,)
         n_valid = valid.sum()                                         # a tensor: no device sync
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        dh = torch.empty_like(h) if need_dh else h.new_empty(0)      # (N, D)
+        dh = torch.empty(N, D, device=h.device) if need_dh else h.new_empty(0)  # (N, D), fp32: see below
         dW = torch.zeros(V, D, dtype=torch.float32, device=h.device) if need_dW else None  # fp32 accumulator
         # reused by every chunk
         buf = torch.empty(min(chunk_size, N), V, dtype=torch.float32, device=h.device)
@@ -60,25 +60,25 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if not (need_dh or need_dW):
                 continue
             p.scatter_add_(1, y0, -ok.float().unsqueeze(1))           # G_c = p − onehot (ignored rows: w = 0)
-            w = (ok / n_valid).unsqueeze(1).to(h.dtype)               # (c, 1) row scale, 1/n_valid or 0
+            w = (ok / n_valid).unsqueeze(1)                           # (c, 1) fp32 row scale, 1/n_valid or 0
             G = p if p.dtype == h.dtype else p.to(h.dtype)            # matmuls in the compute dtype
-            if need_dh:
-                dh[s:s + chunk_size] = (G @ W) * w                    # scales (c, D), never (c, V)
+            if need_dh:  # scaled in fp32: in fp16, (G W)/n_valid falls below its range before any loss scale
+                dh[s:s + chunk_size] = (G @ W).float() * w            # scales (c, D), never (c, V)
             if need_dW:
                 if G.dtype == torch.float32:
                     dW.addmm_(G.t(), hc * w)                          # (V, D) += (V, c) @ (c, D)
                 else:
-                    dW += G.t() @ (hc * w)
+                    dW += G.t() @ (hc * w.to(h.dtype))
             del G  # the compute-dtype copy, before the next chunk: one chunk's (c, V) buffers live at a time
         ctx.save_for_backward(dh, dW)
-        ctx.W_dtype = W.dtype
+        ctx.h_dtype, ctx.W_dtype = h.dtype, W.dtype
         return loss / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dW = ctx.saved_tensors
         # scale in fp32, then cast: a GradScaler's 65,536 is not an fp16 number (its largest is 65,504)
-        gh = (dh.float() * grad_loss).to(dh.dtype) if ctx.needs_input_grad[0] else None
+        gh = (dh * grad_loss).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
         gW = (dW * grad_loss).to(ctx.W_dtype) if ctx.needs_input_grad[1] else None
         return gh, gW, None, None, None, None
 

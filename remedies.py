@@ -119,10 +119,11 @@ class _Whiten(torch.autograd.Function):
         gram = (W.T.float() @ W.float()).double()                                       # (D, D)
         lam = ctx.eps * gram.diagonal().sum() / len(gram)
         gram = gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-        gh = g @ W                                                                     # (..., D)
+        g = g.to(torch.promote_types(h.dtype, W.dtype))  # under autocast g is bf16/fp16, h and W are not
+        gh = g @ W.to(g.dtype)                                                         # (..., D)
         dh = torch.linalg.solve(gram, gh.reshape(-1, gh.size(-1)).T.double()).T      # gram is symmetric
-        dW = g.reshape(-1, g.size(-1)).T @ h.reshape(-1, h.size(-1))
-        return dh.to(g.dtype).view_as(h), dW.to(W.dtype), None
+        dW = g.reshape(-1, g.size(-1)).T @ h.reshape(-1, h.size(-1)).to(g.dtype)
+        return dh.to(h.dtype).view_as(h), dW.to(W.dtype), None
 
     @staticmethod
     def jvp(ctx, h_t, W_t, _):  # forward mode (the meter's U_H and U_θ): the linear map's; None: no tangent
@@ -369,7 +370,8 @@ def visible_share(head, inputs, G, shift_invariant=False):
         Jt = jacobians(head, tuple(x[i:i + step] for x in inputs), shift_invariant).double()  # (n, V, k)
         v = torch.einsum('nvk,nv->nk', Jt, G[i:i + step].double())                             # (n, k)
         gram = Jt.transpose(1, 2) @ Jt                                                         # (n, k, k)
-        x = torch.linalg.pinv(gram, hermitian=True, rtol=meter.RANK_RTOL) @ v.unsqueeze(-1)
+        # gram's eigenvalues are σ²: the meter's rank rule (σ < RANK_RTOL·σ_max is zero) cuts at RANK_RTOL²
+        x = torch.linalg.pinv(gram, hermitian=True, rtol=meter.RANK_RTOL ** 2) @ v.unsqueeze(-1)
         visible += (v.unsqueeze(1) @ x).sum().item()
     return visible / G.double().pow(2).sum().item()
 

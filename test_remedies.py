@@ -223,6 +223,42 @@ def test_per_token_visible_share_equals_brute_force(name, monkeypatch):
     assert got == pytest.approx(num / den, rel=1e-4)
 
 
+def test_whiten_trains_under_autocast():
+    """Under bf16 autocast (train.py's default on CUDA) whiten's backward receives a bf16 gradient beside fp32
+    h and W: it crashed on the mixed matmul. Its gradients now match fp32's to bf16 precision."""
+    x, y = batch()
+    ref, low = gpt('whiten'), gpt('whiten')
+    ref(x, y)[1].backward()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = low(x, y)[1]
+    loss.backward()
+    for (name, a), b in zip(ref.named_parameters(), low.parameters()):
+        assert b.grad.dtype == a.dtype and (b.grad - a.grad).norm() <= 0.05 * a.grad.norm() + 1e-8, name
+
+
+def test_per_token_visible_share_keeps_directions_of_small_singular_values():
+    """An ill-conditioned head (κ = 10³): directions with σ ≥ RANK_RTOL·σ_max count, as everywhere in the
+    meter (a cutoff applied to σ², the Gram matrix's eigenvalues, dropped those below 3·10⁻³·σ_max)."""
+    torch.manual_seed(0)
+    head = gpt('sigsoftmax').lm_head
+    U = torch.linalg.qr(torch.randn(V, D, dtype=torch.float64))[0]
+    R = torch.linalg.qr(torch.randn(D, D, dtype=torch.float64))[0]
+    with torch.no_grad():
+        head.weight[:V] = ((U * torch.logspace(0, -3, D, dtype=torch.float64) * 3) @ R.T).float()
+    h, y = torch.randn(40, D), torch.randint(0, V, (40,))
+    with torch.no_grad():
+        z = (h @ head.weight[:V].T).double()
+    G = torch.softmax(z + F.logsigmoid(z), -1)
+    G[torch.arange(40), y] -= 1
+    num = 0.0
+    for t in range(40):  # each token's Jacobian of log(e^z σ(z)) is diag(2 − σ(z)) W
+        J = (2 - torch.sigmoid(z[t]))[:, None] * head.weight[:V].detach().double()
+        Uj, S, _ = torch.linalg.svd(J, full_matrices=False)
+        num += (Uj[:, S > meter.RANK_RTOL * S[0]].T @ G[t]).pow(2).sum().item()
+    got = remedies.visible_share(head, (h,), G.float())
+    assert got == pytest.approx(num / G.pow(2).sum().item(), rel=1e-4)
+
+
 def logit_change_rank(head, N):
     """The rank of a first-order logit change ΔU (N, V) at N random input tokens, along random tangents of
     the head's inputs and parameters: the size of the channel one step opens. (Random inputs: a LayerNorm's
