@@ -515,9 +515,8 @@ def parse_args(argv):
     if 'vocab_size' in given and c['data'] not in ('', 'spamlang') and c['data'].split(':')[0] != 'hmm':
         raise ConfigError("--vocab_size: text takes V from its tokenizer (cl100k_base); drop --vocab_size")
     options.positive(c, 'n_tokens', 'batch_size', 'chunk', 'top_k')
-    for key in ('step_tokens', 'block_size', 'spectrum_tokens', 'direction_tokens'):
-        if c[key] < 0:
-            raise ConfigError(f"--{key} must be ≥ 0 (0: its default or, for a section, off), got {c[key]}")
+    # 0: step_tokens and block_size their defaults, the spectrum and the direction test off
+    options.positive(c, 'step_tokens', 'block_size', 'spectrum_tokens', 'direction_tokens', zero_ok=True)
     if c['plot'] and not c['spectrum_tokens']:
         raise ConfigError("--plot draws G's spectrum: give --spectrum_tokens > 0, or drop --plot")
     if c['plot'] and c['plot'] == c['json_out']:

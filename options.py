@@ -158,8 +158,9 @@ def writable(key, path, example):
         os.remove(path)
 
 
-def positive(config, *keys):
+def positive(config, *keys, zero_ok=False):
     for key in keys:
-        if config[key] is not None and not config[key] > 0:  # None: unset, the script's own default
-            raise ConfigError(f"--{key} must be positive, got {config[key]}")
+        value = config[key]
+        if value is not None and not (value >= 0 if zero_ok else value > 0):  # None: unset, the default
+            raise ConfigError(f"--{key} must be {'≥ 0' if zero_ok else 'positive'}, got {value}")
 

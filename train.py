@@ -99,9 +99,8 @@ dtype = ('bfloat16' if device_type == 'cuda' else 'float32') if dtype == 'auto' 
 compile = device_type == 'cuda' if compile is None else compile
 options.positive(globals(), 'batch_size', 'block_size', 'max_iters', 'log_interval', 'eval_interval',
                  'learning_rate', 'head_lr_mult', 'gradient_accumulation_steps')
-for key in ('eval_iters', 'min_lr', 'cooldown_iters', 'warmup_iters', 'weight_decay', 'peak_flops'):
-    if globals()[key] < 0:
-        raise ConfigError(f"--{key} must be ≥ 0, got {globals()[key]}")
+options.positive(globals(), 'eval_iters', 'min_lr', 'cooldown_iters', 'warmup_iters', 'weight_decay',
+                 'peak_flops', zero_ok=True)
 if not (0 <= dropout < 1 and 0 <= beta1 < 1 and 0 <= beta2 < 1):
     raise ConfigError(f"need 0 ≤ --dropout, --beta1, --beta2 < 1: got {dropout}, {beta1}, {beta2}")
 if data == 'spamlang' and block_size < 2:
